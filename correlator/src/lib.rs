@@ -1,0 +1,7 @@
+//! seam's correlator: HTTP/1.x parsing, request/response pairing and span building.
+
+pub mod conn;
+pub mod engine;
+pub mod http;
+pub mod span;
+pub mod traceparent;

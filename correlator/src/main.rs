@@ -1,0 +1,337 @@
+//! seam-correlator: reads the pinned capture ring buffer with no capabilities and ships spans.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
+use clap::Parser;
+use seam_correlator::engine::{Engine, MonotonicClock};
+use seam_proto::msg::{
+    CorrelatorRequest, ExporterRequest, SelfCounters, ServiceIdentity, SpanBatch, SpanRecord,
+};
+use seam_proto::{ipc, privilege, role, Role};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "seam-correlator",
+    version,
+    about = "Builds spans from seam's captured traffic"
+)]
+struct Args {
+    /// Directory of the loader's pinned maps.
+    #[arg(long, env = "SEAM_PIN_DIR")]
+    pin_dir: Option<PathBuf>,
+    /// Longest a response may stay silent before it is ended with what was seen (seconds).
+    #[arg(long, env = "SEAM_OPEN_RESPONSE_TIMEOUT", default_value_t = 30)]
+    open_response_timeout: u64,
+    /// Span batches waiting for the exporter before new ones are dropped (and counted).
+    #[arg(long, env = "SEAM_SPAN_QUEUE", default_value_t = 1024)]
+    span_queue: usize,
+}
+
+type Services = Arc<Mutex<HashMap<u32, ServiceIdentity>>>;
+
+fn main() -> std::process::ExitCode {
+    seam_proto::telemetry::init_logging(Role::Correlator);
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "seam-correlator stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    privilege::enter_and_log(Role::Correlator)?;
+    let pin_dir = args.pin_dir.clone().unwrap_or_else(role::pin_dir);
+    let ring = open_ring(&pin_dir)?;
+    let counters = open_counters_read_only(&pin_dir.join("counters"))?;
+    tracing::info!(pin_dir = %pin_dir.display(), "opened pinned ring buffer by file permission");
+
+    let services: Services = Arc::default();
+    let (tx, rx) = mpsc::channel::<ExporterRequest>(args.span_queue);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let consumer = {
+        let services = services.clone();
+        let timeout = Duration::from_secs(args.open_response_timeout);
+        std::thread::Builder::new()
+            .name("ringbuf".into())
+            .spawn(move || consume(ring, counters, services, tx, timeout))
+            .context("spawning the ring buffer thread")?
+    };
+    rt.block_on(async move {
+        let shutdown = seam_proto::lifecycle::Shutdown::install()?;
+        let listener = ipc::bind(Role::Correlator)?;
+        let policy = ipc::PeerPolicy::for_role(Role::Correlator);
+        let svc = services.clone();
+        tokio::spawn(ipc::serve::<CorrelatorRequest, _>(listener, policy, move |_, req| {
+            let mut s = svc.lock().unwrap_or_else(|p| p.into_inner());
+            match req {
+                CorrelatorRequest::ServiceUp(id) => {
+                    tracing::info!(pid = id.pid, service = %id.service_name, "service identity");
+                    s.insert(id.pid, id);
+                }
+                CorrelatorRequest::ServiceDown { pid } => {
+                    s.remove(&pid);
+                }
+            }
+        }));
+        tokio::spawn(ship(rx));
+        seam_proto::lifecycle::ready(Role::Correlator);
+        shutdown.wait().await;
+        Ok::<(), anyhow::Error>(())
+    })?;
+    let _ = std::fs::remove_file(Role::Correlator.socket_path());
+    drop(consumer);
+    Ok(())
+}
+
+fn open_ring(pin_dir: &Path) -> Result<RingBuf<MapData>> {
+    let path = pin_dir.join("events");
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "opening {} (needs read-write permission through the seam group)",
+            path.display()
+        )
+    })?;
+    let map = Map::from_map_data(data).context("pinned events map")?;
+    RingBuf::try_from(map).context("pinned events is not a ring buffer")
+}
+
+/// Opens a pinned map read-only (BPF_F_RDONLY), which needs only read permission on the pin.
+fn open_counters_read_only(path: &Path) -> Result<PerCpuArray<MapData, u64>> {
+    #[repr(C)]
+    struct ObjGetAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        // The kernel rejects attrs whose bytes past the last field are not zero.
+        pad: u32,
+    }
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_F_RDONLY: u32 = 1 << 3;
+    let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let attr = ObjGetAttr {
+        pathname: cpath.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: BPF_F_RDONLY,
+        path_fd: 0,
+        pad: 0,
+    };
+    // SAFETY: the attr struct matches the kernel's BPF_OBJ_GET layout and outlives the call;
+    // cpath stays alive until after it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &attr as *const ObjGetAttr,
+            std::mem::size_of::<ObjGetAttr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("opening {} read-only", path.display()));
+    }
+    // SAFETY: the syscall returned a new file descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let map = Map::from_map_data(MapData::from_fd(fd)?)?;
+    PerCpuArray::try_from(map).context("pinned counters map has the wrong type")
+}
+
+fn counter_sum(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+    map.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
+}
+
+/// Names of processes discover never described (children a target forked), read at first sight
+/// because a short-lived child may be gone by the time its spans are flushed.
+#[derive(Debug, Default)]
+struct CommNames(HashMap<u32, String>);
+
+impl CommNames {
+    const MAX: usize = 16_384;
+
+    /// The kernel's name for the process at exec; replaces whatever was known.
+    fn exec(&mut self, pid: u32, comm: &[u8]) {
+        let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+        let name = String::from_utf8_lossy(&comm[..end]).into_owned();
+        if !name.is_empty() {
+            self.0.insert(pid, name);
+        }
+    }
+
+    fn note(&mut self, pid: u32) {
+        if self.0.contains_key(&pid) {
+            return;
+        }
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let name = match comm.trim() {
+            "" => "unknown_service".to_string(),
+            c => c.to_string(),
+        };
+        self.0.insert(pid, name);
+    }
+}
+
+fn identity(services: &Services, comms: &CommNames, pid: u32) -> ServiceIdentity {
+    let s = services.lock().unwrap_or_else(|p| p.into_inner());
+    s.get(&pid).cloned().unwrap_or_else(|| {
+        let name = comms
+            .0
+            .get(&pid)
+            .cloned()
+            .unwrap_or_else(|| "unknown_service".into());
+        ServiceIdentity {
+            service_name: name.clone(),
+            instance_id: format!("{pid}"),
+            pid,
+            executable_name: name,
+            ..ServiceIdentity::default()
+        }
+    })
+}
+
+fn consume(
+    mut ring: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    services: Services,
+    tx: mpsc::Sender<ExporterRequest>,
+    open_timeout: Duration,
+) {
+    const POLL: Duration = Duration::from_millis(50);
+    const FLUSH: Duration = Duration::from_millis(100);
+    let mut engine = Engine::new();
+    let mut ready: Vec<(u32, SpanRecord)> = Vec::new();
+    let mut dropped_spans = 0u64;
+    let mut last_flush = Instant::now();
+    let mut last_report = Instant::now();
+    let mut lost_seen = 0u64;
+    let mut comms = CommNames::default();
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, POLL.as_millis() as i32) };
+        while let Some(item) = ring.next() {
+            match seam_abi::Event::parse(&item) {
+                Some((ev, comm)) if ev.kind == seam_abi::EV_EXEC => comms.exec(ev.pid, comm),
+                Some((ev, _)) => comms.note(ev.pid),
+                None => {}
+            }
+            engine.on_record(&item, &mut ready);
+        }
+        if last_flush.elapsed() >= FLUSH {
+            last_flush = Instant::now();
+            engine.sweep(
+                MonotonicClock::monotonic_now_ns(),
+                open_timeout.as_nanos() as u64,
+                600_000_000_000,
+                &mut ready,
+            );
+            dropped_spans += flush(&mut ready, &services, &comms, &tx);
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            let lost = counter_sum(&counters, seam_abi::CNT_RINGBUF_FULL);
+            if lost > lost_seen {
+                tracing::warn!(
+                    lost_events = lost - lost_seen,
+                    total = lost,
+                    "ring buffer was full: events lost"
+                );
+                lost_seen = lost;
+            }
+            let c = SelfCounters {
+                events: counter_sum(&counters, seam_abi::CNT_EVENTS),
+                lost_events: lost,
+                spans: engine.counters.spans,
+                dropped_spans,
+            };
+            let _ = tx.try_send(ExporterRequest::Counters {
+                role: Role::Correlator,
+                counters: c,
+            });
+        }
+    }
+}
+
+/// Groups finished spans by process and queues them; returns how many were dropped.
+fn flush(
+    ready: &mut Vec<(u32, SpanRecord)>,
+    services: &Services,
+    comms: &CommNames,
+    tx: &mpsc::Sender<ExporterRequest>,
+) -> u64 {
+    if ready.is_empty() {
+        return 0;
+    }
+    let mut by_pid: HashMap<u32, Vec<SpanRecord>> = HashMap::new();
+    for (pid, span) in ready.drain(..) {
+        by_pid.entry(pid).or_default().push(span);
+    }
+    let mut dropped = 0;
+    for (pid, spans) in by_pid {
+        let n = spans.len() as u64;
+        let batch = SpanBatch {
+            service: identity(services, comms, pid),
+            spans,
+        };
+        if tx.try_send(ExporterRequest::Spans(batch)).is_err() {
+            dropped += n;
+            tracing::warn!(spans = n, "exporter queue full: spans dropped");
+        }
+    }
+    dropped
+}
+
+/// Sends queued batches to the exporter, reconnecting when it restarts.
+async fn ship(mut rx: mpsc::Receiver<ExporterRequest>) {
+    let mut client: Option<ipc::Client> = None;
+    while let Some(msg) = rx.recv().await {
+        for attempt in 0..2 {
+            if client.is_none() {
+                match ipc::connect_with_retry(
+                    Role::Correlator,
+                    Role::Exporter,
+                    Duration::from_secs(2),
+                )
+                .await
+                {
+                    Ok(c) => client = Some(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "exporter unreachable: batch dropped");
+                        break;
+                    }
+                }
+            }
+            if let Some(c) = client.as_mut() {
+                match c.send(&msg).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        client = None;
+                        if attempt == 1 {
+                            tracing::warn!(error = %e, "sending to exporter failed: batch dropped");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Builds OpenTelemetry HTTP spans (semantic conventions) from finished exchanges.
+
+use std::net::IpAddr;
+
+use seam_proto::msg::{AttrValue, SpanKind, SpanRecord, SpanStatus};
+
+use crate::conn::{Exchange, Side};
+use crate::traceparent::{self, TraceContext};
+
+/// Local and remote ends of the connection, as the kernel saw them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoints {
+    pub local: (IpAddr, u16),
+    pub remote: (IpAddr, u16),
+}
+
+/// Turns monotonic kernel timestamps into Unix time.
+pub trait Clock {
+    fn unix_nanos(&self, monotonic_ns: u64) -> u64;
+}
+
+fn split_host(host: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        if let Some((h, p)) = rest.split_once(']') {
+            return (h, p.strip_prefix(':').and_then(|p| p.parse().ok()));
+        }
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h, p.parse().ok()),
+        _ => (host, None),
+    }
+}
+
+fn addr_string(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or_else(|| v6.to_string(), |v4| v4.to_string()),
+        IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
+/// Where the span's trace context comes from: a valid incoming header continues that trace.
+fn context_for(ex: &Exchange) -> (Option<TraceContext>, String) {
+    let tp = &ex.request.fields.traceparent;
+    // More than one traceparent is invalid: start a new trace.
+    let ctx = if tp.len() == 1 {
+        traceparent::parse(&tp[0])
+    } else {
+        None
+    };
+    let state = if ctx.is_some() {
+        ex.request.fields.tracestate.join(",")
+    } else {
+        String::new()
+    };
+    (ctx, state)
+}
+
+pub fn build(ex: &Exchange, ends: &Endpoints, clock: &dyn Clock) -> SpanRecord {
+    let (ctx, tracestate) = context_for(ex);
+    let status_code = ex.response.status;
+    let method = ex.request.method.clone();
+    let path = ex.request.path().to_string();
+    let mut attrs: Vec<(String, AttrValue)> = Vec::with_capacity(14);
+    let mut put = |k: &str, v: AttrValue| attrs.push((k.to_string(), v));
+    put("http.request.method", AttrValue::Str(method.clone()));
+    put(
+        "http.response.status_code",
+        AttrValue::Int(i64::from(status_code)),
+    );
+    put("url.path", AttrValue::Str(path.clone()));
+    if let Some(q) = ex.request.query() {
+        put("url.query", AttrValue::Str(q.to_string()));
+    }
+    put("url.scheme", AttrValue::Str("http".into()));
+    put(
+        "network.protocol.version",
+        AttrValue::Str(format!("1.{}", ex.request.minor_version)),
+    );
+    put(
+        "network.peer.address",
+        AttrValue::Str(addr_string(ends.remote.0)),
+    );
+    put(
+        "network.peer.port",
+        AttrValue::Int(i64::from(ends.remote.1)),
+    );
+    if let Some(n) = ex.request_body_bytes {
+        put("http.request.body.size", AttrValue::Int(n as i64));
+    }
+    if let Some(n) = ex.response_body_bytes {
+        put("http.response.body.size", AttrValue::Int(n as i64));
+    }
+    let (server_end, kind) = match ex.side {
+        Side::Server => (ends.local, SpanKind::Server),
+        Side::Client => (ends.remote, SpanKind::Client),
+    };
+    let (host, port) = match &ex.request.fields.host {
+        Some(h) => {
+            let (name, p) = split_host(h);
+            (name.to_string(), p.unwrap_or(server_end.1))
+        }
+        None => (addr_string(server_end.0), server_end.1),
+    };
+    put("server.address", AttrValue::Str(host.clone()));
+    put("server.port", AttrValue::Int(i64::from(port)));
+    match ex.side {
+        Side::Server => put("client.address", AttrValue::Str(addr_string(ends.remote.0))),
+        Side::Client => put(
+            "url.full",
+            AttrValue::Str(format!(
+                "http://{host}:{port}{}",
+                ex.request.target_for_url()
+            )),
+        ),
+    }
+    put("thread.id", AttrValue::Int(i64::from(ex.tid)));
+
+    let error = match ex.side {
+        Side::Server => status_code >= 500,
+        Side::Client => status_code >= 400,
+    };
+    let (trace_id, span_id, parent, flags, remote) = match (ex.side, ctx) {
+        // The app (or its SDK) already sent a context: seam's client span is that context.
+        (Side::Client, Some(c)) => (c.trace_id, c.parent_id, None, c.flags, false),
+        (Side::Server, Some(c)) => (
+            c.trace_id,
+            traceparent::new_span_id(),
+            Some(c.parent_id),
+            c.flags,
+            true,
+        ),
+        (_, None) => (
+            traceparent::new_trace_id(),
+            traceparent::new_span_id(),
+            None,
+            0x01,
+            false,
+        ),
+    };
+    SpanRecord {
+        trace_id,
+        span_id,
+        parent_span_id: parent,
+        trace_flags: flags,
+        tracestate,
+        parent_is_remote: remote,
+        name: method,
+        kind,
+        start_unix_nanos: clock.unix_nanos(ex.start_ns),
+        end_unix_nanos: clock.unix_nanos(ex.end_ns),
+        status: if error {
+            SpanStatus::Error
+        } else {
+            SpanStatus::Unset
+        },
+        attributes: attrs,
+    }
+}
+
+impl crate::http::RequestHead {
+    /// The target as it goes into `url.full`: origin-form path and query, fragment dropped.
+    pub fn target_for_url(&self) -> String {
+        match self.query() {
+            Some(q) => format!("{}?{q}", self.path()),
+            None => self.path().to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{parse_head, Head};
+
+    struct Fixed;
+    impl Clock for Fixed {
+        fn unix_nanos(&self, m: u64) -> u64 {
+            1_000_000 + m
+        }
+    }
+
+    fn exchange(side: Side, req: &str, status: &str) -> Exchange {
+        let Some(Head::Request(request)) = parse_head(req.as_bytes()) else {
+            panic!("request")
+        };
+        let Some(Head::Response(response)) = parse_head(status.as_bytes()) else {
+            panic!("response")
+        };
+        Exchange {
+            side,
+            request,
+            response,
+            start_ns: 10,
+            end_ns: 30,
+            request_body_bytes: Some(0),
+            response_body_bytes: Some(5),
+            tid: 3,
+        }
+    }
+
+    fn ends() -> Endpoints {
+        Endpoints {
+            local: ("::ffff:127.0.0.1".parse().expect("ip"), 8080),
+            remote: ("127.0.0.1".parse().expect("ip"), 50000),
+        }
+    }
+
+    #[test]
+    fn server_span_continues_incoming_trace() {
+        let ex = exchange(
+            Side::Server,
+            "GET /a?b=1 HTTP/1.1\r\nHost: svc:8080\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntracestate: a=1\r\n\r\n",
+            "HTTP/1.1 503 Busy\r\n\r\n",
+        );
+        let s = build(&ex, &ends(), &Fixed);
+        assert_eq!(
+            traceparent::hex(&s.trace_id),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(
+            s.parent_span_id.map(|p| traceparent::hex(&p)).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
+        assert!(s.parent_is_remote);
+        assert_eq!(s.tracestate, "a=1");
+        assert_eq!(s.kind, SpanKind::Server);
+        assert_eq!(s.status, SpanStatus::Error);
+        assert_eq!(s.start_unix_nanos, 1_000_010);
+        assert_eq!(s.attr("url.path"), Some(&AttrValue::Str("/a".into())));
+        assert_eq!(
+            s.attr("server.address"),
+            Some(&AttrValue::Str("svc".into()))
+        );
+        assert_eq!(
+            s.attr("http.response.status_code"),
+            Some(&AttrValue::Int(503))
+        );
+    }
+
+    #[test]
+    fn duplicate_or_invalid_traceparent_starts_a_new_trace() {
+        let ex = exchange(
+            Side::Server,
+            "GET / HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntracestate: a=1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\n\r\n",
+        );
+        let s = build(&ex, &ends(), &Fixed);
+        assert_ne!(
+            traceparent::hex(&s.trace_id),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(s.parent_span_id, None);
+        assert_eq!(s.tracestate, "");
+    }
+
+    #[test]
+    fn client_span_has_url_full_and_4xx_error() {
+        let ex = exchange(
+            Side::Client,
+            "GET /x?y HTTP/1.1\r\n\r\n",
+            "HTTP/1.1 404 Not Found\r\n\r\n",
+        );
+        let s = build(&ex, &ends(), &Fixed);
+        assert_eq!(s.kind, SpanKind::Client);
+        assert_eq!(s.status, SpanStatus::Error);
+        assert_eq!(
+            s.attr("url.full"),
+            Some(&AttrValue::Str("http://127.0.0.1:50000/x?y".into()))
+        );
+        assert_eq!(split_host("[::1]:9"), ("::1", Some(9)));
+        assert_eq!(split_host("h"), ("h", None));
+    }
+}

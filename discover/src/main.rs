@@ -1,0 +1,288 @@
+//! seam-discover: finds target processes, tells loader and ctxprop what to watch and correlator who they are.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Parser;
+use seam_discover::config::{self, DiscoveryConfig, ProcessEnv};
+use seam_discover::selector::Candidate;
+use seam_discover::{identity, procfs};
+use seam_proto::msg::{CorrelatorRequest, CtxpropRequest, LoaderRequest, ServiceIdentity};
+use seam_proto::{ipc, privilege, Role};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "seam-discover",
+    version,
+    about = "Finds the processes seam instruments"
+)]
+struct Args {
+    /// seam's YAML configuration file (the `discovery` section is read here).
+    #[arg(long, env = "SEAM_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    seam_proto::telemetry::init_logging(Role::Discover);
+    let args = Args::parse();
+    let cfg = match config::load(args.config.as_deref(), &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "bad configuration");
+            return std::process::ExitCode::from(64);
+        }
+    };
+    if let Err(e) = privilege::enter_and_log(Role::Discover) {
+        tracing::error!(error = %e, "seam-discover cannot start");
+        return std::process::ExitCode::FAILURE;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "tokio runtime");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "seam-discover stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// One connection to a daemon discover feeds; on reconnect the whole current state is re-sent.
+#[derive(Debug)]
+struct Link {
+    server: Role,
+    client: Option<ipc::Client>,
+}
+
+impl Link {
+    fn new(server: Role) -> Self {
+        Self {
+            server,
+            client: None,
+        }
+    }
+
+    /// Sends `msgs`; returns false when the peer is away (the caller re-sends state later).
+    async fn send_all<T: serde::Serialize>(&mut self, msgs: &[T]) -> bool {
+        if self.client.is_none() {
+            match ipc::Client::connect(Role::Discover, self.server).await {
+                Ok(c) => {
+                    tracing::info!(server = %self.server, "connected");
+                    self.client = Some(c);
+                }
+                Err(e) => {
+                    tracing::debug!(server = %self.server, error = %e, "not reachable yet");
+                    return false;
+                }
+            }
+        }
+        let Some(c) = self.client.as_mut() else {
+            return false;
+        };
+        for m in msgs {
+            if let Err(e) = c.send(m).await {
+                tracing::warn!(server = %self.server, error = %e, "lost connection");
+                self.client = None;
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Target {
+    start_time: u64,
+    identity: ServiceIdentity,
+}
+
+struct Discoverer {
+    cfg: DiscoveryConfig,
+    proc_root: PathBuf,
+    own_pid: u32,
+    seam_uids: HashSet<u32>,
+    seam_exe_dir: Option<PathBuf>,
+    host_name: String,
+    targets: HashMap<u32, Target>,
+    /// (pid, start time) of processes already judged not to match, so they are not re-read.
+    rejected: HashSet<(u32, u64)>,
+}
+
+impl Discoverer {
+    fn is_seam_process(&self, pid: u32, exe: &Path) -> bool {
+        if pid == self.own_pid {
+            return true;
+        }
+        if procfs::real_uid(&self.proc_root, pid).is_some_and(|u| self.seam_uids.contains(&u)) {
+            return true;
+        }
+        let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        name.starts_with("seam-") && exe.parent() == self.seam_exe_dir.as_deref()
+    }
+
+    /// One pass over /proc: returns the pids that appeared (with identities) and disappeared.
+    fn scan(&mut self) -> (Vec<ServiceIdentity>, Vec<u32>) {
+        let pids = procfs::list_pids(&self.proc_root);
+        let live: HashSet<u32> = pids.iter().copied().collect();
+        let needs_ports = self.cfg.selectors.iter().any(|s| s.needs_ports());
+        let listeners = if needs_ports {
+            procfs::listening_sockets(&self.proc_root)
+        } else {
+            HashMap::new()
+        };
+        let mut gone: Vec<u32> = Vec::new();
+        for (&pid, t) in &self.targets {
+            let same = live.contains(&pid)
+                && procfs::start_time(&self.proc_root, pid) == Some(t.start_time);
+            if !same {
+                gone.push(pid);
+            }
+        }
+        for pid in &gone {
+            self.targets.remove(pid);
+        }
+        self.rejected.retain(|(pid, _)| live.contains(pid));
+        let mut added = Vec::new();
+        for pid in pids {
+            if self.targets.contains_key(&pid) {
+                continue;
+            }
+            let Some(start) = procfs::start_time(&self.proc_root, pid) else {
+                continue;
+            };
+            // A process that did not match may still open a matching port later.
+            if !needs_ports && self.rejected.contains(&(pid, start)) {
+                continue;
+            }
+            let Some(exe) = procfs::exe(&self.proc_root, pid) else {
+                continue;
+            };
+            if self.is_seam_process(pid, &exe) {
+                self.rejected.insert((pid, start));
+                continue;
+            }
+            let ports: Vec<u16> = if needs_ports {
+                procfs::socket_inodes(&self.proc_root, pid)
+                    .iter()
+                    .filter_map(|i| listeners.get(i).copied())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let exe_str = exe.to_string_lossy();
+            let cand = Candidate {
+                pid,
+                exe: &exe_str,
+                listen_ports: &ports,
+            };
+            let Some(sel) = self.cfg.selectors.iter().find(|s| s.matches(&cand)) else {
+                self.rejected.insert((pid, start));
+                continue;
+            };
+            let env = procfs::environ(&self.proc_root, pid);
+            let id = identity::resolve(
+                pid,
+                &exe,
+                &env,
+                sel.service_name.as_deref(),
+                &self.host_name,
+            );
+            tracing::info!(pid, service = %id.service_name, exe = %exe_str, ports = ?ports, "target found");
+            self.targets.insert(
+                pid,
+                Target {
+                    start_time: start,
+                    identity: id.clone(),
+                },
+            );
+            added.push(id);
+        }
+        for pid in &gone {
+            tracing::info!(pid, "target gone");
+        }
+        (added, gone)
+    }
+}
+
+async fn run(cfg: DiscoveryConfig) -> Result<()> {
+    let proc_root = PathBuf::from("/proc");
+    let own_exe = std::env::current_exe().ok();
+    let mut d = Discoverer {
+        cfg,
+        host_name: procfs::host_name(&proc_root),
+        proc_root,
+        own_pid: std::process::id(),
+        seam_uids: Role::ALL.iter().filter_map(|&r| ipc::uid_of(r)).collect(),
+        seam_exe_dir: own_exe
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf),
+        targets: HashMap::new(),
+        rejected: HashSet::new(),
+    };
+    let mut correlator = Link::new(Role::Correlator);
+    let mut loader = Link::new(Role::Loader);
+    let mut ctxprop = Link::new(Role::Ctxprop);
+    let (mut correlator_synced, mut loader_synced, mut ctxprop_synced) = (false, false, false);
+    let mut tick = tokio::time::interval(Duration::from_millis(d.cfg.poll_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let shutdown = seam_proto::lifecycle::Shutdown::install()?;
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    seam_proto::lifecycle::ready(Role::Discover);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => break,
+        }
+        let (added, gone) = d.scan();
+        // Identity first, so the correlator knows a process before its first event can arrive.
+        let ids: Vec<CorrelatorRequest> = if correlator_synced {
+            added
+                .iter()
+                .cloned()
+                .map(CorrelatorRequest::ServiceUp)
+                .chain(
+                    gone.iter()
+                        .map(|&pid| CorrelatorRequest::ServiceDown { pid }),
+                )
+                .collect()
+        } else {
+            d.targets
+                .values()
+                .map(|t| CorrelatorRequest::ServiceUp(t.identity.clone()))
+                .collect()
+        };
+        correlator_synced = correlator.send_all(&ids).await;
+        let adds = |all: bool| -> Vec<u32> {
+            if all {
+                d.targets.keys().copied().collect()
+            } else {
+                added.iter().map(|i| i.pid).collect()
+            }
+        };
+        let l: Vec<LoaderRequest> = adds(!loader_synced)
+            .into_iter()
+            .map(|pid| LoaderRequest::AddTarget { pid })
+            .chain(gone.iter().map(|&pid| LoaderRequest::RemoveTarget { pid }))
+            .collect();
+        loader_synced = loader.send_all(&l).await;
+        let c: Vec<CtxpropRequest> = adds(!ctxprop_synced)
+            .into_iter()
+            .map(|pid| CtxpropRequest::AddTarget { pid })
+            .chain(gone.iter().map(|&pid| CtxpropRequest::RemoveTarget { pid }))
+            .collect();
+        ctxprop_synced = ctxprop.send_all(&c).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! The `#[repr(C)]` layouts seam's eBPF programs share with user space (mirror of `ebpf/include/seam_abi.h`).
+#![no_std]
+
+use core::mem::size_of;
+
+/// Largest payload prefix one event can carry.
+pub const MAX_CAPTURE: u32 = 4096;
+/// Bytes from the end of each HTTP read/write kept on the event.
+pub const TAIL_LEN: usize = 16;
+
+pub const EV_DATA: u8 = 1;
+pub const EV_CLOSE: u8 = 2;
+pub const EV_EXEC: u8 = 3;
+pub const COMM_LEN: usize = 16;
+
+pub const DIR_INGRESS: u8 = 0;
+pub const DIR_EGRESS: u8 = 1;
+
+pub const ROLE_UNKNOWN: u8 = 0;
+pub const ROLE_ACCEPTED: u8 = 1;
+pub const ROLE_CONNECTED: u8 = 2;
+
+pub const DATA_HTTP_START: u8 = 1;
+
+pub const TARGET_SELECTED: u32 = 1;
+pub const TARGET_INHERITED: u32 = 2;
+
+pub const CNT_RINGBUF_FULL: u32 = 0;
+pub const CNT_EVENTS: u32 = 1;
+pub const CNT_MAX: u32 = 2;
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Names of the maps and programs inside the capture object, as the C source declares them.
+pub mod names {
+    pub const TARGETS: &str = "seam_targets";
+    pub const EVENTS: &str = "seam_events";
+    pub const COUNTERS: &str = "seam_counters";
+    pub const CAPTURE_BYTES: &str = "capture_bytes";
+    pub const WAKEUP_BYTES: &str = "wakeup_bytes";
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tuple {
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub family: u16,
+    pub pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Event {
+    pub conn_id: u64,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub bytes: u32,
+    pub captured: u32,
+    pub kind: u8,
+    pub direction: u8,
+    pub role: u8,
+    pub flags: u8,
+    pub tuple: Tuple,
+    pub tail_len: u32,
+    pub tail: [u8; TAIL_LEN],
+    pub pad: u32,
+}
+
+const _: () = assert!(size_of::<Tuple>() == 40);
+const _: () = assert!(size_of::<Event>() == 112);
+
+impl Event {
+    /// Reads an event header from the start of a ring-buffer record; the payload follows it.
+    pub fn parse(record: &[u8]) -> Option<(Event, &[u8])> {
+        if record.len() < size_of::<Event>() {
+            return None;
+        }
+        // SAFETY: length checked above; Event is plain old data, any bit pattern is valid,
+        // and read_unaligned does not require the ring buffer record to be aligned.
+        let ev = unsafe { core::ptr::read_unaligned(record.as_ptr().cast::<Event>()) };
+        let rest = &record[size_of::<Event>()..];
+        let captured = (ev.captured as usize).min(rest.len());
+        Some((ev, &rest[..captured]))
+    }
+
+    pub fn tail(&self) -> &[u8] {
+        &self.tail[..(self.tail_len as usize).min(TAIL_LEN)]
+    }
+
+    pub fn is_http_start(&self) -> bool {
+        self.flags & DATA_HTTP_START != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_rejects_short_records_and_bounds_payload() {
+        assert!(Event::parse(&[0u8; 10]).is_none());
+        let mut rec = [0u8; 112 + 8];
+        rec[40..44].copy_from_slice(&100u32.to_ne_bytes()); // captured claims more than present
+        rec[112..].copy_from_slice(b"GET / HT");
+        let (ev, payload) = Event::parse(&rec).expect("full header");
+        assert_eq!(ev.captured, 100);
+        assert_eq!(payload, b"GET / HT");
+    }
+}

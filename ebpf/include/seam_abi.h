@@ -1,0 +1,79 @@
+/* Layouts shared by seam's eBPF programs and its Rust daemons (mirrored in ebpf/abi/src/lib.rs). */
+#ifndef SEAM_ABI_H
+#define SEAM_ABI_H
+
+#include <linux/types.h>
+
+/* Largest payload prefix one event can carry; the configured prefix is at most this. */
+#define SEAM_MAX_CAPTURE 4096
+/* Bytes from the end of a write/read kept on every HTTP event (to see a chunked terminator). */
+#define SEAM_TAIL_LEN 16
+#define SEAM_COMM_LEN 16
+
+enum seam_event_kind {
+	SEAM_EV_DATA = 1,
+	SEAM_EV_CLOSE = 2,
+	SEAM_EV_EXEC = 3, /* a target exec'd; payload is its new comm (16 bytes) */
+};
+
+enum seam_direction {
+	SEAM_DIR_INGRESS = 0, /* the process read these bytes */
+	SEAM_DIR_EGRESS = 1,  /* the process wrote these bytes */
+};
+
+enum seam_role {
+	SEAM_ROLE_UNKNOWN = 0,   /* connection existed before seam saw it open */
+	SEAM_ROLE_ACCEPTED = 1,  /* came from accept(): this process is the server */
+	SEAM_ROLE_CONNECTED = 2, /* came from connect(): this process is the client */
+};
+
+enum seam_data_flags {
+	SEAM_DATA_HTTP_START = 1, /* payload begins with an HTTP/1.x request or status line */
+};
+
+struct seam_tuple {
+	__u8 local_addr[16]; /* IPv4: first 4 bytes */
+	__u8 remote_addr[16];
+	__u16 local_port; /* host byte order */
+	__u16 remote_port;
+	__u16 family; /* AF_INET or AF_INET6 */
+	__u16 pad;
+};
+
+struct seam_event {
+	__u64 conn_id;  /* unique per connection seen, never reused while seam runs */
+	__u64 start_ns; /* CLOCK_MONOTONIC at syscall entry */
+	__u64 end_ns;   /* CLOCK_MONOTONIC at syscall exit */
+	__u32 pid;      /* tgid */
+	__u32 tid;
+	__s32 fd;
+	__u32 bytes;    /* bytes the syscall moved */
+	__u32 captured; /* payload bytes that follow this header */
+	__u8 kind;
+	__u8 direction;
+	__u8 role;
+	__u8 flags;
+	struct seam_tuple tuple;
+	__u32 tail_len;
+	__u8 tail[SEAM_TAIL_LEN];
+	__u32 pad;
+	/* followed by `captured` payload bytes */
+};
+
+/* Values in the targets map. */
+enum seam_target_flags {
+	SEAM_TARGET_SELECTED = 1,  /* chosen by discover */
+	SEAM_TARGET_INHERITED = 2, /* forked by a target */
+};
+
+/* Per-CPU counters the correlator reads to report what the kernel side dropped. */
+enum seam_counter {
+	SEAM_CNT_RINGBUF_FULL = 0, /* events lost because the ring buffer was full */
+	SEAM_CNT_EVENTS = 1,       /* events written */
+	SEAM_CNT_MAX = 2,
+};
+
+_Static_assert(sizeof(struct seam_tuple) == 40, "seam_tuple layout");
+_Static_assert(sizeof(struct seam_event) == 112, "seam_event layout");
+
+#endif

@@ -1,0 +1,55 @@
+//! Compiles seam's C eBPF programs with clang into OUT_DIR so the loader can embed them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn multiarch_include() -> Option<String> {
+    let out = Command::new("gcc").arg("-print-multiarch").output().ok()?;
+    let arch = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (!arch.is_empty()).then(|| format!("/usr/include/{arch}"))
+}
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets this"));
+    let ebpf = manifest.join("../ebpf");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets this"));
+    let include = ebpf.join("include");
+    let clang = std::env::var("CLANG").unwrap_or_else(|_| "clang".to_string());
+
+    for entry in std::fs::read_dir(&include).expect("ebpf/include exists") {
+        let path = entry.expect("readable").path();
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    println!("cargo:rerun-if-env-changed=CLANG");
+
+    // Each object is loaded on its own, so a program one kernel rejects cannot sink the others.
+    let objects: &[&str] = &["capture"];
+    for name in objects {
+        let src = ebpf.join("src").join(format!("{name}.bpf.c"));
+        println!("cargo:rerun-if-changed={}", src.display());
+        compile(&clang, &src, &include, &out.join(format!("{name}.bpf.o")));
+    }
+}
+
+fn compile(clang: &str, src: &Path, include: &Path, obj: &Path) {
+    let mut cmd = Command::new(clang);
+    cmd.args([
+        "-O2",
+        "-g",
+        "-target",
+        "bpf",
+        "-D__TARGET_ARCH_x86",
+        "-Wall",
+        "-Werror",
+    ])
+    .arg("-I")
+    .arg(include);
+    if let Some(dir) = multiarch_include() {
+        cmd.arg("-I").arg(dir);
+    }
+    cmd.arg("-c").arg(src).arg("-o").arg(obj);
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {clang} (install clang and libbpf-dev): {e}"));
+    assert!(status.success(), "{clang} failed on {}", src.display());
+}

@@ -1,0 +1,93 @@
+//! seam-loader: the only daemon that loads capture eBPF programs and maintains the target set.
+
+mod bpffs;
+mod capture;
+mod targets;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use seam_proto::{ipc, msg::LoaderRequest, privilege, role, Role};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "seam-loader",
+    version,
+    about = "Loads seam's capture programs and pins their maps"
+)]
+struct Args {
+    /// Bytes of each HTTP message start shipped to user space (at most 4096).
+    #[arg(long, env = "SEAM_CAPTURE_BYTES", default_value_t = 1024)]
+    capture_bytes: u32,
+    /// Size of the event ring buffer in bytes (a power of two, at least 4096).
+    #[arg(long, env = "SEAM_RINGBUF_BYTES", default_value_t = 8 * 1024 * 1024)]
+    ringbuf_bytes: u32,
+    /// Wake the consumer at once when this many bytes are waiting; below it the consumer polls.
+    #[arg(long, env = "SEAM_WAKEUP_BYTES", default_value_t = 64 * 1024)]
+    wakeup_bytes: u64,
+    /// Directory for pinned maps (on bpffs).
+    #[arg(long, env = "SEAM_PIN_DIR")]
+    pin_dir: Option<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    seam_proto::telemetry::init_logging(Role::Loader);
+    let args = Args::parse();
+    if let Err(e) = capture::validate(args.capture_bytes, args.ringbuf_bytes) {
+        tracing::error!(error = %e, "bad configuration");
+        return std::process::ExitCode::from(64);
+    }
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "seam-loader stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let pin_dir = args.pin_dir.clone().unwrap_or_else(role::pin_dir);
+    // bpffs may need mounting, which is the one thing done before dropping privileges.
+    bpffs::ensure_mounted(&pin_dir)?;
+    privilege::enter_and_log(Role::Loader)?;
+
+    let mut loaded = capture::load(&capture::Settings {
+        capture_bytes: args.capture_bytes,
+        ringbuf_bytes: args.ringbuf_bytes,
+        wakeup_bytes: args.wakeup_bytes,
+    })?;
+    let pins = bpffs::Pins::create(&pin_dir, &mut loaded.ebpf)?;
+    let targets = Arc::new(Mutex::new(targets::Targets::new(&mut loaded.ebpf)?));
+    tracing::info!(pin_dir = %pin_dir.display(), programs = loaded.attached, "capture attached");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let result = rt.block_on(async {
+        let shutdown = seam_proto::lifecycle::Shutdown::install()?;
+        let listener = ipc::bind(Role::Loader)?;
+        let policy = ipc::PeerPolicy::for_role(Role::Loader);
+        let t = targets.clone();
+        let server = ipc::serve::<LoaderRequest, _>(listener, policy, move |_, req| {
+            let mut t = t.lock().unwrap_or_else(|p| p.into_inner());
+            t.apply(req);
+        });
+        seam_proto::lifecycle::ready(Role::Loader);
+        tokio::select! {
+            _ = server => Ok::<(), anyhow::Error>(()),
+            _ = shutdown.wait() => {
+                tracing::info!("detaching programs and removing pins");
+                Ok(())
+            }
+        }
+    });
+    let _ = std::fs::remove_file(Role::Loader.socket_path());
+    pins.remove();
+    drop(targets);
+    drop(loaded);
+    result
+}

@@ -1,0 +1,63 @@
+//! The pinned set of instrumented pids, changed only by typed requests from discover.
+
+use std::collections::HashSet;
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap, MapData};
+use aya::Ebpf;
+use seam_abi::names;
+use seam_proto::{ipc, msg::LoaderRequest, Role};
+
+#[derive(Debug)]
+pub struct Targets {
+    map: HashMap<MapData, u32, u32>,
+    seam_uids: HashSet<u32>,
+}
+
+impl Targets {
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self> {
+        let map = ebpf
+            .take_map(names::TARGETS)
+            .context("targets map missing")?;
+        let map = HashMap::try_from(map).context("targets map has the wrong type")?;
+        let seam_uids = Role::ALL.iter().filter_map(|&r| ipc::uid_of(r)).collect();
+        Ok(Self { map, seam_uids })
+    }
+
+    pub fn apply(&mut self, req: LoaderRequest) {
+        match req {
+            LoaderRequest::AddTarget { pid } => match self.refusal(pid) {
+                Some(why) => tracing::warn!(pid, reason = why, "target refused"),
+                None => match self.map.insert(pid, seam_abi::TARGET_SELECTED, 0) {
+                    Ok(()) => tracing::info!(pid, "target added"),
+                    Err(e) => tracing::warn!(pid, error = %e, "target map full or failing"),
+                },
+            },
+            LoaderRequest::RemoveTarget { pid } => {
+                if self.map.remove(&pid).is_ok() {
+                    tracing::info!(pid, "target removed");
+                }
+            }
+        }
+    }
+
+    /// Re-derives from /proc what discover claimed: the pid exists and is not one of seam's own.
+    fn refusal(&self, pid: u32) -> Option<&'static str> {
+        if pid == 0 || pid == std::process::id() {
+            return Some("seam's own process");
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            return Some("no such process");
+        };
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|u| u.parse::<u32>().ok());
+        match uid {
+            None => Some("unreadable process status"),
+            Some(u) if self.seam_uids.contains(&u) => Some("runs as a seam daemon user"),
+            Some(_) => None,
+        }
+    }
+}

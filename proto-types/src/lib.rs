@@ -1,0 +1,15 @@
+//! Messages, framing, peer checks and role table shared by seam's five daemons.
+
+pub mod codec;
+pub mod frame;
+pub mod ipc;
+pub mod lifecycle;
+pub mod msg;
+pub mod privilege;
+pub mod role;
+pub mod telemetry;
+
+pub use role::Role;
+
+/// Bumped whenever a message layout changes; peers with another version are refused.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,36 @@
+//! Daemon lifecycle: signal handlers installed before a daemon says it is ready, then a wait for them.
+
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+/// SIGTERM and SIGINT handlers, registered at construction so a signal that arrives early is
+/// not fatal.
+#[derive(Debug)]
+pub struct Shutdown {
+    term: Signal,
+    int: Signal,
+}
+
+impl Shutdown {
+    /// Registers the handlers; must run inside a tokio runtime.
+    pub fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves on SIGTERM or SIGINT and names which one arrived.
+    pub async fn wait(mut self) -> &'static str {
+        let sig = tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = sig, "stopping");
+        sig
+    }
+}
+
+/// Logs the line supervisors and tests wait for.
+pub fn ready(role: crate::Role) {
+    tracing::info!(role = %role, "ready");
+}

@@ -1,0 +1,72 @@
+# Shared helpers for seam's scripts: dependency install, build, host setup. Sourced, not run.
+# shellcheck shell=bash
+
+SEAM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SEAM_PROFILE=${SEAM_PROFILE:-release}
+SEAM_BIN_DIR=${SEAM_BIN_DIR:-"$SEAM_ROOT/target/$SEAM_PROFILE"}
+
+seam_log() { printf '\033[1m[seam]\033[0m %s\n' "$*" >&2; }
+seam_die() { seam_log "error: $*"; exit 1; }
+
+seam_require_root() {
+  [ "$(id -u)" = 0 ] || seam_die "run as root (seam loads eBPF programs and creates system users)"
+}
+
+# Debian packages seam needs to build, run, test and demo; only missing ones are installed.
+SEAM_APT_PACKAGES=(clang llvm libbpf-dev bpftool iproute2 curl nodejs util-linux procps nginx wrk)
+
+seam_install_deps() {
+  local missing=()
+  for p in "${SEAM_APT_PACKAGES[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    seam_log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  command -v cargo >/dev/null || seam_die "cargo is missing (install Rust 1.95 with rustup)"
+  command -v python3 >/dev/null || {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 >/dev/null
+  }
+}
+
+seam_build() {
+  seam_log "building ($SEAM_PROFILE)"
+  (cd "$SEAM_ROOT" && cargo build --workspace --bins --profile "$SEAM_PROFILE" --quiet)
+}
+
+# Users, groups, mounts and directories the privilege-separated daemons rely on. Idempotent.
+seam_setup_host() {
+  getent group seam >/dev/null || groupadd --system seam
+  getent group seam-trace >/dev/null || groupadd --system seam-trace
+  local u
+  for u in seam-discover seam-loader seam-ctxprop seam seam-exporter; do
+    id "$u" >/dev/null 2>&1 || useradd --system --gid seam --no-create-home \
+      --home-dir /nonexistent --shell /usr/sbin/nologin "$u"
+  done
+  # Only the loader reads tracefs (tracepoint ids); seam-trace is its group for that alone.
+  id -nG seam-loader | grep -qw seam-trace || usermod -a -G seam-trace seam-loader
+  local trace_gid
+  trace_gid=$(getent group seam-trace | cut -d: -f3)
+  mkdir -p /sys/kernel/tracing
+  if mountpoint -q /sys/kernel/tracing; then
+    mount -o remount,gid="$trace_gid",mode=0750 /sys/kernel/tracing
+  else
+    mount -t tracefs -o gid="$trace_gid",mode=0750 tracefs /sys/kernel/tracing
+  fi
+  mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+  # The seam group must be able to pass through bpffs's root to reach its own pin directory.
+  chmod o+x /sys/fs/bpf
+}
+
+# Makes a run directory (sockets) and pin directory for one stack.
+seam_make_dirs() {
+  local run_dir=$1 pin_dir=$2
+  mkdir -p "$run_dir"
+  chown root:seam "$run_dir"
+  chmod 1770 "$run_dir"
+  mkdir -p "$pin_dir"
+  chown seam-loader:seam "$pin_dir"
+  chmod 0750 "$pin_dir"
+}
