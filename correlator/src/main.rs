@@ -32,6 +32,9 @@ struct Args {
     /// Span batches waiting for the exporter before new ones are dropped (and counted).
     #[arg(long, env = "SEAM_SPAN_QUEUE", default_value_t = 1024)]
     span_queue: usize,
+    /// How long to wait at start for the loader's pins to appear (seconds).
+    #[arg(long, env = "SEAM_PIN_WAIT", default_value_t = 60)]
+    pin_wait: u64,
 }
 
 type Services = Arc<Mutex<HashMap<u32, ServiceIdentity>>>;
@@ -51,7 +54,7 @@ fn main() -> std::process::ExitCode {
 fn run(args: Args) -> Result<()> {
     privilege::enter_and_log(Role::Correlator)?;
     let pin_dir = args.pin_dir.clone().unwrap_or_else(role::pin_dir);
-    let ring = open_ring(&pin_dir)?;
+    let ring = wait_for_pins(&pin_dir, Duration::from_secs(args.pin_wait))?;
     let counters = open_counters_read_only(&pin_dir.join("counters"))?;
     tracing::info!(pin_dir = %pin_dir.display(), "opened pinned ring buffer by file permission");
 
@@ -95,6 +98,26 @@ fn run(args: Args) -> Result<()> {
     let _ = std::fs::remove_file(Role::Correlator.socket_path());
     drop(consumer);
     Ok(())
+}
+
+/// The loader may start after the correlator (or restart): wait for its pins instead of failing.
+fn wait_for_pins(pin_dir: &Path, patience: Duration) -> Result<RingBuf<MapData>> {
+    let start = Instant::now();
+    let mut said = false;
+    loop {
+        let missing = !pin_dir.join("events").exists() || !pin_dir.join("counters").exists();
+        if !missing {
+            return open_ring(pin_dir);
+        }
+        if start.elapsed() >= patience {
+            return open_ring(pin_dir).context("the loader's pins never appeared");
+        }
+        if !said {
+            tracing::info!(pin_dir = %pin_dir.display(), "waiting for the loader's pins");
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn open_ring(pin_dir: &Path) -> Result<RingBuf<MapData>> {
