@@ -70,10 +70,10 @@ fn endpoints(t: &Tuple) -> Endpoints {
             IpAddr::V6(Ipv6Addr::from(*a))
         }
     };
-    Endpoints {
-        local: (ip(&t.local_addr), t.local_port),
-        remote: (ip(&t.remote_addr), t.remote_port),
-    }
+    Endpoints::new(
+        (ip(&t.local_addr), t.local_port),
+        (ip(&t.remote_addr), t.remote_port),
+    )
 }
 
 #[derive(Debug)]
@@ -136,8 +136,10 @@ impl Engine {
                     tail: ev.tail(),
                 };
                 entry.conn.on_chunk(&chunk, &mut self.exchanges);
-                let (pid, ends) = (entry.pid, entry.ends);
-                self.emit(pid, &ends, out);
+                for ex in self.exchanges.drain(..) {
+                    self.counters.spans += 1;
+                    out.push((entry.pid, span::build(&ex, &entry.ends, &self.clock)));
+                }
             }
             EV_CLOSE => {
                 if let Some(mut entry) = self.conns.remove(&ev.conn_id) {

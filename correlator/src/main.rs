@@ -38,6 +38,8 @@ struct Args {
 }
 
 type Services = Arc<Mutex<HashMap<u32, ServiceIdentity>>>;
+/// The consumer's latest counters, for the summary logged at shutdown.
+type Published = Arc<Mutex<SelfCounters>>;
 
 fn main() -> std::process::ExitCode {
     seam_proto::telemetry::init_logging(Role::Correlator);
@@ -65,12 +67,14 @@ fn run(args: Args) -> Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
+    let published: Published = Arc::default();
     let consumer = {
         let services = services.clone();
+        let published = published.clone();
         let timeout = Duration::from_secs(args.open_response_timeout);
         std::thread::Builder::new()
             .name("ringbuf".into())
-            .spawn(move || consume(ring, counters, services, tx, timeout))
+            .spawn(move || consume(ring, counters, services, tx, timeout, published))
             .context("spawning the ring buffer thread")?
     };
     rt.block_on(async move {
@@ -96,6 +100,14 @@ fn run(args: Args) -> Result<()> {
         Ok::<(), anyhow::Error>(())
     })?;
     let _ = std::fs::remove_file(Role::Correlator.socket_path());
+    let c = published.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    tracing::info!(
+        events = c.events,
+        lost_events = c.lost_events,
+        spans = c.spans,
+        dropped_spans = c.dropped_spans,
+        "final counters"
+    );
     drop(consumer);
     Ok(())
 }
@@ -234,6 +246,7 @@ fn consume(
     services: Services,
     tx: mpsc::Sender<ExporterRequest>,
     open_timeout: Duration,
+    published: Published,
 ) {
     const POLL: Duration = Duration::from_millis(50);
     const FLUSH: Duration = Duration::from_millis(100);
@@ -287,6 +300,7 @@ fn consume(
                 spans: engine.counters.spans,
                 dropped_spans,
             };
+            *published.lock().unwrap_or_else(|p| p.into_inner()) = c.clone();
             let _ = tx.try_send(ExporterRequest::Counters {
                 role: Role::Correlator,
                 counters: c,
@@ -309,16 +323,23 @@ fn flush(
     for (pid, span) in ready.drain(..) {
         by_pid.entry(pid).or_default().push(span);
     }
+    // Batches stay under ~100 KB so neither side's allocator maps fresh pages for each one.
+    const MAX_BATCH: usize = 512;
     let mut dropped = 0;
-    for (pid, spans) in by_pid {
-        let n = spans.len() as u64;
-        let batch = SpanBatch {
-            service: identity(services, comms, pid),
-            spans,
-        };
-        if tx.try_send(ExporterRequest::Spans(batch)).is_err() {
-            dropped += n;
-            tracing::warn!(spans = n, "exporter queue full: spans dropped");
+    for (pid, mut spans) in by_pid {
+        let service = identity(services, comms, pid);
+        while !spans.is_empty() {
+            let rest = spans.split_off(spans.len().min(MAX_BATCH));
+            let n = spans.len() as u64;
+            let batch = SpanBatch {
+                service: service.clone(),
+                spans,
+            };
+            if tx.try_send(ExporterRequest::Spans(batch)).is_err() {
+                dropped += n;
+                tracing::warn!(spans = n, "exporter queue full: spans dropped");
+            }
+            spans = rest;
         }
     }
     dropped

@@ -2,16 +2,30 @@
 
 use std::net::IpAddr;
 
-use seam_proto::msg::{AttrValue, SpanKind, SpanRecord, SpanStatus};
+use seam_proto::msg::{AttrKey, AttrValue, SpanKind, SpanRecord, SpanStatus};
 
 use crate::conn::{Exchange, Side};
 use crate::traceparent::{self, TraceContext};
 
-/// Local and remote ends of the connection, as the kernel saw them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Local and remote ends of the connection, as the kernel saw them, with their text formatted
+/// once per connection rather than once per span.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoints {
     pub local: (IpAddr, u16),
     pub remote: (IpAddr, u16),
+    local_text: String,
+    remote_text: String,
+}
+
+impl Endpoints {
+    pub fn new(local: (IpAddr, u16), remote: (IpAddr, u16)) -> Self {
+        Self {
+            local_text: addr_string(local.0),
+            remote_text: addr_string(remote.0),
+            local,
+            remote,
+        }
+    }
 }
 
 /// Turns monotonic kernel timestamps into Unix time.
@@ -63,60 +77,70 @@ pub fn build(ex: &Exchange, ends: &Endpoints, clock: &dyn Clock) -> SpanRecord {
     let status_code = ex.response.status;
     let method = ex.request.method.clone();
     let path = ex.request.path().to_string();
-    let mut attrs: Vec<(String, AttrValue)> = Vec::with_capacity(14);
-    let mut put = |k: &str, v: AttrValue| attrs.push((k.to_string(), v));
-    put("http.request.method", AttrValue::Str(method.clone()));
+    let mut attrs: Vec<(AttrKey, AttrValue)> = Vec::with_capacity(16);
+    let mut put = |k: AttrKey, v: AttrValue| attrs.push((k, v));
+    put(AttrKey::HttpRequestMethod, AttrValue::Str(method.clone()));
     put(
-        "http.response.status_code",
+        AttrKey::HttpResponseStatusCode,
         AttrValue::Int(i64::from(status_code)),
     );
-    put("url.path", AttrValue::Str(path.clone()));
+    put(AttrKey::UrlPath, AttrValue::Str(path.clone()));
     if let Some(q) = ex.request.query() {
-        put("url.query", AttrValue::Str(q.to_string()));
+        put(AttrKey::UrlQuery, AttrValue::Str(q.to_string()));
     }
-    put("url.scheme", AttrValue::Str("http".into()));
+    put(AttrKey::UrlScheme, AttrValue::Str("http".into()));
     put(
-        "network.protocol.version",
-        AttrValue::Str(format!("1.{}", ex.request.minor_version)),
+        AttrKey::NetworkProtocolVersion,
+        AttrValue::Str(
+            if ex.request.minor_version == 0 {
+                "1.0"
+            } else {
+                "1.1"
+            }
+            .into(),
+        ),
     );
     put(
-        "network.peer.address",
-        AttrValue::Str(addr_string(ends.remote.0)),
+        AttrKey::NetworkPeerAddress,
+        AttrValue::Str(ends.remote_text.clone()),
     );
     put(
-        "network.peer.port",
+        AttrKey::NetworkPeerPort,
         AttrValue::Int(i64::from(ends.remote.1)),
     );
     if let Some(n) = ex.request_body_bytes {
-        put("http.request.body.size", AttrValue::Int(n as i64));
+        put(AttrKey::HttpRequestBodySize, AttrValue::Int(n as i64));
     }
     if let Some(n) = ex.response_body_bytes {
-        put("http.response.body.size", AttrValue::Int(n as i64));
+        put(AttrKey::HttpResponseBodySize, AttrValue::Int(n as i64));
     }
-    let (server_end, kind) = match ex.side {
-        Side::Server => (ends.local, SpanKind::Server),
-        Side::Client => (ends.remote, SpanKind::Client),
+    let (server_end, server_text, kind) = match ex.side {
+        Side::Server => (ends.local, &ends.local_text, SpanKind::Server),
+        Side::Client => (ends.remote, &ends.remote_text, SpanKind::Client),
     };
     let (host, port) = match &ex.request.fields.host {
         Some(h) => {
             let (name, p) = split_host(h);
             (name.to_string(), p.unwrap_or(server_end.1))
         }
-        None => (addr_string(server_end.0), server_end.1),
+        None => (server_text.clone(), server_end.1),
     };
-    put("server.address", AttrValue::Str(host.clone()));
-    put("server.port", AttrValue::Int(i64::from(port)));
+    put(AttrKey::ServerAddress, AttrValue::Str(host.clone()));
+    put(AttrKey::ServerPort, AttrValue::Int(i64::from(port)));
     match ex.side {
-        Side::Server => put("client.address", AttrValue::Str(addr_string(ends.remote.0))),
+        Side::Server => put(
+            AttrKey::ClientAddress,
+            AttrValue::Str(ends.remote_text.clone()),
+        ),
         Side::Client => put(
-            "url.full",
+            AttrKey::UrlFull,
             AttrValue::Str(format!(
                 "http://{host}:{port}{}",
                 ex.request.target_for_url()
             )),
         ),
     }
-    put("thread.id", AttrValue::Int(i64::from(ex.tid)));
+    put(AttrKey::ThreadId, AttrValue::Int(i64::from(ex.tid)));
 
     let error = match ex.side {
         Side::Server => status_code >= 500,
@@ -202,10 +226,10 @@ mod tests {
     }
 
     fn ends() -> Endpoints {
-        Endpoints {
-            local: ("::ffff:127.0.0.1".parse().expect("ip"), 8080),
-            remote: ("127.0.0.1".parse().expect("ip"), 50000),
-        }
+        Endpoints::new(
+            ("::ffff:127.0.0.1".parse().expect("ip"), 8080),
+            ("127.0.0.1".parse().expect("ip"), 50000),
+        )
     }
 
     #[test]

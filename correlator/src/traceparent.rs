@@ -76,21 +76,52 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// OS CSPRNG output fetched 4 KiB at a time: one getrandom call serves ~170 spans, not two per span.
+struct RandomPool {
+    buf: [u8; 4096],
+    used: usize,
+}
+
+thread_local! {
+    static POOL: std::cell::RefCell<RandomPool> = const {
+        std::cell::RefCell::new(RandomPool { buf: [0; 4096], used: 4096 })
+    };
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.used + N > p.buf.len() {
+            getrandom::fill(&mut p.buf).expect("the OS random source works");
+            p.used = 0;
+        }
+        let mut out = [0u8; N];
+        out.copy_from_slice(&p.buf[p.used..p.used + N]);
+        // Each byte is handed out once; wipe it so it cannot leak through the pool later.
+        let used = p.used;
+        p.buf[used..used + N].fill(0);
+        p.used += N;
+        out
+    })
+}
+
 /// Random non-zero ids from the operating system's CSPRNG.
 pub fn new_trace_id() -> [u8; 16] {
-    let mut id = [0u8; 16];
-    while id == [0; 16] {
-        getrandom::fill(&mut id).expect("the OS random source works");
+    loop {
+        let id = random::<16>();
+        if id != [0; 16] {
+            return id;
+        }
     }
-    id
 }
 
 pub fn new_span_id() -> [u8; 8] {
-    let mut id = [0u8; 8];
-    while id == [0; 8] {
-        getrandom::fill(&mut id).expect("the OS random source works");
+    loop {
+        let id = random::<8>();
+        if id != [0; 8] {
+            return id;
+        }
     }
-    id
 }
 
 #[cfg(test)]

@@ -116,6 +116,8 @@ struct Discoverer {
     targets: HashMap<u32, Target>,
     /// (pid, start time) of processes already judged not to match, so they are not re-read.
     rejected: HashSet<(u32, u64)>,
+    /// Which process holds each socket inode seen in an fd table.
+    inode_owner: HashMap<u64, u32>,
 }
 
 impl Discoverer {
@@ -140,6 +142,22 @@ impl Discoverer {
         } else {
             HashMap::new()
         };
+        // Reading every process's fd table is the costly part of a scan: do it only when a
+        // listener on a selected port has no known, live owner yet.
+        let wanted = |port: u16| {
+            self.cfg
+                .selectors
+                .iter()
+                .any(|s| s.ports.iter().any(|(lo, hi)| (*lo..=*hi).contains(&port)))
+        };
+        let read_fds = listeners.iter().any(|(inode, port)| {
+            wanted(*port)
+                && self
+                    .inode_owner
+                    .get(inode)
+                    .is_none_or(|owner| !live.contains(owner))
+        });
+        self.inode_owner.retain(|_, owner| live.contains(owner));
         let mut gone: Vec<u32> = Vec::new();
         for (&pid, t) in &self.targets {
             let same = live.contains(&pid)
@@ -160,8 +178,8 @@ impl Discoverer {
             let Some(start) = procfs::start_time(&self.proc_root, pid) else {
                 continue;
             };
-            // A process that did not match may still open a matching port later.
-            if !needs_ports && self.rejected.contains(&(pid, start)) {
+            // A rejected process is looked at again only when a new listener needs explaining.
+            if !read_fds && self.rejected.contains(&(pid, start)) {
                 continue;
             }
             let Some(exe) = procfs::exe(&self.proc_root, pid) else {
@@ -171,8 +189,12 @@ impl Discoverer {
                 self.rejected.insert((pid, start));
                 continue;
             }
-            let ports: Vec<u16> = if needs_ports {
-                procfs::socket_inodes(&self.proc_root, pid)
+            let ports: Vec<u16> = if read_fds {
+                let inodes = procfs::socket_inodes(&self.proc_root, pid);
+                for &i in &inodes {
+                    self.inode_owner.entry(i).or_insert(pid);
+                }
+                inodes
                     .iter()
                     .filter_map(|i| listeners.get(i).copied())
                     .collect()
@@ -229,6 +251,7 @@ async fn run(cfg: DiscoveryConfig) -> Result<()> {
             .map(Path::to_path_buf),
         targets: HashMap::new(),
         rejected: HashSet::new(),
+        inode_owner: HashMap::new(),
     };
     let mut correlator = Link::new(Role::Correlator);
     let mut loader = Link::new(Role::Loader);

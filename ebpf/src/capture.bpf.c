@@ -78,7 +78,7 @@ struct user_msghdr {
 };
 
 /* Set by the loader before load. */
-const volatile __u32 capture_bytes = 1024;
+const volatile __u32 capture_bytes = 512;
 /* Wake the consumer once this much is waiting; below it the consumer's timed poll picks events up. */
 const volatile __u64 wakeup_bytes = 64 * 1024;
 
@@ -140,17 +140,25 @@ struct io_args {
 	__u64 ptr;
 	__u64 len;
 	__s32 fd;
-	__u8 kind;
+	__u8 kind; /* 0: no syscall in flight */
 	__u8 direction;
 	__u8 pad[2];
 };
 
+/* The syscall in flight per thread, from entry to exit. Task storage, not a hash keyed by tid:
+ * no bucket lock and no insert/delete on every hooked syscall. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct io_args);
 } seam_active SEC(".maps");
+
+static __always_inline struct io_args *active_slot(int create)
+{
+	return bpf_task_storage_get(&seam_active, bpf_get_current_task_btf(), 0,
+				    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -402,11 +410,13 @@ static __always_inline int on_data_exit(__s64 ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 pid = pid_tgid >> 32;
-	struct io_args *a = bpf_map_lookup_elem(&seam_active, &pid_tgid);
-	if (!a)
+	if (!is_target(pid))
+		return 0;
+	struct io_args *a = active_slot(0);
+	if (!a || !a->kind)
 		return 0;
 	struct io_args args = *a;
-	bpf_map_delete_elem(&seam_active, &pid_tgid);
+	a->kind = 0;
 	if (ret <= 0)
 		return 0;
 	struct conn_info *ci = conn_lookup(pid, args.fd, SEAM_ROLE_UNKNOWN, 0);
@@ -458,15 +468,15 @@ static __always_inline int remember(__s32 fd, __u64 ptr, __u64 len, __u8 kind, _
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!is_target(pid_tgid >> 32))
 		return 0;
-	struct io_args a = {
-		.start_ns = bpf_ktime_get_ns(),
-		.ptr = ptr,
-		.len = len,
-		.fd = fd,
-		.kind = kind,
-		.direction = direction,
-	};
-	bpf_map_update_elem(&seam_active, &pid_tgid, &a, BPF_ANY);
+	struct io_args *a = active_slot(1);
+	if (!a)
+		return 0;
+	a->start_ns = bpf_ktime_get_ns();
+	a->ptr = ptr;
+	a->len = len;
+	a->fd = fd;
+	a->kind = kind;
+	a->direction = direction;
 	return 0;
 }
 
@@ -507,12 +517,14 @@ int exit_sendfile64(struct sys_exit_ctx *ctx)
 static __always_inline int on_open_exit(__s64 ret, __u8 want_kind)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct io_args *a = bpf_map_lookup_elem(&seam_active, &pid_tgid);
-	if (!a)
+	if (!is_target(pid_tgid >> 32))
+		return 0;
+	struct io_args *a = active_slot(0);
+	if (!a || !a->kind)
 		return 0;
 	__s32 fd = a->fd;
 	__u8 kind = a->kind;
-	bpf_map_delete_elem(&seam_active, &pid_tgid);
+	a->kind = 0;
 	if (kind != want_kind)
 		return 0;
 	if (kind == IO_ACCEPT) {

@@ -7,10 +7,10 @@ use std::time::{Duration, SystemTime};
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry::{InstrumentationScope, KeyValue, Value};
+use opentelemetry::{InstrumentationScope, Key, KeyValue, Value};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 use opentelemetry_sdk::Resource;
-use seam_proto::msg::{self, AttrValue, SpanBatch, SpanRecord};
+use seam_proto::msg::{self, AttrKey, AttrValue, SpanBatch, SpanRecord};
 
 pub fn scope() -> InstrumentationScope {
     InstrumentationScope::builder("seam")
@@ -24,6 +24,14 @@ pub fn value(v: &AttrValue) -> Value {
         AttrValue::Int(i) => Value::from(*i),
         AttrValue::Bool(b) => Value::from(*b),
     }
+}
+
+pub fn key_value(k: &AttrKey, v: &AttrValue) -> KeyValue {
+    let key = match k.known_name() {
+        Some(name) => Key::from_static_str(name),
+        None => Key::from(k.as_str().to_string()),
+    };
+    KeyValue::new(key, value(v))
 }
 
 fn time(unix_nanos: u64) -> SystemTime {
@@ -49,11 +57,7 @@ pub fn to_span_data(s: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
         name: Cow::Owned(s.name.clone()),
         start_time: time(s.start_unix_nanos),
         end_time: time(s.end_unix_nanos),
-        attributes: s
-            .attributes
-            .iter()
-            .map(|(k, v)| KeyValue::new(k.clone(), value(v)))
-            .collect(),
+        attributes: s.attributes.iter().map(|(k, v)| key_value(k, v)).collect(),
         dropped_attributes_count: 0,
         events: SpanEvents::default(),
         links: SpanLinks::default(),

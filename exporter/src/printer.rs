@@ -166,7 +166,7 @@ fn write_json(out: &mut dyn Write, id: &[u8; 16], spans: Vec<Printed>) -> std::i
                         AttrValue::Int(x) => json!(x),
                         AttrValue::Bool(x) => json!(x),
                     };
-                    (k.clone(), v)
+                    (k.as_str().to_string(), v)
                 })
                 .collect();
             json!({
@@ -189,7 +189,7 @@ fn write_json(out: &mut dyn Write, id: &[u8; 16], spans: Vec<Printed>) -> std::i
 #[cfg(test)]
 mod tests {
     use super::*;
-    use seam_proto::msg::ServiceIdentity;
+    use seam_proto::msg::{AttrKey, ServiceIdentity};
 
     fn span(id: u8, parent: Option<u8>, start: u64) -> SpanRecord {
         SpanRecord {
@@ -208,7 +208,7 @@ mod tests {
             start_unix_nanos: start,
             end_unix_nanos: start + 2_000_000,
             status: SpanStatus::Unset,
-            attributes: vec![("url.path".into(), AttrValue::Str("/x".into()))],
+            attributes: vec![(AttrKey::UrlPath, AttrValue::Str("/x".into()))],
         }
     }
 

@@ -71,6 +71,9 @@ pub struct Loaded {
 
 pub fn load(settings: &Settings) -> Result<Loaded> {
     let mut ebpf = EbpfLoader::new()
+        // Task storage (the per-thread syscall slot) has no typed wrapper in aya 0.14; the
+        // loader never touches it from user space.
+        .allow_unsupported_maps()
         .map_max_entries(names::EVENTS, settings.ringbuf_bytes)
         .override_global(names::CAPTURE_BYTES, &settings.capture_bytes, true)
         .override_global(names::WAKEUP_BYTES, &settings.wakeup_bytes, true)

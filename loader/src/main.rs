@@ -19,10 +19,10 @@ use seam_proto::{ipc, msg::LoaderRequest, privilege, role, Role};
 )]
 struct Args {
     /// Bytes of each HTTP message start shipped to user space (at most 4096).
-    #[arg(long, env = "SEAM_CAPTURE_BYTES", default_value_t = 1024)]
+    #[arg(long, env = "SEAM_CAPTURE_BYTES", default_value_t = 512)]
     capture_bytes: u32,
     /// Size of the event ring buffer in bytes (a power of two, at least 4096).
-    #[arg(long, env = "SEAM_RINGBUF_BYTES", default_value_t = 8 * 1024 * 1024)]
+    #[arg(long, env = "SEAM_RINGBUF_BYTES", default_value_t = 4 * 1024 * 1024)]
     ringbuf_bytes: u32,
     /// Wake the consumer at once when this many bytes are waiting; below it the consumer polls.
     #[arg(long, env = "SEAM_WAKEUP_BYTES", default_value_t = 64 * 1024)]

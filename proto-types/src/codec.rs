@@ -28,6 +28,13 @@ pub fn encode<T: Serialize>(msg: &T, limit: u64) -> Result<Vec<u8>, CodecError> 
         .map_err(|e| CodecError::Encode(e.to_string()))
 }
 
+/// Appends the encoding of `msg` to `out` (reusing its capacity); fails past `limit` bytes.
+pub fn encode_into<T: Serialize>(msg: &T, limit: u64, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    options(limit)
+        .serialize_into(out, msg)
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
 /// Decodes exactly one message from `bytes`; no allocation may exceed the frame's own size.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     options(bytes.len() as u64)

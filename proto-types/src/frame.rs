@@ -27,6 +27,16 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    read_frame_with(r, &mut Vec::new()).await
+}
+
+/// Like [`read_frame`], reusing `buf` for the body so a busy connection does not allocate
+/// (and page-fault) a fresh buffer per frame.
+pub async fn read_frame_with<R, T>(r: &mut R, buf: &mut Vec<u8>) -> Result<T, FrameError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -40,9 +50,10 @@ where
     if len == 0 {
         return Err(FrameError::Empty);
     }
-    let mut body = vec![0u8; len as usize];
-    r.read_exact(&mut body).await?;
-    Ok(codec::decode(&body)?)
+    buf.clear();
+    buf.resize(len as usize, 0);
+    r.read_exact(buf).await?;
+    Ok(codec::decode(buf)?)
 }
 
 pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> Result<(), FrameError>
@@ -50,12 +61,21 @@ where
     W: AsyncWrite + Unpin,
     T: Serialize,
 {
-    let body = codec::encode(msg, u64::from(MAX_FRAME))?;
-    let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge(u32::MAX))?;
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&body);
-    w.write_all(&buf).await?;
+    write_frame_with(w, msg, &mut Vec::new()).await
+}
+
+/// Like [`write_frame`], building the frame in `buf` (reused across calls).
+pub async fn write_frame_with<W, T>(w: &mut W, msg: &T, buf: &mut Vec<u8>) -> Result<(), FrameError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    buf.clear();
+    buf.extend_from_slice(&[0; 4]);
+    codec::encode_into(msg, u64::from(MAX_FRAME), buf)?;
+    let len = u32::try_from(buf.len() - 4).map_err(|_| FrameError::TooLarge(u32::MAX))?;
+    buf[..4].copy_from_slice(&len.to_le_bytes());
+    w.write_all(buf).await?;
     w.flush().await?;
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::frame::{read_frame, write_frame, FrameError};
+use crate::frame::{read_frame, read_frame_with, write_frame, write_frame_with, FrameError};
 use crate::msg::{Hello, HelloReply};
 use crate::{Role, PROTOCOL_VERSION};
 
@@ -187,8 +187,9 @@ where
     .await
     .map_err(|e| ConnEnd::Broken(role, e))?;
     tracing::info!(peer = %role, uid = cred.uid(), "peer connected");
+    let mut buf = Vec::new();
     loop {
-        match read_frame::<_, Req>(&mut stream).await {
+        match read_frame_with::<_, Req>(&mut stream, &mut buf).await {
             Ok(req) => handle(role, req),
             Err(FrameError::Closed) => return Ok(role),
             Err(e) => return Err(ConnEnd::Broken(role, e)),
@@ -201,6 +202,7 @@ where
 pub struct Client {
     stream: UnixStream,
     server: Role,
+    buf: Vec<u8>,
 }
 
 impl Client {
@@ -226,12 +228,16 @@ impl Client {
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, fut).await {
             Err(_) => Err(IpcError::HandshakeTimeout(server)),
             Ok(Err(e)) => Err(IpcError::Handshake(server, e)),
-            Ok(Ok(HelloReply::Accepted { .. })) => Ok(Self { stream, server }),
+            Ok(Ok(HelloReply::Accepted { .. })) => Ok(Self {
+                stream,
+                server,
+                buf: Vec::new(),
+            }),
         }
     }
 
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), IpcError> {
-        Ok(write_frame(&mut self.stream, msg).await?)
+        Ok(write_frame_with(&mut self.stream, msg, &mut self.buf).await?)
     }
 
     pub fn server(&self) -> Role {

@@ -64,6 +64,58 @@ pub enum SpanStatus {
     Error,
 }
 
+/// Attribute keys seam emits, sent as one byte instead of a string; anything else is `Other`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttrKey {
+    HttpRequestMethod,
+    HttpResponseStatusCode,
+    UrlPath,
+    UrlQuery,
+    UrlScheme,
+    UrlFull,
+    NetworkProtocolVersion,
+    NetworkPeerAddress,
+    NetworkPeerPort,
+    HttpRequestBodySize,
+    HttpResponseBodySize,
+    ServerAddress,
+    ServerPort,
+    ClientAddress,
+    ThreadId,
+    Other(String),
+}
+
+impl AttrKey {
+    /// The semantic-convention name of a known key (`None` only for `Other`).
+    pub fn known_name(&self) -> Option<&'static str> {
+        Some(match self {
+            AttrKey::HttpRequestMethod => "http.request.method",
+            AttrKey::HttpResponseStatusCode => "http.response.status_code",
+            AttrKey::UrlPath => "url.path",
+            AttrKey::UrlQuery => "url.query",
+            AttrKey::UrlScheme => "url.scheme",
+            AttrKey::UrlFull => "url.full",
+            AttrKey::NetworkProtocolVersion => "network.protocol.version",
+            AttrKey::NetworkPeerAddress => "network.peer.address",
+            AttrKey::NetworkPeerPort => "network.peer.port",
+            AttrKey::HttpRequestBodySize => "http.request.body.size",
+            AttrKey::HttpResponseBodySize => "http.response.body.size",
+            AttrKey::ServerAddress => "server.address",
+            AttrKey::ServerPort => "server.port",
+            AttrKey::ClientAddress => "client.address",
+            AttrKey::ThreadId => "thread.id",
+            AttrKey::Other(_) => return None,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            AttrKey::Other(s) => s,
+            known => known.known_name().unwrap_or_default(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum AttrValue {
     Str(String),
@@ -86,7 +138,7 @@ pub struct SpanRecord {
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
     pub status: SpanStatus,
-    pub attributes: Vec<(String, AttrValue)>,
+    pub attributes: Vec<(AttrKey, AttrValue)>,
 }
 
 impl SpanRecord {
@@ -97,7 +149,7 @@ impl SpanRecord {
     pub fn attr(&self, key: &str) -> Option<&AttrValue> {
         self.attributes
             .iter()
-            .find(|(k, _)| k == key)
+            .find(|(k, _)| k.as_str() == key)
             .map(|(_, v)| v)
     }
 }

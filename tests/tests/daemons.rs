@@ -5,7 +5,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use seam_tests::otlp::OtlpReceiver;
-use seam_tests::{bin_dir, fixture, free_port, repo_root, require_root, selector_env, start_server, Stack};
+use seam_tests::{
+    bin_dir, fixture, free_port, repo_root, require_root, selector_env, start_server, Stack,
+};
 
 const DAEMONS: [&str; 5] = ["discover", "loader", "ctxprop", "correlator", "exporter"];
 
@@ -27,7 +29,12 @@ fn bad_configuration_exits_64_with_a_reason() {
     let cases = [
         ("discover", "SEAM_OPEN_PORT", "9000-80", "bad port list"),
         ("discover", "SEAM_AUTO_TARGET_EXE", "[", "bad glob"),
-        ("exporter", "SEAM_TRACE_PRINTER", "fancy", "SEAM_TRACE_PRINTER"),
+        (
+            "exporter",
+            "SEAM_TRACE_PRINTER",
+            "fancy",
+            "SEAM_TRACE_PRINTER",
+        ),
         ("loader", "SEAM_CAPTURE_BYTES", "0", "capture bytes"),
     ];
     for (d, key, value, reason) in cases {
@@ -59,11 +66,19 @@ fn a_missing_capability_is_named() {
         ("loader", "seam-loader", "+bpf", "CAP_PERFMON"),
         ("loader", "seam-loader", "+perfmon", "CAP_BPF"),
         ("ctxprop", "seam-ctxprop", "", "CAP_NET_ADMIN"),
-        ("discover", "seam-discover", "+dac_read_search", "CAP_SYS_PTRACE"),
+        (
+            "discover",
+            "seam-discover",
+            "+dac_read_search",
+            "CAP_SYS_PTRACE",
+        ),
     ];
     let status = Command::new("bash")
         .arg("-c")
-        .arg(format!(". '{}/scripts/lib.sh' && seam_setup_host", repo_root().display()))
+        .arg(format!(
+            ". '{}/scripts/lib.sh' && seam_setup_host",
+            repo_root().display()
+        ))
         .status()
         .expect("setup");
     assert!(status.success());
@@ -105,7 +120,11 @@ fn discover_notices_new_and_exiting_processes() {
     let killed = Instant::now();
     drop(server);
     stack
-        .wait_log("discover", &format!("target gone pid={pid}"), Duration::from_secs(5))
+        .wait_log(
+            "discover",
+            &format!("target gone pid={pid}"),
+            Duration::from_secs(5),
+        )
         .expect("exit noticed");
     let gone = killed.elapsed();
     eprintln!("noticed a new listener after {noticed:?} (includes interpreter start), its exit after {gone:?}");
@@ -120,8 +139,16 @@ fn seam_never_instruments_itself() {
     let env = vec![("SEAM_AUTO_TARGET_EXE".to_string(), "*seam-*".to_string())];
     let stack = Stack::start(&env).expect("stack");
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(!stack.log("discover").contains("target found"), "{}", stack.log("discover"));
-    assert!(!stack.log("loader").contains("target added"), "{}", stack.log("loader"));
+    assert!(
+        !stack.log("discover").contains("target found"),
+        "{}",
+        stack.log("discover")
+    );
+    assert!(
+        !stack.log("loader").contains("target added"),
+        "{}",
+        stack.log("loader")
+    );
 }
 
 #[test]
@@ -144,7 +171,11 @@ fn a_full_ring_buffer_is_counted_and_reported() {
         .expect("client");
     assert!(out.status.success());
     stack
-        .wait_log("correlator", "ring buffer was full: events lost", Duration::from_secs(10))
+        .wait_log(
+            "correlator",
+            "ring buffer was full: events lost",
+            Duration::from_secs(10),
+        )
         .expect("loss reported");
     // What did arrive still made spans: loss degrades, it does not break the pipeline.
     let spans = rx.wait_for(Duration::from_secs(10), |s| !s.is_empty());
