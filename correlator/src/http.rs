@@ -92,6 +92,11 @@ impl ResponseHead {
     }
 }
 
+/// Length of the line starting at `from`, up to (not including) its CRLF; `None` if no CRLF follows.
+fn line_len(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?.windows(2).position(|w| w == b"\r\n")
+}
+
 fn is_token(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
@@ -107,7 +112,7 @@ fn parse_version(v: &[u8]) -> Option<u8> {
 /// Parses the head at the start of `buf`. The start line must be complete; header fields are read
 /// as far as the capture goes.
 pub fn parse_head(buf: &[u8]) -> Option<Head> {
-    let line_end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let line_end = line_len(buf, 0)?;
     let line = &buf[..line_end];
     let fields_start = line_end + 2;
     if line.starts_with(b"HTTP/") {
@@ -149,7 +154,7 @@ pub fn parse_head(buf: &[u8]) -> Option<Head> {
 fn parse_fields(buf: &[u8], mut pos: usize) -> Fields {
     let mut f = Fields::default();
     while pos < buf.len() {
-        let Some(rel) = buf[pos..].windows(2).position(|w| w == b"\r\n") else {
+        let Some(rel) = line_len(buf, pos) else {
             break; // the capture ends inside this line
         };
         let line = &buf[pos..pos + rel];
@@ -201,10 +206,7 @@ pub enum ChunkScan {
 pub fn scan_chunked(body: &[u8]) -> ChunkScan {
     let mut pos = 0;
     loop {
-        let Some(rel) = body[pos.min(body.len())..]
-            .windows(2)
-            .position(|w| w == b"\r\n")
-        else {
+        let Some(rel) = line_len(body, pos) else {
             return ChunkScan::NeedMore;
         };
         let line = &body[pos..pos + rel];
@@ -223,10 +225,7 @@ pub fn scan_chunked(body: &[u8]) -> ChunkScan {
         if size == 0 {
             // trailer fields, then an empty line
             loop {
-                let Some(rel) = body[pos.min(body.len())..]
-                    .windows(2)
-                    .position(|w| w == b"\r\n")
-                else {
+                let Some(rel) = line_len(body, pos) else {
                     return ChunkScan::NeedMore;
                 };
                 pos += rel + 2;

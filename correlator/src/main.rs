@@ -44,13 +44,7 @@ type Published = Arc<Mutex<SelfCounters>>;
 fn main() -> std::process::ExitCode {
     seam_proto::telemetry::init_logging(Role::Correlator);
     let args = Args::parse();
-    match run(args) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "seam-correlator stopped");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    seam_proto::lifecycle::exit_code(Role::Correlator, run(args))
 }
 
 fn run(args: Args) -> Result<()> {

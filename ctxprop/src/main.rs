@@ -18,13 +18,7 @@ struct Args {}
 fn main() -> std::process::ExitCode {
     seam_proto::telemetry::init_logging(Role::Ctxprop);
     let _args = Args::parse();
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "seam-ctxprop stopped");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    seam_proto::lifecycle::exit_code(Role::Ctxprop, run())
 }
 
 fn run() -> Result<()> {

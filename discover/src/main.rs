@@ -10,7 +10,7 @@ use seam_discover::config::{self, DiscoveryConfig, ProcessEnv};
 use seam_discover::selector::Candidate;
 use seam_discover::{identity, procfs};
 use seam_proto::msg::{CorrelatorRequest, CtxpropRequest, LoaderRequest, ServiceIdentity};
-use seam_proto::{ipc, privilege, Role};
+use seam_proto::{ipc, lifecycle, privilege, Role};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,32 +29,17 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let cfg = match config::load(args.config.as_deref(), &ProcessEnv) {
         Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "bad configuration");
-            return std::process::ExitCode::from(64);
-        }
+        Err(e) => return lifecycle::bad_config(&e),
     };
-    if let Err(e) = privilege::enter_and_log(Role::Discover) {
-        tracing::error!(error = %e, "seam-discover cannot start");
-        return std::process::ExitCode::FAILURE;
-    }
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    lifecycle::exit_code(Role::Discover, start(cfg))
+}
+
+fn start(cfg: DiscoveryConfig) -> Result<()> {
+    privilege::enter_and_log(Role::Discover)?;
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "tokio runtime");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(cfg)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "seam-discover stopped");
-            std::process::ExitCode::FAILURE
-        }
-    }
+        .build()?
+        .block_on(run(cfg))
 }
 
 /// One connection to a daemon discover feeds; on reconnect the whole current state is re-sent.

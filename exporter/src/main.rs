@@ -28,18 +28,9 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let cfg = match config::load(args.config.as_deref(), &|k| std::env::var(k).ok()) {
         Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "bad configuration");
-            return std::process::ExitCode::from(64);
-        }
+        Err(e) => return seam_proto::lifecycle::bad_config(&e),
     };
-    match run(cfg) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "seam-exporter stopped");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    seam_proto::lifecycle::exit_code(Role::Exporter, run(cfg))
 }
 
 fn run(cfg: ExporterConfig) -> Result<()> {

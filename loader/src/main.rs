@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use seam_proto::{ipc, msg::LoaderRequest, privilege, role, Role};
+use seam_proto::{ipc, lifecycle, msg::LoaderRequest, privilege, role, Role};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,16 +36,9 @@ fn main() -> std::process::ExitCode {
     seam_proto::telemetry::init_logging(Role::Loader);
     let args = Args::parse();
     if let Err(e) = capture::validate(args.capture_bytes, args.ringbuf_bytes) {
-        tracing::error!(error = %e, "bad configuration");
-        return std::process::ExitCode::from(64);
+        return lifecycle::bad_config(&e);
     }
-    match run(args) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "seam-loader stopped");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    lifecycle::exit_code(Role::Loader, run(args))
 }
 
 fn run(args: Args) -> Result<()> {

@@ -34,3 +34,26 @@ impl Shutdown {
 pub fn ready(role: crate::Role) {
     tracing::info!(role = %role, "ready");
 }
+
+/// Exit status for a daemon whose configuration was rejected (EX_USAGE).
+pub const EXIT_BAD_CONFIG: u8 = 64;
+
+/// Logs a bad configuration and returns exit status 64.
+pub fn bad_config(error: &dyn std::fmt::Display) -> std::process::ExitCode {
+    tracing::error!(error = %error, "bad configuration");
+    std::process::ExitCode::from(EXIT_BAD_CONFIG)
+}
+
+/// Turns a daemon's outcome into its exit status, logging the full error chain on failure.
+pub fn exit_code<E: std::fmt::Display>(
+    role: crate::Role,
+    result: Result<(), E>,
+) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(role = %role, error = format!("{e:#}"), "daemon stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
