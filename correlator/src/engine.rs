@@ -133,7 +133,7 @@ impl Engine {
                     bytes: u64::from(ev.bytes),
                     http_start: ev.is_http_start(),
                     payload,
-                    tail: ev.tail(),
+                    tail: ev.tail_of(payload),
                 };
                 entry.conn.on_chunk(&chunk, &mut self.exchanges);
                 for ex in self.exchanges.drain(..) {

@@ -358,7 +358,9 @@ static __always_inline __u32 capture_payload(struct scratch *s, struct io_args *
 	if (limit > bytes)
 		limit = bytes;
 	if (a->kind == IO_FLAT) {
-		read_tail(s, (const __u8 *)a->ptr, bytes);
+		/* When the prefix holds every byte, user space takes the tail from it. */
+		if (bytes > limit)
+			read_tail(s, (const __u8 *)a->ptr, bytes);
 		return copy_user(s, 0, (const void *)a->ptr, limit);
 	}
 	struct iovec *iov = (struct iovec *)a->ptr;

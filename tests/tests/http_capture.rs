@@ -362,3 +362,46 @@ fn incoming_traceparent_is_continued() {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[test]
+fn chunked_response_ends_with_its_last_chunk() {
+    if !require_root() {
+        return;
+    }
+    let rx = OtlpReceiver::start().expect("collector");
+    let port = free_port();
+    let service = format!("chunk-{port}");
+    let server = start_server("node", "nodeserver.js", port, &service).expect("server");
+    let mut env = selector_env(&[port], &[]);
+    env.extend(rx.exporter_env("grpc"));
+    let stack = Stack::start(&env).expect("stack");
+    stack.wait_target(server.pid()).expect("targeted");
+    // Two on one connection: the first must end on its terminator, not when the second starts.
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-o", "/dev/null"])
+        .arg(format!("http://127.0.0.1:{port}/chunked/40"))
+        .arg(format!("http://127.0.0.1:{port}/status/204"))
+        .status()
+        .expect("curl");
+    assert!(out.success());
+    let spans = rx.wait_for(WAIT, |all| {
+        all.iter().filter(|s| s.service() == service).count() >= 2
+    });
+    let chunked = spans
+        .iter()
+        .find(|s| s.service() == service && s.attr("url.path").as_deref() == Some("/chunked/40"))
+        .unwrap_or_else(|| panic!("no chunked span\n{}", stack.all_logs()));
+    // 40 chunks 5 ms apart: at least ~195 ms, and the body is 40 000 bytes plus chunk framing.
+    assert!(
+        chunked.duration() >= Duration::from_millis(190),
+        "{:?}",
+        chunked.duration()
+    );
+    let body = chunked.attr_i64("http.response.body.size").expect("size");
+    assert!((40_000..41_000).contains(&body), "{body}");
+    let next = spans
+        .iter()
+        .find(|s| s.service() == service && s.attr("url.path").as_deref() == Some("/status/204"))
+        .expect("second request");
+    assert!(next.span.start_time_unix_nano >= chunked.span.end_time_unix_nano);
+}

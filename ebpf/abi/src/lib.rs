@@ -94,6 +94,18 @@ impl Event {
         &self.tail[..(self.tail_len as usize).min(TAIL_LEN)]
     }
 
+    /// The last bytes the syscall moved: the kernel's tail, or the end of the payload when the
+    /// payload is the whole of it (the kernel then skips the separate tail read).
+    pub fn tail_of<'a>(&'a self, payload: &'a [u8]) -> &'a [u8] {
+        if self.tail_len > 0 {
+            self.tail()
+        } else if payload.len() as u64 == u64::from(self.bytes) {
+            &payload[payload.len().saturating_sub(TAIL_LEN)..]
+        } else {
+            &[]
+        }
+    }
+
     pub fn is_http_start(&self) -> bool {
         self.flags & DATA_HTTP_START != 0
     }
@@ -102,6 +114,20 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tail_comes_from_the_kernel_or_a_whole_payload() {
+        let mut ev = Event {
+            bytes: 20,
+            ..Event::default()
+        };
+        let payload = b"0123456789abcdefghij";
+        assert_eq!(ev.tail_of(payload), b"456789abcdefghij");
+        assert_eq!(ev.tail_of(&payload[..10]), b"");
+        ev.tail_len = 3;
+        ev.tail[..3].copy_from_slice(b"xyz");
+        assert_eq!(ev.tail_of(&payload[..10]), b"xyz");
+    }
 
     #[test]
     fn parse_rejects_short_records_and_bounds_payload() {
