@@ -22,7 +22,7 @@ enum seam_direction {
 };
 
 enum seam_role {
-	SEAM_ROLE_UNKNOWN = 0,   /* connection existed before seam saw it open */
+	SEAM_ROLE_UNKNOWN = 0,   /* user space tells the side from who sends requests */
 	SEAM_ROLE_ACCEPTED = 1,  /* came from accept(): this process is the server */
 	SEAM_ROLE_CONNECTED = 2, /* came from connect(): this process is the client */
 };
@@ -42,11 +42,11 @@ struct seam_tuple {
 
 struct seam_event {
 	__u64 conn_id;  /* unique per connection seen, never reused while seam runs */
-	__u64 start_ns; /* CLOCK_MONOTONIC at syscall entry */
-	__u64 end_ns;   /* CLOCK_MONOTONIC at syscall exit */
+	__u64 start_ns; /* CLOCK_MONOTONIC when the bytes were sent or received */
+	__u64 end_ns;   /* same as start_ns for socket-layer events */
 	__u32 pid;      /* tgid */
 	__u32 tid;
-	__s32 fd;
+	__s32 fd;       /* -1 when the calling syscall has no fd argument seam knows */
 	__u32 bytes;    /* bytes the syscall moved */
 	__u32 captured; /* payload bytes that follow this header */
 	__u8 kind;

@@ -1,5 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Syscall-tracepoint capture of TCP traffic of instrumented processes: no kprobes needed. */
+/* Capture of TCP traffic of instrumented processes at the socket layer: the sock_send_length and
+ * sock_recv_length tracepoints fire inside sock_sendmsg/sock_recvmsg, in the caller's context,
+ * for socket I/O only. No kprobes, and no syscall tracepoints (those put every syscall of every
+ * task on the slow path). x86_64 syscall numbers identify the caller's buffers. */
 #include <linux/types.h>
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -11,10 +14,19 @@ char LICENSE[] SEC("license") = "GPL";
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
-#define S_IFMT 00170000
-#define S_IFSOCK 0140000
-#define EINPROGRESS 115
+#define MSG_PEEK 2
+#define TCP_CLOSE 7
 #define MAX_IOV 4
+
+/* x86_64 syscall numbers whose arguments describe the bytes moved. */
+#define NR_read 0
+#define NR_write 1
+#define NR_readv 19
+#define NR_writev 20
+#define NR_sendto 44
+#define NR_recvfrom 45
+#define NR_sendmsg 46
+#define NR_recvmsg 47
 
 /* Only the kernel fields seam reads; CO-RE relocates them against the running kernel's BTF. */
 struct in6_addr {
@@ -34,35 +46,18 @@ struct sock_common {
 struct sock {
 	struct sock_common __sk_common;
 	__u16 sk_protocol;
-	__u16 sk_type;
-} __attribute__((preserve_access_index));
-
-struct socket {
-	struct sock *sk;
-} __attribute__((preserve_access_index));
-
-struct inode {
-	unsigned short i_mode;
-} __attribute__((preserve_access_index));
-
-struct file {
-	struct inode *f_inode;
-	void *private_data;
-} __attribute__((preserve_access_index));
-
-struct fdtable {
-	unsigned int max_fds;
-	struct file **fd;
-} __attribute__((preserve_access_index));
-
-struct files_struct {
-	struct fdtable *fdt;
 } __attribute__((preserve_access_index));
 
 struct task_struct {
-	struct files_struct *files;
 	__s32 pid;
 	__s32 tgid;
+} __attribute__((preserve_access_index));
+
+struct pt_regs {
+	unsigned long di;
+	unsigned long si;
+	unsigned long dx;
+	unsigned long orig_ax;
 } __attribute__((preserve_access_index));
 
 struct iovec {
@@ -91,7 +86,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 8 * 1024 * 1024);
+	__uint(max_entries, 4 * 1024 * 1024);
 } seam_events SEC(".maps");
 
 struct {
@@ -101,11 +96,6 @@ struct {
 	__type(value, __u64);
 } seam_counters SEC(".maps");
 
-struct conn_key {
-	__u32 pid;
-	__s32 fd;
-};
-
 enum conn_flags {
 	CONN_NOT_TCP = 1,
 	CONN_HTTP = 2,
@@ -114,51 +104,17 @@ enum conn_flags {
 struct conn_info {
 	__u64 conn_id;
 	struct seam_tuple tuple;
-	__u8 role;
 	__u8 flags;
-	__u8 pad[6];
+	__u8 pad[7];
 };
 
+/* Keyed by the kernel's struct sock address; an entry ends when the socket reaches TCP_CLOSE. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
-	__type(key, struct conn_key);
+	__type(key, __u64);
 	__type(value, struct conn_info);
 } seam_conns SEC(".maps");
-
-enum io_kind {
-	IO_FLAT = 1,    /* read/write/recvfrom/sendto: one buffer */
-	IO_IOV = 2,     /* readv/writev: an iovec array */
-	IO_MSGHDR = 3,  /* recvmsg/sendmsg: a msghdr */
-	IO_NOBUF = 4,   /* sendfile: bytes only */
-	IO_ACCEPT = 5,
-	IO_CONNECT = 6,
-};
-
-struct io_args {
-	__u64 start_ns;
-	__u64 ptr;
-	__u64 len;
-	__s32 fd;
-	__u8 kind; /* 0: no syscall in flight */
-	__u8 direction;
-	__u8 pad[2];
-};
-
-/* The syscall in flight per thread, from entry to exit. Task storage, not a hash keyed by tid:
- * no bucket lock and no insert/delete on every hooked syscall. */
-struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct io_args);
-} seam_active SEC(".maps");
-
-static __always_inline struct io_args *active_slot(int create)
-{
-	return bpf_task_storage_get(&seam_active, bpf_get_current_task_btf(), 0,
-				    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
-}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -180,17 +136,18 @@ struct {
 	__type(value, struct scratch);
 } seam_scratch SEC(".maps");
 
-/* Syscall tracepoint contexts: 8 bytes of common fields, the syscall nr, then arguments or ret. */
-struct sys_enter_ctx {
-	__u64 common;
-	__s64 nr;
-	__u64 args[6];
+enum io_kind {
+	IO_FLAT = 1,   /* read/write/recvfrom/sendto: one buffer */
+	IO_IOV = 2,    /* readv/writev: an iovec array */
+	IO_MSGHDR = 3, /* recvmsg/sendmsg: a msghdr */
+	IO_NOBUF = 4,  /* sendfile, splice, io_uring…: bytes only */
 };
 
-struct sys_exit_ctx {
-	__u64 common;
-	__s64 nr;
-	__s64 ret;
+struct io_args {
+	__u64 ptr;
+	__u64 len;
+	__s32 fd;
+	__u8 kind;
 };
 
 static __always_inline int is_target(__u32 pid)
@@ -214,30 +171,9 @@ static __always_inline __u64 next_conn_id(void)
 	return __sync_fetch_and_add(seq, 1) + 1;
 }
 
-/* Walks fd -> file -> socket -> sock; fills the tuple when fd is a TCP socket. */
-static __always_inline int tcp_tuple_of_fd(__s32 fd, struct seam_tuple *t)
+/* Fills the tuple when sk is a TCP socket. */
+static __always_inline int tcp_tuple(struct sock *sk, struct seam_tuple *t)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct files_struct *files = BPF_CORE_READ(task, files);
-	if (!files)
-		return 0;
-	struct fdtable *fdt = BPF_CORE_READ(files, fdt);
-	if (!fdt || fd < 0 || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
-		return 0;
-	struct file **fds = BPF_CORE_READ(fdt, fd);
-	struct file *f = NULL;
-	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
-	if (!f)
-		return 0;
-	unsigned short mode = BPF_CORE_READ(f, f_inode, i_mode);
-	if ((mode & S_IFMT) != S_IFSOCK)
-		return 0;
-	struct socket *sock = BPF_CORE_READ(f, private_data);
-	if (!sock)
-		return 0;
-	struct sock *sk = BPF_CORE_READ(sock, sk);
-	if (!sk)
-		return 0;
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
@@ -249,32 +185,28 @@ static __always_inline int tcp_tuple_of_fd(__s32 fd, struct seam_tuple *t)
 		__be32 r = BPF_CORE_READ(sk, __sk_common.skc_daddr);
 		__builtin_memcpy(t->local_addr, &l, 4);
 		__builtin_memcpy(t->remote_addr, &r, 4);
-	} else if (family == AF_INET6) {
+		return 1;
+	}
+	if (family == AF_INET6) {
 		BPF_CORE_READ_INTO(&t->local_addr, sk, __sk_common.skc_v6_rcv_saddr);
 		BPF_CORE_READ_INTO(&t->remote_addr, sk, __sk_common.skc_v6_daddr);
-	} else {
-		return 0;
+		return 1;
 	}
-	return 1;
+	return 0;
 }
 
-/* Returns the cached connection for (pid, fd), classifying the fd on first sight. */
-static __always_inline struct conn_info *conn_lookup(__u32 pid, __s32 fd, __u8 role, int fresh)
+/* The connection for sk, classified on first sight. */
+static __always_inline struct conn_info *conn_of(struct sock *sk)
 {
-	struct conn_key key = {.pid = pid, .fd = fd};
-	struct conn_info *ci;
-	if (!fresh) {
-		ci = bpf_map_lookup_elem(&seam_conns, &key);
-		if (ci)
-			return ci;
-	}
+	__u64 key = (__u64)sk;
+	struct conn_info *ci = bpf_map_lookup_elem(&seam_conns, &key);
+	if (ci)
+		return ci;
 	struct conn_info info = {};
-	if (tcp_tuple_of_fd(fd, &info.tuple)) {
+	if (tcp_tuple(sk, &info.tuple))
 		info.conn_id = next_conn_id();
-		info.role = role;
-	} else {
+	else
 		info.flags = CONN_NOT_TCP;
-	}
 	bpf_map_update_elem(&seam_conns, &key, &info, BPF_ANY);
 	return bpf_map_lookup_elem(&seam_conns, &key);
 }
@@ -385,12 +317,43 @@ static __always_inline __u32 capture_payload(struct scratch *s, struct io_args *
 			want = v.iov_len;
 		off += copy_user(s, off, v.iov_base, want);
 	}
-	s->ev.tail_len = 0;
 	return off;
 }
 
+/* Where the calling syscall's bytes are, from its saved user registers. */
+static __always_inline void caller_io(struct io_args *a)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	a->fd = -1;
+	a->kind = IO_NOBUF;
+	if (!regs)
+		return;
+	unsigned long nr = BPF_CORE_READ(regs, orig_ax);
+	a->ptr = BPF_CORE_READ(regs, si);
+	a->len = BPF_CORE_READ(regs, dx);
+	switch (nr) {
+	case NR_read:
+	case NR_write:
+	case NR_recvfrom:
+	case NR_sendto:
+		a->kind = IO_FLAT;
+		break;
+	case NR_readv:
+	case NR_writev:
+		a->kind = IO_IOV;
+		break;
+	case NR_recvmsg:
+	case NR_sendmsg:
+		a->kind = IO_MSGHDR;
+		break;
+	default:
+		return;
+	}
+	a->fd = (__s32)BPF_CORE_READ(regs, di);
+}
+
 static __always_inline struct scratch *scratch_for(struct conn_info *ci, __u32 pid, __u64 pid_tgid,
-						   struct io_args *a, __u64 end_ns)
+						   __s32 fd, __u64 now)
 {
 	__u32 zero = 0;
 	struct scratch *s = bpf_map_lookup_elem(&seam_scratch, &zero);
@@ -398,33 +361,46 @@ static __always_inline struct scratch *scratch_for(struct conn_info *ci, __u32 p
 		return NULL;
 	__builtin_memset(&s->ev, 0, sizeof(s->ev));
 	s->ev.conn_id = ci->conn_id;
-	s->ev.start_ns = a->start_ns;
-	s->ev.end_ns = end_ns;
+	s->ev.start_ns = now;
+	s->ev.end_ns = now;
 	s->ev.pid = pid;
 	s->ev.tid = (__u32)pid_tgid;
-	s->ev.fd = a->fd;
-	s->ev.role = ci->role;
+	s->ev.fd = fd;
+	s->ev.role = SEAM_ROLE_UNKNOWN;
 	s->ev.tuple = ci->tuple;
 	return s;
 }
 
-static __always_inline int on_data_exit(__s64 ret)
+static __always_inline void report_close(struct conn_info *ci, __u32 pid, __u64 pid_tgid)
+{
+	if (!(ci->flags & CONN_HTTP))
+		return;
+	struct scratch *s = scratch_for(ci, pid, pid_tgid, -1, bpf_ktime_get_ns());
+	if (!s)
+		return;
+	s->ev.kind = SEAM_EV_CLOSE;
+	emit(s, 0);
+}
+
+static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 direction)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 pid = pid_tgid >> 32;
-	if (!is_target(pid))
+	if (ret < 0 || !sk || !is_target(pid))
 		return 0;
-	struct io_args *a = active_slot(0);
-	if (!a || !a->kind)
-		return 0;
-	struct io_args args = *a;
-	a->kind = 0;
-	if (ret <= 0)
-		return 0;
-	struct conn_info *ci = conn_lookup(pid, args.fd, SEAM_ROLE_UNKNOWN, 0);
+	if (direction == SEAM_DIR_INGRESS && (flags & MSG_PEEK))
+		return 0; /* the same bytes will be read again */
+	struct conn_info *ci = conn_of(sk);
 	if (!ci || (ci->flags & CONN_NOT_TCP))
 		return 0;
-	__u64 end_ns = bpf_ktime_get_ns();
+	if (ret == 0) {
+		/* end of stream: the peer will send nothing more on this connection */
+		if (direction == SEAM_DIR_INGRESS)
+			report_close(ci, pid, pid_tgid);
+		return 0;
+	}
+	struct io_args args = {};
+	caller_io(&args);
 	__u8 head[8] = {};
 	int start = 0;
 	if (args.kind == IO_FLAT) {
@@ -447,11 +423,11 @@ static __always_inline int on_data_exit(__s64 ret)
 		return 0;
 	if (start)
 		ci->flags |= CONN_HTTP;
-	struct scratch *s = scratch_for(ci, pid, pid_tgid, &args, end_ns);
+	struct scratch *s = scratch_for(ci, pid, pid_tgid, args.fd, bpf_ktime_get_ns());
 	if (!s)
 		return 0;
 	s->ev.kind = SEAM_EV_DATA;
-	s->ev.direction = args.direction;
+	s->ev.direction = direction;
 	s->ev.bytes = (__u32)ret;
 	__u32 captured = 0;
 	if (start) {
@@ -465,160 +441,34 @@ static __always_inline int on_data_exit(__s64 ret)
 	return 0;
 }
 
-static __always_inline int remember(__s32 fd, __u64 ptr, __u64 len, __u8 kind, __u8 direction)
+/* tp_btf arguments: (struct sock *sk, int ret, int flags). */
+SEC("tp_btf/sock_send_length")
+int on_send(__u64 *ctx)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!is_target(pid_tgid >> 32))
+	return on_sock_io((struct sock *)ctx[0], (int)ctx[1], (int)ctx[2], SEAM_DIR_EGRESS);
+}
+
+SEC("tp_btf/sock_recv_length")
+int on_recv(__u64 *ctx)
+{
+	return on_sock_io((struct sock *)ctx[0], (int)ctx[1], (int)ctx[2], SEAM_DIR_INGRESS);
+}
+
+/* tp_btf arguments: (const struct sock *sk, int oldstate, int newstate). A socket reaching
+ * TCP_CLOSE ends its connection; its address may be reused by the next one. */
+SEC("tp_btf/inet_sock_set_state")
+int on_state(__u64 *ctx)
+{
+	if ((int)ctx[2] != TCP_CLOSE)
 		return 0;
-	struct io_args *a = active_slot(1);
-	if (!a)
-		return 0;
-	a->start_ns = bpf_ktime_get_ns();
-	a->ptr = ptr;
-	a->len = len;
-	a->fd = fd;
-	a->kind = kind;
-	a->direction = direction;
-	return 0;
-}
-
-#define DATA_PROBE(name, kind, dir)                                                                \
-	SEC("tracepoint/syscalls/sys_enter_" #name)                                                \
-	int enter_##name(struct sys_enter_ctx *ctx)                                                \
-	{                                                                                          \
-		return remember((__s32)ctx->args[0], ctx->args[1], ctx->args[2], kind, dir);       \
-	}                                                                                          \
-	SEC("tracepoint/syscalls/sys_exit_" #name)                                                 \
-	int exit_##name(struct sys_exit_ctx *ctx)                                                  \
-	{                                                                                          \
-		return on_data_exit(ctx->ret);                                                     \
-	}
-
-DATA_PROBE(read, IO_FLAT, SEAM_DIR_INGRESS)
-DATA_PROBE(write, IO_FLAT, SEAM_DIR_EGRESS)
-DATA_PROBE(recvfrom, IO_FLAT, SEAM_DIR_INGRESS)
-DATA_PROBE(sendto, IO_FLAT, SEAM_DIR_EGRESS)
-DATA_PROBE(readv, IO_IOV, SEAM_DIR_INGRESS)
-DATA_PROBE(writev, IO_IOV, SEAM_DIR_EGRESS)
-DATA_PROBE(recvmsg, IO_MSGHDR, SEAM_DIR_INGRESS)
-DATA_PROBE(sendmsg, IO_MSGHDR, SEAM_DIR_EGRESS)
-
-/* sendfile(out_fd, in_fd, ...): only the byte count matters; the socket is out_fd. */
-SEC("tracepoint/syscalls/sys_enter_sendfile64")
-int enter_sendfile64(struct sys_enter_ctx *ctx)
-{
-	return remember((__s32)ctx->args[0], 0, 0, IO_NOBUF, SEAM_DIR_EGRESS);
-}
-
-SEC("tracepoint/syscalls/sys_exit_sendfile64")
-int exit_sendfile64(struct sys_exit_ctx *ctx)
-{
-	return on_data_exit(ctx->ret);
-}
-
-static __always_inline int on_open_exit(__s64 ret, __u8 want_kind)
-{
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!is_target(pid_tgid >> 32))
-		return 0;
-	struct io_args *a = active_slot(0);
-	if (!a || !a->kind)
-		return 0;
-	__s32 fd = a->fd;
-	__u8 kind = a->kind;
-	a->kind = 0;
-	if (kind != want_kind)
-		return 0;
-	if (kind == IO_ACCEPT) {
-		if (ret < 0)
-			return 0;
-		conn_lookup(pid_tgid >> 32, (__s32)ret, SEAM_ROLE_ACCEPTED, 1);
-	} else {
-		if (ret != 0 && ret != -EINPROGRESS)
-			return 0;
-		conn_lookup(pid_tgid >> 32, fd, SEAM_ROLE_CONNECTED, 1);
-	}
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_accept")
-int enter_accept(struct sys_enter_ctx *ctx)
-{
-	return remember((__s32)ctx->args[0], 0, 0, IO_ACCEPT, 0);
-}
-
-SEC("tracepoint/syscalls/sys_exit_accept")
-int exit_accept(struct sys_exit_ctx *ctx)
-{
-	return on_open_exit(ctx->ret, IO_ACCEPT);
-}
-
-SEC("tracepoint/syscalls/sys_enter_accept4")
-int enter_accept4(struct sys_enter_ctx *ctx)
-{
-	return remember((__s32)ctx->args[0], 0, 0, IO_ACCEPT, 0);
-}
-
-SEC("tracepoint/syscalls/sys_exit_accept4")
-int exit_accept4(struct sys_exit_ctx *ctx)
-{
-	return on_open_exit(ctx->ret, IO_ACCEPT);
-}
-
-SEC("tracepoint/syscalls/sys_enter_connect")
-int enter_connect(struct sys_enter_ctx *ctx)
-{
-	return remember((__s32)ctx->args[0], 0, 0, IO_CONNECT, 0);
-}
-
-SEC("tracepoint/syscalls/sys_exit_connect")
-int exit_connect(struct sys_exit_ctx *ctx)
-{
-	return on_open_exit(ctx->ret, IO_CONNECT);
-}
-
-/* Forgets the fd; tells user space when an HTTP connection ends so open messages can finish. */
-static __always_inline int forget_fd(__s32 fd, int report)
-{
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 pid = pid_tgid >> 32;
-	if (!is_target(pid))
-		return 0;
-	struct conn_key key = {.pid = pid, .fd = fd};
+	__u64 key = ctx[0];
 	struct conn_info *ci = bpf_map_lookup_elem(&seam_conns, &key);
 	if (!ci)
 		return 0;
-	if (report && (ci->flags & CONN_HTTP)) {
-		struct io_args a = {.start_ns = bpf_ktime_get_ns(), .fd = fd};
-		struct scratch *s = scratch_for(ci, pid, pid_tgid, &a, a.start_ns);
-		if (s) {
-			s->ev.kind = SEAM_EV_CLOSE;
-			s->ev.direction = 0;
-			s->ev.bytes = 0;
-			emit(s, 0);
-		}
-	}
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	report_close(ci, pid_tgid >> 32, pid_tgid);
 	bpf_map_delete_elem(&seam_conns, &key);
 	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_close")
-int enter_close(struct sys_enter_ctx *ctx)
-{
-	return forget_fd((__s32)ctx->args[0], 1);
-}
-
-/* dup2/dup3 silently close their target fd. */
-SEC("tracepoint/syscalls/sys_enter_dup2")
-int enter_dup2(struct sys_enter_ctx *ctx)
-{
-	return forget_fd((__s32)ctx->args[1], 1);
-}
-
-SEC("tracepoint/syscalls/sys_enter_dup3")
-int enter_dup3(struct sys_enter_ctx *ctx)
-{
-	return forget_fd((__s32)ctx->args[1], 1);
 }
 
 /* A new process forked by a target is a target from its first instruction: short-lived children

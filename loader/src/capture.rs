@@ -1,47 +1,27 @@
 //! Loads the embedded capture object and attaches each program to its syscall tracepoint.
 
 use anyhow::{bail, Context, Result};
-use aya::programs::{RawTracePoint, TracePoint};
-use aya::{include_bytes_aligned, Ebpf, EbpfLoader};
+use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
+use aya::{include_bytes_aligned, Btf, Ebpf, EbpfLoader};
 use seam_abi::names;
 
 static CAPTURE_OBJ: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capture.bpf.o"));
 
-/// (program, tracepoint category, tracepoint name). Every program in the object is listed.
+/// (program, tracepoint category, tracepoint name).
 const ATTACH: &[(&str, &str, &str)] = &[
-    ("enter_read", "syscalls", "sys_enter_read"),
-    ("exit_read", "syscalls", "sys_exit_read"),
-    ("enter_write", "syscalls", "sys_enter_write"),
-    ("exit_write", "syscalls", "sys_exit_write"),
-    ("enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
-    ("exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
-    ("enter_sendto", "syscalls", "sys_enter_sendto"),
-    ("exit_sendto", "syscalls", "sys_exit_sendto"),
-    ("enter_readv", "syscalls", "sys_enter_readv"),
-    ("exit_readv", "syscalls", "sys_exit_readv"),
-    ("enter_writev", "syscalls", "sys_enter_writev"),
-    ("exit_writev", "syscalls", "sys_exit_writev"),
-    ("enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
-    ("exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
-    ("enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
-    ("exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
-    ("enter_sendfile64", "syscalls", "sys_enter_sendfile64"),
-    ("exit_sendfile64", "syscalls", "sys_exit_sendfile64"),
-    ("enter_accept", "syscalls", "sys_enter_accept"),
-    ("exit_accept", "syscalls", "sys_exit_accept"),
-    ("enter_accept4", "syscalls", "sys_enter_accept4"),
-    ("exit_accept4", "syscalls", "sys_exit_accept4"),
-    ("enter_connect", "syscalls", "sys_enter_connect"),
-    ("exit_connect", "syscalls", "sys_exit_connect"),
-    ("enter_close", "syscalls", "sys_enter_close"),
-    ("enter_dup2", "syscalls", "sys_enter_dup2"),
-    ("enter_dup3", "syscalls", "sys_enter_dup3"),
     ("on_process_exit", "sched", "sched_process_exit"),
     ("on_process_exec", "sched", "sched_process_exec"),
 ];
 
 /// (program, raw tracepoint name).
 const ATTACH_RAW: &[(&str, &str)] = &[("on_process_fork", "sched_process_fork")];
+
+/// (program, BTF tracepoint name): the socket-layer hooks that see the traffic.
+const ATTACH_BTF: &[(&str, &str)] = &[
+    ("on_send", "sock_send_length"),
+    ("on_recv", "sock_recv_length"),
+    ("on_state", "inet_sock_set_state"),
+];
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -71,9 +51,6 @@ pub struct Loaded {
 
 pub fn load(settings: &Settings) -> Result<Loaded> {
     let mut ebpf = EbpfLoader::new()
-        // Task storage (the per-thread syscall slot) has no typed wrapper in aya 0.14; the
-        // loader never touches it from user space.
-        .allow_unsupported_maps()
         .map_max_entries(names::EVENTS, settings.ringbuf_bytes)
         .override_global(names::CAPTURE_BYTES, &settings.capture_bytes, true)
         .override_global(names::WAKEUP_BYTES, &settings.wakeup_bytes, true)
@@ -94,6 +71,21 @@ pub fn load(settings: &Settings) -> Result<Loaded> {
         })?;
         attached += 1;
     }
+    let btf = Btf::from_sys_fs().context("reading the kernel's BTF (/sys/kernel/btf/vmlinux)")?;
+    for &(prog, tp) in ATTACH_BTF {
+        let program: &mut BtfTracePoint = ebpf
+            .program_mut(prog)
+            .with_context(|| format!("program {prog} missing from the capture object"))?
+            .try_into()
+            .with_context(|| format!("program {prog} is not a BTF tracepoint"))?;
+        program.load(tp, &btf).with_context(|| {
+            format!("verifier rejected {prog} (the kernel needs the {tp} tracepoint, Linux 6.4+)")
+        })?;
+        program
+            .attach()
+            .with_context(|| format!("attaching {prog} to {tp}"))?;
+        attached += 1;
+    }
     for &(prog, tp) in ATTACH_RAW {
         let program: &mut RawTracePoint = ebpf
             .program_mut(prog)
@@ -112,7 +104,9 @@ pub fn load(settings: &Settings) -> Result<Loaded> {
         .programs()
         .map(|(name, _)| name)
         .filter(|name| {
-            !ATTACH.iter().any(|(p, _, _)| p == name) && !ATTACH_RAW.iter().any(|(p, _)| p == name)
+            !ATTACH.iter().any(|(p, _, _)| p == name)
+                && !ATTACH_RAW.iter().any(|(p, _)| p == name)
+                && !ATTACH_BTF.iter().any(|(p, _)| p == name)
         })
         .collect();
     if !unlisted.is_empty() {
@@ -140,7 +134,8 @@ mod tests {
         let names = ATTACH
             .iter()
             .map(|(p, _, _)| p)
-            .chain(ATTACH_RAW.iter().map(|(p, _)| p));
+            .chain(ATTACH_RAW.iter().map(|(p, _)| p))
+            .chain(ATTACH_BTF.iter().map(|(p, _)| p));
         for prog in names {
             let needle = prog.as_bytes();
             assert!(

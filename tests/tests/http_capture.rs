@@ -10,7 +10,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 fn path_for(i: usize) -> (String, i64) {
     match i % 4 {
-        0 => (format!("/status/200"), 200),
+        0 => ("/status/200".to_string(), 200),
         1 => ("/status/404".to_string(), 404),
         2 => ("/status/503".to_string(), 503),
         _ => (format!("/item/{i}"), 200),
