@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # nginx (one worker on CPU 0, small static file, keep-alive) under wrk (CPU 1), without and with
-# seam instrumenting nginx, in one run. Prints throughput ratio, CPU added per request (nginx,
-# which includes the BPF programs' kernel time, plus all five daemons), p50/p99 latency, daemon
-# RSS, lost events, and spans vs requests at a paced ~10k req/s.
-#   bench/nginx.sh [seconds per phase, default 10]
+# seam instrumenting nginx, alternating over several rounds of one run (this VM's baseline drifts
+# by 20 % and more between phases, so one pair of phases proves little). Prints the median of each
+# figure and its range: throughput ratio, CPU added per request (nginx, which includes the BPF
+# programs' kernel time, plus all five daemons), p50/p99 latency; then daemon RSS, lost events,
+# and spans vs requests at a paced ~10k req/s.
+#   bench/nginx.sh [seconds per phase, default 8] [rounds, default 3]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=scripts/lib.sh
 . "$here/../scripts/lib.sh"
-secs=${1:-10}
+secs=${1:-8}
+rounds=${2:-3}
 seam_require_root
 seam_install_deps
 [ -x "$SEAM_BIN_DIR/seam-loader" ] || seam_build
@@ -54,14 +57,14 @@ cpu_ticks() { # sum of utime+stime of the given pids
   done
   echo "$t"
 }
-run_wrk() { # label, extra args…; prints "requests rps p50 p99 ticks"
+run_wrk() { # label, extra args…; prints "requests rps p50 p99 nginx_ticks daemon_ticks"
   local label=$1; shift
-  local before after out
-  before=$(cpu_ticks "$worker" $daemons)
+  local nb db na da out
+  nb=$(cpu_ticks "$worker"); db=$(cpu_ticks $daemons)
   out=$(taskset -c 1 wrk -t1 -c32 -d"${secs}s" --latency "$@" "http://127.0.0.1:$port/index.html")
-  after=$(cpu_ticks "$worker" $daemons)
+  na=$(cpu_ticks "$worker"); da=$(cpu_ticks $daemons)
   echo "$out" > "$work/wrk-$label.txt"
-  python3 - "$work/wrk-$label.txt" $((after - before)) <<'PY'
+  python3 - "$work/wrk-$label.txt" $((na - nb)) $((da - db)) <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
 def lat(p):
@@ -70,50 +73,73 @@ def lat(p):
     return v * {"us": 1, "ms": 1000, "s": 1e6}[u]
 reqs = int(re.search(r"(\d+) requests in", text).group(1))
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-print(reqs, rps, lat(50), lat(99), sys.argv[2])
+print(reqs, rps, lat(50), lat(99), sys.argv[2], sys.argv[3])
 PY
 }
 
-daemons=""
-read -r req0 rps0 p50_0 p99_0 t0 < <(run_wrk without)
-
-export SEAM_OPEN_PORT=$port SEAM_TRACE_PRINTER=disabled
+export SEAM_TRACE_PRINTER=disabled
 export SEAM_RUN_DIR=/run/seam-bench SEAM_PIN_DIR=/sys/fs/bpf/seam-bench
-"$here/../scripts/run" 2>"$work/daemons.log" & stack=$!
-for _ in $(seq 100); do
-  [ "$(grep -c 'target added' "$work/daemons.log" 2>/dev/null)" -ge 2 ] && break
-  sleep 0.1
+start_seam() {
+  SEAM_OPEN_PORT=$port "$here/../scripts/run" 2>>"$work/daemons.log" & stack=$!
+  for _ in $(seq 100); do
+    [ "$(grep -c "target added pid=$worker" "$work/daemons.log" 2>/dev/null)" -ge "$1" ] && break
+    sleep 0.1
+  done
+  daemons=$(pgrep -x 'seam-(discover|loader|ctxprop|correlator|exporter)' | tr '\n' ' ')
+}
+stop_seam() {
+  sleep 1.5 # the correlator publishes its totals once a second
+  kill -TERM "$stack"; wait "$stack" 2>/dev/null || true; stack=; daemons=""
+}
+: > "$work/rounds.txt"
+daemons=""
+for r in $(seq "$rounds"); do
+  echo "without $(run_wrk "without-$r")" >> "$work/rounds.txt"
+  start_seam "$r"
+  echo "with $(run_wrk "with-$r")" >> "$work/rounds.txt"
+  if [ "$r" -lt "$rounds" ]; then stop_seam; fi
 done
-daemons=$(pgrep -x 'seam-(discover|loader|ctxprop|correlator|exporter)' | tr '\n' ' ')
-nginx_before=$(cpu_ticks "$worker"); daemons_before=$(cpu_ticks $daemons)
-read -r req1 rps1 p50_1 p99_1 t1 < <(run_wrk with)
-nginx_ticks=$(( $(cpu_ticks "$worker") - nginx_before )); daemon_ticks=$(( $(cpu_ticks $daemons) - daemons_before ))
-per_daemon=$(for p in $daemons; do echo -n "$(cat /proc/$p/comm)=$(cpu_ticks $p) "; done)
-# paced phase: spans must match requests
-read -r req2 rps2 _ _ _ < <(taskset -c 1 wrk -t1 -c13 -d"${secs}s" -s "$work/paced.lua" --latency "http://127.0.0.1:$port/index.html" > "$work/wrk-paced.txt"; python3 -c "
+# paced phase: spans must match requests (seam still running from the last round)
+read -r req2 rps2 < <(taskset -c 1 wrk -t1 -c13 -d"${secs}s" -s "$work/paced.lua" "http://127.0.0.1:$port/index.html" > "$work/wrk-paced.txt"; python3 -c "
 import re;t=open('$work/wrk-paced.txt').read()
-print(re.search(r'(\d+) requests in',t).group(1), re.search(r'Requests/sec:\s+([\d.]+)',t).group(1), 0, 0, 0)")
+print(re.search(r'(\d+) requests in',t).group(1), re.search(r'Requests/sec:\s+([\d.]+)',t).group(1))")
 rss=$(for d in discover loader ctxprop correlator exporter; do
   p=$(pgrep -x "seam-$d" | head -1); echo -n "$d=$(awk '/VmRSS/{print $2}' "/proc/$p/status")KiB "; done)
 sleep 1.5
 kill -TERM "$stack"; wait "$stack" 2>/dev/null || true; stack=
-spans=$(grep -o 'final counters.*' "$work/daemons.log" | grep -o 'spans=[0-9]*' | head -1 | cut -d= -f2)
-events_lost=$(grep -o 'final counters.*' "$work/daemons.log" | grep -o 'lost_events=[0-9]*' | cut -d= -f2)
+# every stack logged its own totals when it stopped
+total() { grep -o 'final counters.*' "$work/daemons.log" | grep -o " $1=[0-9]*" | cut -d= -f2 | python3 -c 'import sys; print(sum(int(x) for x in sys.stdin.read().split()))'; }
+spans=$(total spans)
+events_lost=$(total lost_events)
 
-python3 - <<PY
-req0, rps0, p50_0, p99_0, t0 = $req0, $rps0, $p50_0, $p99_0, $t0
-req1, rps1, p50_1, p99_1, t1 = $req1, $rps1, $p50_1, $p99_1, $t1
-req2, rps2 = $req2, $rps2
+python3 - "$work/rounds.txt" "$secs" "$rounds" "$req2" "$rps2" "${spans:-0}" "${events_lost:-0}" "$rss" <<'PY'
+import statistics, sys
+path, secs, rounds, req2, rps2, spans, lost, rss = sys.argv[1:9]
 tick = 1e6 / 100  # microseconds per clock tick
-cpu0, cpu1 = t0 * tick / req0, t1 * tick / req1
-print(f"phase seconds            {$secs}")
-print(f"throughput without/with  {rps0:.0f} / {rps1:.0f} req/s  ratio {rps1 / rps0:.3f}  (loss {100 * (1 - rps1 / rps0):.1f} %)")
-print(f"cpu per request          {cpu0:.2f} / {cpu1:.2f} us  added {cpu1 - cpu0:.2f} us (nginx incl. BPF + daemons)")
-print(f"cpu split (with)         nginx {$nginx_ticks * tick / req1:.2f} us/req, daemons {$daemon_ticks * tick / req1:.2f} us/req; daemon ticks so far: $per_daemon")
-print(f"latency p50 without/with {p50_0:.0f} / {p50_1:.0f} us")
-print(f"latency p99 without/with {p99_0:.0f} / {p99_1:.0f} us")
-print(f"daemon rss               $rss")
-print(f"lost events (ring full)  {${events_lost:-0}}  (kernel counters, read by the correlator)")
-print(f"paced phase              {req2} requests at {rps2:.0f} req/s")
-print(f"spans vs requests        {${spans:-0}} spans for {req1 + req2} requests with seam")
+rows = {"without": [], "with": []}
+for line in open(path):
+    kind, reqs, rps, p50, p99, nginx, daemons = line.split()
+    n = int(reqs)
+    rows[kind].append((n, float(rps), float(p50), float(p99),
+                       (int(nginx) + int(daemons)) * tick / n, int(nginx) * tick / n, int(daemons) * tick / n))
+def med(kind, i):
+    return statistics.median(r[i] for r in rows[kind])
+def rng(kind, i):
+    v = [r[i] for r in rows[kind]]
+    return f"{min(v):.2f}-{max(v):.2f}"
+ratios = [w[1] / wo[1] for w, wo in zip(rows["with"], rows["without"])]
+added = [w[4] - wo[4] for w, wo in zip(rows["with"], rows["without"])]
+with_reqs = sum(r[0] for r in rows["with"])
+print(f"rounds x phase seconds   {rounds} x {secs}")
+print(f"throughput without/with  {med('without',1):.0f} / {med('with',1):.0f} req/s (medians)")
+print(f"throughput ratio         median {statistics.median(ratios):.3f}  per round {' '.join(f'{x:.3f}' for x in ratios)}")
+print(f"cpu per request          without {med('without',4):.2f} us ({rng('without',4)}), with {med('with',4):.2f} us ({rng('with',4)})")
+print(f"cpu added per request    median {statistics.median(added):.2f} us  per round {' '.join(f'{x:.2f}' for x in added)}")
+print(f"of which (with)          nginx incl. BPF {med('with',5):.2f} us (without {med('without',5):.2f}), daemons {med('with',6):.2f} us")
+print(f"latency p50 without/with {med('without',2):.0f} / {med('with',2):.0f} us")
+print(f"latency p99 without/with {med('without',3):.0f} / {med('with',3):.0f} us")
+print(f"daemon rss (end)         {rss}")
+print(f"lost events (ring full)  {lost}  (kernel counters, read by the correlator, whole run)")
+print(f"paced phase              {req2} requests at {float(rps2):.0f} req/s")
+print(f"spans vs requests        {spans} spans for {with_reqs + int(req2)} requests while seam ran")
 PY

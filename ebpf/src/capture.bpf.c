@@ -99,13 +99,19 @@ struct {
 enum conn_flags {
 	CONN_NOT_TCP = 1,
 	CONN_HTTP = 2,
+	CONN_OPAQUE = 4, /* several chunks and never an HTTP start: stop looking */
 };
+
+/* Chunks without an HTTP start before a connection is judged opaque. More than one, so a
+ * keep-alive connection first seen mid-message is still recognised at its next request. */
+#define OPAQUE_AFTER 4
 
 struct conn_info {
 	__u64 conn_id;
 	struct seam_tuple tuple;
 	__u8 flags;
-	__u8 pad[7];
+	__u8 misses;
+	__u8 pad[6];
 };
 
 /* Keyed by the kernel's struct sock address; an entry ends when the socket reaches TCP_CLOSE. */
@@ -391,7 +397,7 @@ static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 
 	if (direction == SEAM_DIR_INGRESS && (flags & MSG_PEEK))
 		return 0; /* the same bytes will be read again */
 	struct conn_info *ci = conn_of(sk);
-	if (!ci || (ci->flags & CONN_NOT_TCP))
+	if (!ci || (ci->flags & (CONN_NOT_TCP | CONN_OPAQUE)))
 		return 0;
 	if (ret == 0) {
 		/* end of stream: the peer will send nothing more on this connection */
@@ -419,8 +425,11 @@ static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 
 		    bpf_probe_read_user(head, sizeof(head), v.iov_base) == 0)
 			start = looks_like_http_start(head);
 	}
-	if (!start && !(ci->flags & CONN_HTTP))
+	if (!start && !(ci->flags & CONN_HTTP)) {
+		if (++ci->misses >= OPAQUE_AFTER)
+			ci->flags |= CONN_OPAQUE;
 		return 0;
+	}
 	if (start)
 		ci->flags |= CONN_HTTP;
 	struct scratch *s = scratch_for(ci, pid, pid_tgid, args.fd, bpf_ktime_get_ns());
