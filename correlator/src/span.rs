@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use seam_proto::msg::{AttrKey, AttrValue, SpanKind, SpanRecord, SpanStatus};
+use seam_proto::msg::{AttrKey, AttrValue, Known, SpanKind, SpanRecord, SpanStatus};
 
 use crate::conn::{Exchange, Side};
 use crate::traceparent::{self, TraceContext};
@@ -79,7 +79,10 @@ pub fn build(ex: &Exchange, ends: &Endpoints, clock: &dyn Clock) -> SpanRecord {
     let path = ex.request.path().to_string();
     let mut attrs: Vec<(AttrKey, AttrValue)> = Vec::with_capacity(16);
     let mut put = |k: AttrKey, v: AttrValue| attrs.push((k, v));
-    put(AttrKey::HttpRequestMethod, AttrValue::Str(method.clone()));
+    put(
+        AttrKey::HttpRequestMethod,
+        Known::method(&method).map_or_else(|| AttrValue::Str(method.clone()), AttrValue::Known),
+    );
     put(
         AttrKey::HttpResponseStatusCode,
         AttrValue::Int(i64::from(status_code)),
@@ -88,17 +91,14 @@ pub fn build(ex: &Exchange, ends: &Endpoints, clock: &dyn Clock) -> SpanRecord {
     if let Some(q) = ex.request.query() {
         put(AttrKey::UrlQuery, AttrValue::Str(q.to_string()));
     }
-    put(AttrKey::UrlScheme, AttrValue::Str("http".into()));
+    put(AttrKey::UrlScheme, AttrValue::Known(Known::Http));
     put(
         AttrKey::NetworkProtocolVersion,
-        AttrValue::Str(
-            if ex.request.minor_version == 0 {
-                "1.0"
-            } else {
-                "1.1"
-            }
-            .into(),
-        ),
+        AttrValue::Known(if ex.request.minor_version == 0 {
+            Known::Http10
+        } else {
+            Known::Http11
+        }),
     );
     put(
         AttrKey::NetworkPeerAddress,

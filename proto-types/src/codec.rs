@@ -13,26 +13,39 @@ pub enum CodecError {
     Trailing(usize),
 }
 
-fn options(limit: u64) -> impl Options {
+fn base() -> impl Options {
     bincode::DefaultOptions::new()
-        .with_limit(limit)
         .with_little_endian()
         .with_varint_encoding()
         .reject_trailing_bytes()
 }
 
+fn options(limit: u64) -> impl Options {
+    base().with_limit(limit)
+}
+
 /// Encodes `msg`; fails if it would be larger than `limit` bytes.
 pub fn encode<T: Serialize>(msg: &T, limit: u64) -> Result<Vec<u8>, CodecError> {
-    options(limit)
-        .serialize(msg)
-        .map_err(|e| CodecError::Encode(e.to_string()))
+    let mut out = Vec::new();
+    encode_into(msg, limit, &mut out)?;
+    Ok(out)
 }
 
 /// Appends the encoding of `msg` to `out` (reusing its capacity); fails past `limit` bytes.
+/// The limit is checked on the result: bincode's own limit would serialize everything twice.
 pub fn encode_into<T: Serialize>(msg: &T, limit: u64, out: &mut Vec<u8>) -> Result<(), CodecError> {
-    options(limit)
-        .serialize_into(out, msg)
-        .map_err(|e| CodecError::Encode(e.to_string()))
+    let start = out.len();
+    base()
+        .serialize_into(&mut *out, msg)
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    let written = (out.len() - start) as u64;
+    if written > limit {
+        out.truncate(start);
+        return Err(CodecError::Encode(format!(
+            "{written} bytes exceed the {limit}-byte limit"
+        )));
+    }
+    Ok(())
 }
 
 /// Decodes exactly one message from `bytes`; no allocation may exceed the frame's own size.
@@ -57,6 +70,16 @@ mod tests {
         let m = LoaderRequest::AddTarget { pid: 42 };
         let b = encode(&m, 1024).expect("encodes");
         assert_eq!(decode::<LoaderRequest>(&b).expect("decodes"), m);
+    }
+
+    #[test]
+    fn encoding_past_the_limit_fails_and_leaves_the_buffer_as_it_was() {
+        let mut out = vec![9u8];
+        let big = LoaderRequest::AddTarget { pid: u32::MAX };
+        assert!(encode_into(&big, 2, &mut out).is_err());
+        assert_eq!(out, vec![9u8]);
+        assert!(encode_into(&big, 64, &mut out).is_ok());
+        assert!(out.len() > 1);
     }
 
     #[test]

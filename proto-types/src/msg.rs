@@ -116,11 +116,76 @@ impl AttrKey {
     }
 }
 
+/// Attribute values that recur on every span, sent as one byte and exported without allocating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Known {
+    Http,
+    Https,
+    Http10,
+    Http11,
+    Get,
+    Post,
+    Put,
+    Delete,
+    Head,
+    Options,
+    Patch,
+    Connect,
+    Trace,
+}
+
+impl Known {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Known::Http => "http",
+            Known::Https => "https",
+            Known::Http10 => "1.0",
+            Known::Http11 => "1.1",
+            Known::Get => "GET",
+            Known::Post => "POST",
+            Known::Put => "PUT",
+            Known::Delete => "DELETE",
+            Known::Head => "HEAD",
+            Known::Options => "OPTIONS",
+            Known::Patch => "PATCH",
+            Known::Connect => "CONNECT",
+            Known::Trace => "TRACE",
+        }
+    }
+
+    pub fn method(m: &str) -> Option<Known> {
+        Some(match m {
+            "GET" => Known::Get,
+            "POST" => Known::Post,
+            "PUT" => Known::Put,
+            "DELETE" => Known::Delete,
+            "HEAD" => Known::Head,
+            "OPTIONS" => Known::Options,
+            "PATCH" => Known::Patch,
+            "CONNECT" => Known::Connect,
+            "TRACE" => Known::Trace,
+            _ => return None,
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum AttrValue {
     Str(String),
+    Known(Known),
     Int(i64),
     Bool(bool),
+}
+
+impl AttrValue {
+    /// The text of a string-like value.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            AttrValue::Str(s) => Some(s),
+            AttrValue::Known(k) => Some(k.as_str()),
+            _ => None,
+        }
+    }
 }
 
 /// One finished span, with W3C ids and OpenTelemetry HTTP attributes.
