@@ -54,6 +54,19 @@ pub struct Exchange {
     pub response_body_bytes: Option<u64>,
     /// Thread that read (server) or wrote (client) the request.
     pub tid: u32,
+    /// Index of the request on its connection, from 0.
+    pub seq: u64,
+}
+
+/// A request that just started, so trace context can be given to it before it finishes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Started {
+    pub seq: u64,
+    pub side: Side,
+    pub start_ns: u64,
+    pub tid: u32,
+    pub traceparent: Vec<Vec<u8>>,
+    pub tracestate: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -128,6 +141,7 @@ struct Pending {
     head: RequestHead,
     start_ns: u64,
     tid: u32,
+    seq: u64,
     tracker: Tracker,
 }
 
@@ -153,6 +167,9 @@ pub struct Conn {
     response: Option<OpenResponse>,
     /// After a 101 response the bytes are no longer HTTP/1.x.
     upgraded: bool,
+    next_seq: u64,
+    /// Requests started since the caller last drained this.
+    pub started: Vec<Started>,
     pub last_ns: u64,
     pub leftovers: Leftovers,
 }
@@ -219,10 +236,21 @@ impl Conn {
             Dir::In => chunk.end_ns,
             Dir::Out => chunk.start_ns,
         };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.started.push(Started {
+            seq,
+            side,
+            start_ns,
+            tid: chunk.tid,
+            traceparent: head.fields.traceparent.clone(),
+            tracestate: head.fields.tracestate.clone(),
+        });
         self.pending.push_back(Pending {
             head,
             start_ns,
             tid: chunk.tid,
+            seq,
             tracker,
         });
         used
@@ -305,6 +333,7 @@ impl Conn {
             request_body_bytes: open.request.tracker.body_bytes(),
             response_body_bytes: open.tracker.body_bytes(),
             tid: open.request.tid,
+            seq: open.request.seq,
             request: open.request.head,
             response: open.head,
         });

@@ -1,13 +1,15 @@
 //! Turns ring-buffer records into finished spans: one connection state per kernel connection id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use seam_abi::{Event, Tuple, AF_INET, DIR_INGRESS, EV_CLOSE, EV_DATA, EV_EXEC};
 use seam_proto::msg::SpanRecord;
 
-use crate::conn::{Chunk, Conn, Dir, Exchange};
+use crate::conn::{Chunk, Conn, Dir, Exchange, Side, Started};
+use crate::context::{self, SpanCtx};
 use crate::span::{self, Clock, Endpoints};
+use crate::traceparent::TraceContext;
 
 /// Connections tracked at most; idle ones beyond this are forgotten first.
 const MAX_CONNS: usize = 65_536;
@@ -23,11 +25,88 @@ pub struct EngineCounters {
     pub expired_responses: u64,
 }
 
+/// Trace context of one request of a connection, from its start until its span is built.
+#[derive(Debug)]
+struct ReqCtx {
+    side: Side,
+    tid: u32,
+    start_ns: u64,
+    header: Option<(TraceContext, String)>,
+    /// `None` until needed: a server span's caller may not have been seen yet when it starts.
+    ctx: Option<SpanCtx>,
+}
+
 #[derive(Debug)]
 struct Entry {
     conn: Conn,
     pid: u32,
     ends: Endpoints,
+    reqs: HashMap<u64, ReqCtx>,
+}
+
+/// One direction of a TCP connection, IPv4-mapped addresses folded to IPv4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Flow {
+    from: (IpAddr, u16),
+    to: (IpAddr, u16),
+}
+
+fn fold(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl Flow {
+    /// Client side: from its local end to the server.
+    fn outbound(ends: &Endpoints) -> Self {
+        Self {
+            from: (fold(ends.local.0), ends.local.1),
+            to: (fold(ends.remote.0), ends.remote.1),
+        }
+    }
+
+    /// Server side: the flow its caller sent on.
+    fn inbound(ends: &Endpoints) -> Self {
+        Self {
+            from: (fold(ends.remote.0), ends.remote.1),
+            to: (fold(ends.local.0), ends.local.1),
+        }
+    }
+}
+
+/// A client request seen on this host, waiting for the server span on the other end.
+#[derive(Debug)]
+struct ClientSeen {
+    start_ns: u64,
+    ctx: SpanCtx,
+}
+
+/// Client requests remembered per connection at most (a server that is not instrumented here
+/// never claims them; they also expire with the transaction time).
+const MAX_CLIENTS_PER_FLOW: usize = 256;
+
+/// A client's timestamp is taken when its send completes, which on loopback can be just after the
+/// server's receive completes; a server request may start this much before its client's.
+const SEND_SLACK_NS: u64 = 100_000_000;
+
+/// How requests link across processes and threads.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkConfig {
+    /// Link a server span to a client span of this host over the same connection.
+    pub black_box: bool,
+    /// Parents and callers older than this are never linked.
+    pub max_transaction_ns: u64,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            black_box: true,
+            max_transaction_ns: 10_000_000_000,
+        }
+    }
 }
 
 /// CLOCK_MONOTONIC → Unix time, from one paired reading refreshed now and then.
@@ -81,21 +160,40 @@ pub struct Engine {
     conns: HashMap<u64, Entry>,
     clock: MonotonicClock,
     exchanges: Vec<Exchange>,
+    links: LinkConfig,
+    /// Client requests by the flow they were sent on, oldest first.
+    clients: HashMap<Flow, VecDeque<ClientSeen>>,
+    /// Server requests being served, by thread and by process: (connection id, request seq).
+    serving_by_tid: HashMap<u32, Vec<(u64, u64)>>,
+    serving_by_pid: HashMap<u32, Vec<(u64, u64)>>,
     pub counters: EngineCounters,
 }
 
 impl Default for Engine {
     fn default() -> Self {
-        Self::new()
+        Self::new(LinkConfig::default())
+    }
+}
+
+fn unlist(map: &mut HashMap<u32, Vec<(u64, u64)>>, key: u32, item: (u64, u64)) {
+    if let Some(v) = map.get_mut(&key) {
+        v.retain(|x| *x != item);
+        if v.is_empty() {
+            map.remove(&key);
+        }
     }
 }
 
 impl Engine {
-    pub fn new() -> Self {
+    pub fn new(links: LinkConfig) -> Self {
         Self {
             conns: HashMap::new(),
             clock: MonotonicClock::now(),
             exchanges: Vec::new(),
+            links,
+            clients: HashMap::new(),
+            serving_by_tid: HashMap::new(),
+            serving_by_pid: HashMap::new(),
             counters: EngineCounters::default(),
         }
     }
@@ -120,6 +218,7 @@ impl Engine {
                     conn: Conn::default(),
                     pid: ev.pid,
                     ends: endpoints(&ev.tuple),
+                    reqs: HashMap::new(),
                 });
                 let chunk = Chunk {
                     dir: if ev.direction == DIR_INGRESS {
@@ -136,16 +235,19 @@ impl Engine {
                     tail: ev.tail_of(payload),
                 };
                 entry.conn.on_chunk(&chunk, &mut self.exchanges);
-                for ex in self.exchanges.drain(..) {
-                    self.counters.spans += 1;
-                    out.push((entry.pid, span::build(&ex, &entry.ends, &self.clock)));
+                let started: Vec<Started> = entry.conn.started.drain(..).collect();
+                for st in started {
+                    self.on_started(ev.conn_id, st);
                 }
+                self.finish_exchanges(ev.conn_id, out);
             }
             EV_CLOSE => {
-                if let Some(mut entry) = self.conns.remove(&ev.conn_id) {
+                if let Some(entry) = self.conns.get_mut(&ev.conn_id) {
                     entry.conn.on_close(&mut self.exchanges);
-                    self.account(&entry.conn);
-                    self.emit(entry.pid, &entry.ends, out);
+                }
+                self.finish_exchanges(ev.conn_id, out);
+                if let Some(entry) = self.conns.remove(&ev.conn_id) {
+                    self.forget(ev.conn_id, &entry);
                 }
             }
             // Process names are the daemon's concern, not the span engine's.
@@ -154,21 +256,145 @@ impl Engine {
         }
     }
 
-    fn account(&mut self, conn: &Conn) {
-        let l = conn.leftovers;
-        self.counters.unanswered_requests += l.unanswered;
-        self.counters.orphan_responses += l.orphan_responses;
-        self.counters.truncated_starts += l.truncated_starts;
-    }
-
-    fn emit(&mut self, pid: u32, ends: &Endpoints, out: &mut Vec<(u32, SpanRecord)>) {
-        for ex in self.exchanges.drain(..) {
-            self.counters.spans += 1;
-            out.push((pid, span::build(&ex, ends, &self.clock)));
+    /// Gives a request its context as it starts. Client requests are settled at once (their
+    /// callee may look them up); server requests wait until something needs them.
+    fn on_started(&mut self, conn_id: u64, st: Started) {
+        let Some(entry) = self.conns.get(&conn_id) else {
+            return;
+        };
+        let pid = entry.pid;
+        let flow = Flow::outbound(&entry.ends);
+        let header = context::from_headers(&st.traceparent, &st.tracestate);
+        let ctx = match st.side {
+            Side::Server => {
+                let item = (conn_id, st.seq);
+                self.serving_by_tid.entry(st.tid).or_default().push(item);
+                self.serving_by_pid.entry(pid).or_default().push(item);
+                None
+            }
+            Side::Client => {
+                let ctx = match &header {
+                    Some((h, state)) => SpanCtx::adopting(h, state.clone()),
+                    None => match self.in_process_parent(pid, st.tid, st.start_ns) {
+                        Some((c, s)) => SpanCtx::child_of(&self.resolve(c, s), false),
+                        None => SpanCtx::root(),
+                    },
+                };
+                if self.links.black_box {
+                    let q = self.clients.entry(flow).or_default();
+                    if q.len() >= MAX_CLIENTS_PER_FLOW {
+                        q.pop_front();
+                    }
+                    q.push_back(ClientSeen {
+                        start_ns: st.start_ns,
+                        ctx: ctx.clone(),
+                    });
+                }
+                Some(ctx)
+            }
+        };
+        if let Some(entry) = self.conns.get_mut(&conn_id) {
+            entry.reqs.insert(
+                st.seq,
+                ReqCtx {
+                    side: st.side,
+                    tid: st.tid,
+                    start_ns: st.start_ns,
+                    header,
+                    ctx,
+                },
+            );
         }
     }
 
-    /// Ends responses silent for `open_timeout_ns` and forgets connections idle for `idle_ns`.
+    /// The server request a new client request is made for, only when that cannot be wrong: the
+    /// thread serves exactly one request (thread per request), or the whole process does (an
+    /// event loop at concurrency one). Anything else stays unlinked.
+    fn in_process_parent(&self, pid: u32, tid: u32, now_ns: u64) -> Option<(u64, u64)> {
+        let only = |v: Option<&Vec<(u64, u64)>>| match v.map(Vec::as_slice) {
+            Some([one]) => Some(*one),
+            _ => None,
+        };
+        let candidate =
+            only(self.serving_by_tid.get(&tid)).or_else(|| only(self.serving_by_pid.get(&pid)))?;
+        let req = self.conns.get(&candidate.0)?.reqs.get(&candidate.1)?;
+        (now_ns.saturating_sub(req.start_ns) <= self.links.max_transaction_ns).then_some(candidate)
+    }
+
+    /// Settles a request's context: an incoming header, else the same-host client span that sent
+    /// it, else a new trace. Settled once; later calls return the same context.
+    fn resolve(&mut self, conn_id: u64, seq: u64) -> SpanCtx {
+        let Some(entry) = self.conns.get_mut(&conn_id) else {
+            return SpanCtx::root();
+        };
+        let inbound = Flow::inbound(&entry.ends);
+        let Some(req) = entry.reqs.get_mut(&seq) else {
+            return SpanCtx::root();
+        };
+        if let Some(ctx) = &req.ctx {
+            return ctx.clone();
+        }
+        let ctx = if let Some((h, state)) = &req.header {
+            SpanCtx::continuing(h, state.clone())
+        } else if let Some(caller) = self
+            .links
+            .black_box
+            .then(|| {
+                claim_caller(
+                    &mut self.clients,
+                    inbound,
+                    req.start_ns,
+                    self.links.max_transaction_ns,
+                )
+            })
+            .flatten()
+        {
+            SpanCtx::child_of(&caller, true)
+        } else {
+            SpanCtx::root()
+        };
+        req.ctx = Some(ctx.clone());
+        ctx
+    }
+
+    fn finish_exchanges(&mut self, conn_id: u64, out: &mut Vec<(u32, SpanRecord)>) {
+        if self.exchanges.is_empty() {
+            return;
+        }
+        let done: Vec<Exchange> = self.exchanges.drain(..).collect();
+        for ex in done {
+            let ctx = self.resolve(conn_id, ex.seq);
+            let Some(entry) = self.conns.get_mut(&conn_id) else {
+                continue;
+            };
+            let pid = entry.pid;
+            if let Some(req) = entry.reqs.remove(&ex.seq) {
+                if req.side == Side::Server {
+                    unlist(&mut self.serving_by_tid, req.tid, (conn_id, ex.seq));
+                    unlist(&mut self.serving_by_pid, pid, (conn_id, ex.seq));
+                }
+            }
+            self.counters.spans += 1;
+            out.push((pid, span::build(&ex, &entry.ends, &self.clock, ctx)));
+        }
+    }
+
+    /// Drops what a connection that is going away still holds in the shared indexes.
+    fn forget(&mut self, conn_id: u64, entry: &Entry) {
+        let l = entry.conn.leftovers;
+        self.counters.unanswered_requests += l.unanswered;
+        self.counters.orphan_responses += l.orphan_responses;
+        self.counters.truncated_starts += l.truncated_starts;
+        for (&seq, req) in &entry.reqs {
+            if req.side == Side::Server {
+                unlist(&mut self.serving_by_tid, req.tid, (conn_id, seq));
+                unlist(&mut self.serving_by_pid, entry.pid, (conn_id, seq));
+            }
+        }
+    }
+
+    /// Ends responses silent for `open_timeout_ns`, forgets connections idle for `idle_ns`, and
+    /// expires client requests no server claimed.
     pub fn sweep(
         &mut self,
         now_ns: u64,
@@ -177,27 +403,39 @@ impl Engine {
         out: &mut Vec<(u32, SpanRecord)>,
     ) {
         self.clock = MonotonicClock::now();
-        let mut forget = Vec::new();
-        for (&id, entry) in self.conns.iter_mut() {
-            let quiet = now_ns.saturating_sub(entry.conn.last_ns);
-            if !entry.conn.is_idle() && quiet > open_timeout_ns {
-                let mut finished = Vec::new();
-                entry.conn.expire_open_response(&mut finished);
-                self.counters.expired_responses += finished.len() as u64;
-                for ex in finished {
-                    self.counters.spans += 1;
-                    out.push((entry.pid, span::build(&ex, &entry.ends, &self.clock)));
-                }
+        let expired: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| {
+                !e.conn.is_idle() && now_ns.saturating_sub(e.conn.last_ns) > open_timeout_ns
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            if let Some(e) = self.conns.get_mut(&id) {
+                e.conn.expire_open_response(&mut self.exchanges);
+                self.counters.expired_responses += self.exchanges.len() as u64;
             }
-            if quiet > idle_ns {
-                forget.push(id);
-            }
+            self.finish_exchanges(id, out);
         }
-        for id in forget {
+        let idle: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| now_ns.saturating_sub(e.conn.last_ns) > idle_ns)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in idle {
             if let Some(e) = self.conns.remove(&id) {
-                self.counters.unanswered_requests += e.conn.leftovers.unanswered;
+                self.forget(id, &e);
             }
         }
+        let horizon = now_ns.saturating_sub(self.links.max_transaction_ns);
+        self.clients.retain(|_, q| {
+            while q.front().is_some_and(|c| c.start_ns < horizon) {
+                q.pop_front();
+            }
+            !q.is_empty()
+        });
     }
 
     fn evict_idle(&mut self) {
@@ -209,13 +447,39 @@ impl Engine {
             .collect();
         idle.sort_unstable();
         for (_, id) in idle.into_iter().take(MAX_CONNS / 8) {
-            self.conns.remove(&id);
+            if let Some(e) = self.conns.remove(&id) {
+                self.forget(id, &e);
+            }
         }
     }
 
     pub fn open_connections(&self) -> usize {
         self.conns.len()
     }
+}
+
+/// Takes the oldest unclaimed client request on `flow` that could have caused a server request
+/// starting at `server_start`: requests on one connection are answered in order, so the first
+/// one left is the one. Older than the transaction time: dropped, never linked.
+fn claim_caller(
+    clients: &mut HashMap<Flow, VecDeque<ClientSeen>>,
+    flow: Flow,
+    server_start: u64,
+    max_age: u64,
+) -> Option<SpanCtx> {
+    let q = clients.get_mut(&flow)?;
+    let horizon = server_start.saturating_sub(max_age);
+    while q.front().is_some_and(|c| c.start_ns < horizon) {
+        q.pop_front();
+    }
+    let taken = match q.front() {
+        Some(c) if c.start_ns <= server_start + SEND_SLACK_NS => q.pop_front().map(|c| c.ctx),
+        _ => None,
+    };
+    if q.is_empty() {
+        clients.remove(&flow);
+    }
+    taken
 }
 
 #[cfg(test)]
@@ -246,7 +510,7 @@ mod tests {
 
     #[test]
     fn request_and_response_events_make_one_server_span() {
-        let mut engine = Engine::new();
+        let mut engine = Engine::default();
         let mut out = Vec::new();
         let (a, pa) = ev(
             1,
@@ -273,7 +537,7 @@ mod tests {
 
     #[test]
     fn close_finishes_and_forgets_the_connection() {
-        let mut engine = Engine::new();
+        let mut engine = Engine::default();
         let mut out = Vec::new();
         let (a, pa) = ev(9, DIR_INGRESS, b"GET / HTTP/1.0\r\n\r\n", 1);
         let (b, pb) = ev(9, DIR_EGRESS, b"HTTP/1.0 200 OK\r\n\r\nbody", 2);
@@ -289,9 +553,235 @@ mod tests {
         assert_eq!(engine.open_connections(), 0);
     }
 
+    /// An event on connection `conn` of process `pid`, thread `tid`, between two loopback ports.
+    fn at(
+        conn: u64,
+        pid: u32,
+        tid: u32,
+        dir: u8,
+        ports: (u16, u16),
+        payload: &[u8],
+        t: u64,
+    ) -> (Event, Vec<u8>) {
+        let (mut e, p) = ev(conn, dir, payload, t);
+        e.pid = pid;
+        e.tid = tid;
+        e.tuple.local_port = ports.0;
+        e.tuple.remote_port = ports.1;
+        e.tuple.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        (e, p)
+    }
+
+    fn feed(engine: &mut Engine, out: &mut Vec<(u32, SpanRecord)>, e: (Event, Vec<u8>)) {
+        engine.on_event(&e.0, &e.1, out);
+    }
+
+    const REQ: &[u8] = b"GET /x HTTP/1.1\r\n\r\n";
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+    fn span_for(
+        out: &[(u32, SpanRecord)],
+        pid: u32,
+        kind: seam_proto::msg::SpanKind,
+    ) -> Vec<SpanRecord> {
+        out.iter()
+            .filter(|(p, s)| *p == pid && s.kind == kind)
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
+    #[test]
+    fn same_host_caller_becomes_the_parent_request_by_request() {
+        use seam_proto::msg::SpanKind::{Client, Server};
+        let mut engine = Engine::default();
+        let mut out = Vec::new();
+        // client pid 1 on port 40000 → server pid 2 on port 8080; two requests on one connection
+        for (i, t) in [(0u64, 100u64), (1, 200)] {
+            let _ = i;
+            feed(
+                &mut engine,
+                &mut out,
+                at(1, 1, 11, DIR_EGRESS, (40000, 8080), REQ, t),
+            );
+            feed(
+                &mut engine,
+                &mut out,
+                at(2, 2, 22, DIR_INGRESS, (8080, 40000), REQ, t + 1),
+            );
+            feed(
+                &mut engine,
+                &mut out,
+                at(2, 2, 22, DIR_EGRESS, (8080, 40000), OK, t + 5),
+            );
+            feed(
+                &mut engine,
+                &mut out,
+                at(1, 1, 11, DIR_INGRESS, (40000, 8080), OK, t + 6),
+            );
+        }
+        let clients = span_for(&out, 1, Client);
+        let servers = span_for(&out, 2, Server);
+        assert_eq!((clients.len(), servers.len()), (2, 2));
+        for (c, s) in clients.iter().zip(&servers) {
+            assert_eq!(s.trace_id, c.trace_id);
+            assert_eq!(s.parent_span_id, Some(c.span_id));
+            assert!(s.parent_is_remote);
+        }
+        assert_ne!(
+            clients[0].trace_id, clients[1].trace_id,
+            "keep-alive must not merge traces"
+        );
+    }
+
+    #[test]
+    fn server_event_before_its_callers_event_still_links() {
+        use seam_proto::msg::SpanKind::{Client, Server};
+        let mut engine = Engine::default();
+        let mut out = Vec::new();
+        // loopback: the server's receive can complete (and be recorded) before the client's send
+        feed(
+            &mut engine,
+            &mut out,
+            at(2, 2, 22, DIR_INGRESS, (8080, 40000), REQ, 100),
+        );
+        feed(
+            &mut engine,
+            &mut out,
+            at(1, 1, 11, DIR_EGRESS, (40000, 8080), REQ, 101),
+        );
+        feed(
+            &mut engine,
+            &mut out,
+            at(2, 2, 22, DIR_EGRESS, (8080, 40000), OK, 150),
+        );
+        feed(
+            &mut engine,
+            &mut out,
+            at(1, 1, 11, DIR_INGRESS, (40000, 8080), OK, 151),
+        );
+        let c = &span_for(&out, 1, Client)[0];
+        let s = &span_for(&out, 2, Server)[0];
+        assert_eq!(s.parent_span_id, Some(c.span_id));
+    }
+
+    #[test]
+    fn outgoing_call_on_the_serving_thread_is_a_child() {
+        use seam_proto::msg::SpanKind::{Client, Server};
+        let mut engine = Engine::default();
+        let mut out = Vec::new();
+        // pid 2 serves on thread 22 and calls out on the same thread
+        feed(
+            &mut engine,
+            &mut out,
+            at(2, 2, 22, DIR_INGRESS, (8080, 40000), REQ, 100),
+        );
+        feed(
+            &mut engine,
+            &mut out,
+            at(3, 2, 22, DIR_EGRESS, (41000, 9090), REQ, 110),
+        );
+        feed(
+            &mut engine,
+            &mut out,
+            at(3, 2, 22, DIR_INGRESS, (41000, 9090), OK, 120),
+        );
+        feed(
+            &mut engine,
+            &mut out,
+            at(2, 2, 22, DIR_EGRESS, (8080, 40000), OK, 130),
+        );
+        let server = &span_for(&out, 2, Server)[0];
+        let client = &span_for(&out, 2, Client)[0];
+        assert_eq!(client.trace_id, server.trace_id);
+        assert_eq!(client.parent_span_id, Some(server.span_id));
+        assert!(!client.parent_is_remote);
+    }
+
+    #[test]
+    fn no_link_when_the_thread_and_process_serve_several_requests() {
+        use seam_proto::msg::SpanKind::Client;
+        let mut engine = Engine::default();
+        let mut out = Vec::new();
+        // one event-loop thread with two requests in flight: the outgoing call cannot be attributed
+        feed(
+            &mut engine,
+            &mut out,
+            at(2, 2, 22, DIR_INGRESS, (8080, 40000), REQ, 100),
+        );
+        feed(
+            &mut engine,
+            &mut out,
+            at(4, 2, 22, DIR_INGRESS, (8080, 40001), REQ, 101),
+        );
+        feed(
+            &mut engine,
+            &mut out,
+            at(3, 2, 22, DIR_EGRESS, (41000, 9090), REQ, 110),
+        );
+        feed(
+            &mut engine,
+            &mut out,
+            at(3, 2, 22, DIR_INGRESS, (41000, 9090), OK, 120),
+        );
+        let client = &span_for(&out, 2, Client)[0];
+        assert_eq!(client.parent_span_id, None);
+    }
+
+    #[test]
+    fn black_box_can_be_turned_off_and_links_expire() {
+        use seam_proto::msg::SpanKind::Server;
+        let mut off = Engine::new(LinkConfig {
+            black_box: false,
+            ..LinkConfig::default()
+        });
+        let mut out = Vec::new();
+        feed(
+            &mut off,
+            &mut out,
+            at(1, 1, 11, DIR_EGRESS, (40000, 8080), REQ, 100),
+        );
+        feed(
+            &mut off,
+            &mut out,
+            at(2, 2, 22, DIR_INGRESS, (8080, 40000), REQ, 101),
+        );
+        feed(
+            &mut off,
+            &mut out,
+            at(2, 2, 22, DIR_EGRESS, (8080, 40000), OK, 102),
+        );
+        assert_eq!(span_for(&out, 2, Server)[0].parent_span_id, None);
+
+        let mut short = Engine::new(LinkConfig {
+            black_box: true,
+            max_transaction_ns: 1_000,
+        });
+        let mut out = Vec::new();
+        feed(
+            &mut short,
+            &mut out,
+            at(1, 1, 11, DIR_EGRESS, (40000, 8080), REQ, 100),
+        );
+        feed(
+            &mut short,
+            &mut out,
+            at(2, 2, 22, DIR_INGRESS, (8080, 40000), REQ, 5_000),
+        );
+        feed(
+            &mut short,
+            &mut out,
+            at(2, 2, 22, DIR_EGRESS, (8080, 40000), OK, 5_001),
+        );
+        assert_eq!(
+            span_for(&out, 2, Server)[0].parent_span_id,
+            None,
+            "a stale caller is never linked"
+        );
+    }
+
     #[test]
     fn short_record_is_counted_not_fatal() {
-        let mut engine = Engine::new();
+        let mut engine = Engine::default();
         let mut out = Vec::new();
         engine.on_record(&[1, 2, 3], &mut out);
         assert_eq!(engine.counters.malformed_records, 1);

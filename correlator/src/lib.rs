@@ -1,6 +1,8 @@
 //! seam's correlator: HTTP/1.x parsing, request/response pairing and span building.
 
+pub mod config;
 pub mod conn;
+pub mod context;
 pub mod engine;
 pub mod http;
 pub mod span;

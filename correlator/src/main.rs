@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
 use clap::Parser;
-use seam_correlator::engine::{Engine, MonotonicClock};
+use seam_correlator::engine::{Engine, LinkConfig, MonotonicClock};
 use seam_proto::msg::{
     CorrelatorRequest, ExporterRequest, SelfCounters, ServiceIdentity, SpanBatch, SpanRecord,
 };
@@ -32,6 +32,17 @@ struct Args {
     /// Span batches waiting for the exporter before new ones are dropped (and counted).
     #[arg(long, env = "SEAM_SPAN_QUEUE", default_value_t = 1024)]
     span_queue: usize,
+    /// seam's YAML configuration file (the `correlator` section is read here).
+    #[arg(long, env = "SEAM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Do not link a server span to the same-host client span that called it (overrides the
+    /// file's `correlator.black_box`).
+    #[arg(long, env = "SEAM_DISABLE_BLACK_BOX",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    disable_black_box: Option<bool>,
+    /// Parents and callers older than this are never linked, in seconds (default 10).
+    #[arg(long, env = "SEAM_MAX_TRANSACTION_TIME")]
+    max_transaction_time: Option<u64>,
     /// How long to wait at start for the loader's pins to appear (seconds).
     #[arg(long, env = "SEAM_PIN_WAIT", default_value_t = 60)]
     pin_wait: u64,
@@ -43,11 +54,34 @@ type Published = Arc<Mutex<SelfCounters>>;
 
 fn main() -> std::process::ExitCode {
     seam_proto::telemetry::init_logging(Role::Correlator);
-    let args = Args::parse();
-    seam_proto::lifecycle::exit_code(Role::Correlator, run(args))
+    let args = match seam_proto::lifecycle::parse_args::<Args>() {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let section = match args
+        .config
+        .as_deref()
+        .map(seam_correlator::config::load)
+        .transpose()
+    {
+        Ok(s) => s.unwrap_or_default(),
+        Err(e) => return seam_proto::lifecycle::bad_config(&e),
+    };
+    let links = LinkConfig {
+        black_box: match args.disable_black_box {
+            Some(off) => !off,
+            None => section.black_box.unwrap_or(true),
+        },
+        max_transaction_ns: args
+            .max_transaction_time
+            .or(section.max_transaction_time)
+            .unwrap_or(10)
+            .saturating_mul(1_000_000_000),
+    };
+    seam_proto::lifecycle::exit_code(Role::Correlator, run(args, links))
 }
 
-fn run(args: Args) -> Result<()> {
+fn run(args: Args, links: LinkConfig) -> Result<()> {
     privilege::enter_and_log(Role::Correlator)?;
     let pin_dir = args.pin_dir.clone().unwrap_or_else(role::pin_dir);
     let ring = wait_for_pins(&pin_dir, Duration::from_secs(args.pin_wait))?;
@@ -66,9 +100,14 @@ fn run(args: Args) -> Result<()> {
         let services = services.clone();
         let published = published.clone();
         let timeout = Duration::from_secs(args.open_response_timeout);
+        tracing::info!(
+            black_box = links.black_box,
+            max_transaction_ns = links.max_transaction_ns,
+            "span linking"
+        );
         std::thread::Builder::new()
             .name("ringbuf".into())
-            .spawn(move || consume(ring, counters, services, tx, timeout, published))
+            .spawn(move || consume(ring, counters, services, tx, timeout, links, published))
             .context("spawning the ring buffer thread")?
     };
     rt.block_on(async move {
@@ -240,11 +279,12 @@ fn consume(
     services: Services,
     tx: mpsc::Sender<ExporterRequest>,
     open_timeout: Duration,
+    links: LinkConfig,
     published: Published,
 ) {
     const POLL: Duration = Duration::from_millis(50);
     const FLUSH: Duration = Duration::from_millis(100);
-    let mut engine = Engine::new();
+    let mut engine = Engine::new(links);
     let mut ready: Vec<(u32, SpanRecord)> = Vec::new();
     let mut dropped_spans = 0u64;
     let mut last_flush = Instant::now();

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use seam_proto::msg::{AttrKey, AttrValue, Known, SpanKind, SpanRecord, SpanStatus};
 
 use crate::conn::{Exchange, Side};
-use crate::traceparent::{self, TraceContext};
+use crate::context::SpanCtx;
 
 /// Local and remote ends of the connection, as the kernel saw them, with their text formatted
 /// once per connection rather than once per span.
@@ -55,25 +55,7 @@ fn addr_string(ip: IpAddr) -> String {
     }
 }
 
-/// Where the span's trace context comes from: a valid incoming header continues that trace.
-fn context_for(ex: &Exchange) -> (Option<TraceContext>, String) {
-    let tp = &ex.request.fields.traceparent;
-    // More than one traceparent is invalid: start a new trace.
-    let ctx = if tp.len() == 1 {
-        traceparent::parse(&tp[0])
-    } else {
-        None
-    };
-    let state = if ctx.is_some() {
-        ex.request.fields.tracestate.join(",")
-    } else {
-        String::new()
-    };
-    (ctx, state)
-}
-
-pub fn build(ex: &Exchange, ends: &Endpoints, clock: &dyn Clock) -> SpanRecord {
-    let (ctx, tracestate) = context_for(ex);
+pub fn build(ex: &Exchange, ends: &Endpoints, clock: &dyn Clock, ctx: SpanCtx) -> SpanRecord {
     let status_code = ex.response.status;
     let method = ex.request.method.clone();
     let path = ex.request.path().to_string();
@@ -146,31 +128,13 @@ pub fn build(ex: &Exchange, ends: &Endpoints, clock: &dyn Clock) -> SpanRecord {
         Side::Server => status_code >= 500,
         Side::Client => status_code >= 400,
     };
-    let (trace_id, span_id, parent, flags, remote) = match (ex.side, ctx) {
-        // The app (or its SDK) already sent a context: seam's client span is that context.
-        (Side::Client, Some(c)) => (c.trace_id, c.parent_id, None, c.flags, false),
-        (Side::Server, Some(c)) => (
-            c.trace_id,
-            traceparent::new_span_id(),
-            Some(c.parent_id),
-            c.flags,
-            true,
-        ),
-        (_, None) => (
-            traceparent::new_trace_id(),
-            traceparent::new_span_id(),
-            None,
-            0x01,
-            false,
-        ),
-    };
     SpanRecord {
-        trace_id,
-        span_id,
-        parent_span_id: parent,
-        trace_flags: flags,
-        tracestate,
-        parent_is_remote: remote,
+        trace_id: ctx.trace_id,
+        span_id: ctx.span_id,
+        parent_span_id: ctx.parent_span_id,
+        trace_flags: ctx.flags,
+        tracestate: ctx.tracestate,
+        parent_is_remote: ctx.parent_is_remote,
         name: method,
         kind,
         start_unix_nanos: clock.unix_nanos(ex.start_ns),
@@ -197,7 +161,9 @@ impl crate::http::RequestHead {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::context;
     use crate::http::{parse_head, Head};
+    use crate::traceparent;
 
     struct Fixed;
     impl Clock for Fixed {
@@ -222,6 +188,7 @@ mod tests {
             request_body_bytes: Some(0),
             response_body_bytes: Some(5),
             tid: 3,
+            seq: 0,
         }
     }
 
@@ -233,13 +200,18 @@ mod tests {
     }
 
     #[test]
-    fn server_span_continues_incoming_trace() {
+    fn server_span_carries_its_context_and_semconv_attributes() {
         let ex = exchange(
             Side::Server,
             "GET /a?b=1 HTTP/1.1\r\nHost: svc:8080\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntracestate: a=1\r\n\r\n",
             "HTTP/1.1 503 Busy\r\n\r\n",
         );
-        let s = build(&ex, &ends(), &Fixed);
+        let (h, state) = context::from_headers(
+            &ex.request.fields.traceparent,
+            &ex.request.fields.tracestate,
+        )
+        .expect("valid header");
+        let s = build(&ex, &ends(), &Fixed, SpanCtx::continuing(&h, state));
         assert_eq!(
             traceparent::hex(&s.trace_id),
             "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -262,22 +234,14 @@ mod tests {
             s.attr("http.response.status_code"),
             Some(&AttrValue::Int(503))
         );
-    }
-
-    #[test]
-    fn duplicate_or_invalid_traceparent_starts_a_new_trace() {
-        let ex = exchange(
-            Side::Server,
-            "GET / HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntracestate: a=1\r\n\r\n",
-            "HTTP/1.1 200 OK\r\n\r\n",
+        assert_eq!(
+            s.attr("http.request.method").and_then(AttrValue::as_str),
+            Some("GET")
         );
-        let s = build(&ex, &ends(), &Fixed);
-        assert_ne!(
-            traceparent::hex(&s.trace_id),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
+        assert_eq!(
+            s.attr("network.peer.address").and_then(AttrValue::as_str),
+            Some("127.0.0.1")
         );
-        assert_eq!(s.parent_span_id, None);
-        assert_eq!(s.tracestate, "");
     }
 
     #[test]
@@ -287,7 +251,7 @@ mod tests {
             "GET /x?y HTTP/1.1\r\n\r\n",
             "HTTP/1.1 404 Not Found\r\n\r\n",
         );
-        let s = build(&ex, &ends(), &Fixed);
+        let s = build(&ex, &ends(), &Fixed, SpanCtx::root());
         assert_eq!(s.kind, SpanKind::Client);
         assert_eq!(s.status, SpanStatus::Error);
         assert_eq!(

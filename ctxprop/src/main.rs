@@ -17,7 +17,10 @@ struct Args {}
 
 fn main() -> std::process::ExitCode {
     seam_proto::telemetry::init_logging(Role::Ctxprop);
-    let _args = Args::parse();
+    let _args = match seam_proto::lifecycle::parse_args::<Args>() {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
     seam_proto::lifecycle::exit_code(Role::Ctxprop, run())
 }
 

@@ -26,7 +26,10 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     seam_proto::telemetry::init_logging(Role::Discover);
-    let args = Args::parse();
+    let args = match seam_proto::lifecycle::parse_args::<Args>() {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
     let cfg = match config::load(args.config.as_deref(), &ProcessEnv) {
         Ok(c) => c,
         Err(e) => return lifecycle::bad_config(&e),

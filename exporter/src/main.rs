@@ -25,7 +25,10 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     seam_proto::telemetry::init_logging(Role::Exporter);
-    let args = Args::parse();
+    let args = match seam_proto::lifecycle::parse_args::<Args>() {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
     let cfg = match config::load(args.config.as_deref(), &|k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => return seam_proto::lifecycle::bad_config(&e),

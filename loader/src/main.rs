@@ -34,7 +34,10 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     seam_proto::telemetry::init_logging(Role::Loader);
-    let args = Args::parse();
+    let args = match seam_proto::lifecycle::parse_args::<Args>() {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
     if let Err(e) = capture::validate(args.capture_bytes, args.ringbuf_bytes) {
         return lifecycle::bad_config(&e);
     }

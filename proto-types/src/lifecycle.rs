@@ -57,3 +57,16 @@ pub fn exit_code<E: std::fmt::Display>(
         }
     }
 }
+
+/// Parses the command line and environment; a rejected value exits 64 like any bad
+/// configuration (clap alone would exit 2), while `--help` and `--version` exit 0.
+pub fn parse_args<T: clap::Parser>() -> Result<T, std::process::ExitCode> {
+    T::try_parse().map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            std::process::ExitCode::from(EXIT_BAD_CONFIG)
+        } else {
+            std::process::ExitCode::SUCCESS
+        }
+    })
+}

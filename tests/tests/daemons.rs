@@ -36,13 +36,25 @@ fn bad_configuration_exits_64_with_a_reason() {
             "SEAM_TRACE_PRINTER",
         ),
         ("loader", "SEAM_CAPTURE_BYTES", "0", "capture bytes"),
+        (
+            "correlator",
+            "SEAM_CONFIG",
+            "/nonexistent/seam.yaml",
+            "cannot use",
+        ),
+        (
+            "correlator",
+            "SEAM_MAX_TRANSACTION_TIME",
+            "soon",
+            "invalid value",
+        ),
     ];
     for (d, key, value, reason) in cases {
-        let out = Command::new(bin_dir().join(format!("seam-{d}")))
-            .env(key, value)
-            .env_remove("SEAM_CONFIG")
-            .output()
-            .expect("runs");
+        let mut cmd = Command::new(bin_dir().join(format!("seam-{d}")));
+        if key != "SEAM_CONFIG" {
+            cmd.env_remove("SEAM_CONFIG");
+        }
+        let out = cmd.env(key, value).output().expect("runs");
         assert_eq!(out.status.code(), Some(64), "seam-{d} with {key}={value}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(reason), "seam-{d}: {err}");

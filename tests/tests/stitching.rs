@@ -1,0 +1,176 @@
+//! Same-host stitching on real processes: curl → Python front → Node middle → Python back.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use seam_tests::otlp::{OtlpReceiver, ReceivedSpan};
+use seam_tests::{
+    free_port, repo_root, require_root, selector_env, wait_port, GatedShell, Proc, Stack,
+};
+
+fn demo_app(interpreter: &str, file: &str, service: &str, args: &[String]) -> Proc {
+    let child = Command::new(interpreter)
+        .arg(repo_root().join("scripts/demo-apps").join(file))
+        .args(args)
+        .env("OTEL_SERVICE_NAME", service)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("demo app starts");
+    Proc { child }
+}
+
+struct Chain {
+    _apps: Vec<Proc>,
+    pids: Vec<u32>,
+    front: u16,
+    ports: [u16; 3],
+}
+
+fn start_chain() -> Chain {
+    let (front, middle, back) = (free_port(), free_port(), free_port());
+    let apps = vec![
+        demo_app("python3", "back.py", "back", &[back.to_string()]),
+        demo_app(
+            "node",
+            "middle.js",
+            "middle",
+            &[middle.to_string(), format!("http://127.0.0.1:{back}")],
+        ),
+        demo_app(
+            "python3",
+            "front.py",
+            "front",
+            &[front.to_string(), format!("http://127.0.0.1:{middle}")],
+        ),
+    ];
+    for p in [front, middle, back] {
+        wait_port(p, Duration::from_secs(10)).expect("app listens");
+    }
+    let pids = apps.iter().map(Proc::pid).collect();
+    Chain {
+        _apps: apps,
+        pids,
+        front,
+        ports: [front, middle, back],
+    }
+}
+
+fn curl_script(front: u16, n: usize) -> String {
+    (0..n)
+        .map(|i| format!("curl -s -o /dev/null http://127.0.0.1:{front}/item{i}; "))
+        .collect()
+}
+
+fn key(s: &ReceivedSpan) -> (String, i32) {
+    (s.service().to_string(), s.span.kind)
+}
+
+#[test]
+fn three_hop_chain_is_one_trace_per_request_with_exact_parents() {
+    if !require_root() {
+        return;
+    }
+    const N: usize = 20;
+    let rx = OtlpReceiver::start().expect("collector");
+    let chain = start_chain();
+    let client = GatedShell::new(&curl_script(chain.front, N)).expect("client");
+    let mut env = selector_env(&chain.ports, &[client.pid()]);
+    env.extend(rx.exporter_env("grpc"));
+    let stack = Stack::start(&env).expect("stack");
+    for pid in chain.pids.iter().chain([client.pid()].iter()) {
+        stack.wait_target(*pid).expect("targeted");
+    }
+    client.run().expect("curl ran");
+    let spans = rx.wait_for(Duration::from_secs(20), |s| s.len() >= 6 * N);
+    std::thread::sleep(Duration::from_millis(500));
+    let spans = if spans.len() < rx.spans().len() {
+        rx.spans()
+    } else {
+        spans
+    };
+    let mut traces: HashMap<Vec<u8>, Vec<&ReceivedSpan>> = HashMap::new();
+    for s in &spans {
+        traces.entry(s.span.trace_id.clone()).or_default().push(s);
+    }
+    assert_eq!(spans.len(), 6 * N, "spans\n{}", stack.all_logs());
+    assert_eq!(traces.len(), N, "one trace per request");
+    // SERVER = 2, CLIENT = 3 in OTLP
+    let chain_order = [
+        ("curl", 3, None),
+        ("front", 2, Some(("curl", 3))),
+        ("front", 3, Some(("front", 2))),
+        ("middle", 2, Some(("front", 3))),
+        ("middle", 3, Some(("middle", 2))),
+        ("back", 2, Some(("middle", 3))),
+    ];
+    for (id, t) in &traces {
+        let by_key: HashMap<(String, i32), &&ReceivedSpan> =
+            t.iter().map(|s| (key(s), s)).collect();
+        assert_eq!(
+            by_key.len(),
+            6,
+            "trace {id:?} has {} spans of distinct kinds",
+            by_key.len()
+        );
+        for (svc, kind, parent) in chain_order {
+            let s = by_key
+                .get(&(svc.to_string(), kind))
+                .unwrap_or_else(|| panic!("{svc} {kind} missing"));
+            match parent {
+                None => assert!(s.span.parent_span_id.is_empty(), "{svc} is the root"),
+                Some((psvc, pkind)) => {
+                    let p = by_key[&(psvc.to_string(), pkind)];
+                    assert_eq!(
+                        s.span.parent_span_id, p.span.span_id,
+                        "{svc}/{kind} parent is {psvc}/{pkind}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn black_box_off_leaves_processes_unlinked() {
+    if !require_root() {
+        return;
+    }
+    let rx = OtlpReceiver::start().expect("collector");
+    let chain = start_chain();
+    let client = GatedShell::new(&curl_script(chain.front, 3)).expect("client");
+    let mut env = selector_env(&chain.ports, &[client.pid()]);
+    env.extend(rx.exporter_env("grpc"));
+    env.push(("SEAM_DISABLE_BLACK_BOX".into(), "1".into()));
+    let stack = Stack::start(&env).expect("stack");
+    for pid in chain.pids.iter().chain([client.pid()].iter()) {
+        stack.wait_target(*pid).expect("targeted");
+    }
+    client.run().expect("curl ran");
+    let spans = rx.wait_for(Duration::from_secs(20), |s| s.len() >= 18);
+    assert_eq!(spans.len(), 18, "{}", stack.all_logs());
+    for s in spans.iter().filter(|s| s.is_server()) {
+        assert!(
+            s.span.parent_span_id.is_empty(),
+            "{} server span linked across processes",
+            s.service()
+        );
+    }
+    // In-process links still hold: each front client span is a child of a front server span.
+    let front_servers: Vec<&Vec<u8>> = spans
+        .iter()
+        .filter(|s| s.service() == "front" && s.is_server())
+        .map(|s| &s.span.span_id)
+        .collect();
+    for c in spans
+        .iter()
+        .filter(|s| s.service() == "front" && s.is_client())
+    {
+        assert!(
+            front_servers.contains(&&c.span.parent_span_id),
+            "front client without its server parent"
+        );
+    }
+}
