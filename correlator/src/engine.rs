@@ -7,7 +7,7 @@ use seam_abi::{Event, Tuple, AF_INET, DIR_INGRESS, EV_CLOSE, EV_DATA, EV_EXEC};
 use seam_proto::msg::SpanRecord;
 
 use crate::conn::{Chunk, Conn, Dir, Exchange, Side, Started};
-use crate::context::{self, SpanCtx};
+use crate::context::{self, Sampler, SpanCtx};
 use crate::span::{self, Clock, Endpoints};
 use crate::traceparent::TraceContext;
 
@@ -98,6 +98,8 @@ pub struct LinkConfig {
     pub black_box: bool,
     /// Parents and callers older than this are never linked.
     pub max_transaction_ns: u64,
+    /// Decides, once per trace entering this host, whether it is sampled.
+    pub sampler: Sampler,
 }
 
 impl Default for LinkConfig {
@@ -105,6 +107,7 @@ impl Default for LinkConfig {
         Self {
             black_box: true,
             max_transaction_ns: 10_000_000_000,
+            sampler: Sampler::default(),
         }
     }
 }
@@ -273,11 +276,12 @@ impl Engine {
                 None
             }
             Side::Client => {
+                // The app's own header carries the app's decision; a child inherits its parent's.
                 let ctx = match &header {
                     Some((h, state)) => SpanCtx::adopting(h, state.clone()),
                     None => match self.in_process_parent(pid, st.tid, st.start_ns) {
                         Some((c, s)) => SpanCtx::child_of(&self.resolve(c, s), false),
-                        None => SpanCtx::root(),
+                        None => self.new_root(),
                     },
                 };
                 if self.links.black_box {
@@ -335,7 +339,9 @@ impl Engine {
             return ctx.clone();
         }
         let ctx = if let Some((h, state)) = &req.header {
-            SpanCtx::continuing(h, state.clone())
+            let mut ctx = SpanCtx::continuing(h, state.clone());
+            self.links.sampler.apply(&mut ctx, Some(h.flags));
+            ctx
         } else if let Some(caller) = self
             .links
             .black_box
@@ -351,9 +357,17 @@ impl Engine {
         {
             SpanCtx::child_of(&caller, true)
         } else {
-            SpanCtx::root()
+            let mut ctx = SpanCtx::root();
+            self.links.sampler.apply(&mut ctx, None);
+            ctx
         };
         req.ctx = Some(ctx.clone());
+        ctx
+    }
+
+    fn new_root(&self) -> SpanCtx {
+        let mut ctx = SpanCtx::root();
+        self.links.sampler.apply(&mut ctx, None);
         ctx
     }
 
@@ -753,8 +767,8 @@ mod tests {
         assert_eq!(span_for(&out, 2, Server)[0].parent_span_id, None);
 
         let mut short = Engine::new(LinkConfig {
-            black_box: true,
             max_transaction_ns: 1_000,
+            ..LinkConfig::default()
         });
         let mut out = Vec::new();
         feed(

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
 use clap::Parser;
+use seam_correlator::context::Sampler;
 use seam_correlator::engine::{Engine, LinkConfig, MonotonicClock};
 use seam_proto::msg::{
     CorrelatorRequest, ExporterRequest, SelfCounters, ServiceIdentity, SpanBatch, SpanRecord,
@@ -67,7 +68,15 @@ fn main() -> std::process::ExitCode {
         Ok(s) => s.unwrap_or_default(),
         Err(e) => return seam_proto::lifecycle::bad_config(&e),
     };
+    let sampler = match Sampler::from_env(
+        std::env::var("OTEL_TRACES_SAMPLER").ok().as_deref(),
+        std::env::var("OTEL_TRACES_SAMPLER_ARG").ok().as_deref(),
+    ) {
+        Ok(s) => s,
+        Err(e) => return seam_proto::lifecycle::bad_config(&e),
+    };
     let links = LinkConfig {
+        sampler,
         black_box: match args.disable_black_box {
             Some(off) => !off,
             None => section.black_box.unwrap_or(true),
@@ -103,6 +112,7 @@ fn run(args: Args, links: LinkConfig) -> Result<()> {
         tracing::info!(
             black_box = links.black_box,
             max_transaction_ns = links.max_transaction_ns,
+            sampler = ?links.sampler,
             "span linking"
         );
         std::thread::Builder::new()

@@ -174,3 +174,80 @@ fn black_box_off_leaves_processes_unlinked() {
         );
     }
 }
+
+#[test]
+fn parent_based_ratio_sampling_is_per_trace_and_honours_remote_parents() {
+    if !require_root() {
+        return;
+    }
+    const ROOTS: usize = 60;
+    const EACH: usize = 20;
+    let rx = OtlpReceiver::start().expect("collector");
+    let chain = start_chain();
+    let ids: Vec<String> = (0..2 * EACH)
+        .map(|i| format!("{:032x}", 0x5eed_0000_u128 + i as u128 * 7919))
+        .collect();
+    let mut script = curl_script(chain.front, ROOTS);
+    for (i, id) in ids.iter().enumerate() {
+        let flags = if i < EACH { "01" } else { "00" };
+        script.push_str(&format!(
+            "curl -s -o /dev/null -H 'traceparent: 00-{id}-00f067aa0ba902b7-{flags}' http://127.0.0.1:{}/h{i}; ",
+            chain.front
+        ));
+    }
+    let client = GatedShell::new(&script).expect("client");
+    let mut env = selector_env(&chain.ports, &[client.pid()]);
+    env.extend(rx.exporter_env("grpc"));
+    env.push((
+        "OTEL_TRACES_SAMPLER".into(),
+        "parentbased_traceidratio".into(),
+    ));
+    env.push(("OTEL_TRACES_SAMPLER_ARG".into(), "0.5".into()));
+    let stack = Stack::start(&env).expect("stack");
+    for pid in chain.pids.iter().chain([client.pid()].iter()) {
+        stack.wait_target(*pid).expect("targeted");
+    }
+    client.run().expect("curl ran");
+    // Wait for the sampled-parent traces (a known count), then let the rest settle.
+    rx.wait_for(Duration::from_secs(20), |s| {
+        s.iter()
+            .filter(|x| ids[..EACH].contains(&hex(&x.span.trace_id)))
+            .count()
+            >= 6 * EACH
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let spans = rx.spans();
+    let mut traces: HashMap<String, usize> = HashMap::new();
+    for s in &spans {
+        *traces.entry(hex(&s.span.trace_id)).or_default() += 1;
+    }
+    for id in &ids[..EACH] {
+        assert_eq!(
+            traces.get(id),
+            Some(&6),
+            "remote parent sampled=1: trace {id} whole\n{}",
+            stack.all_logs()
+        );
+    }
+    for id in &ids[EACH..] {
+        assert!(
+            !traces.contains_key(id),
+            "remote parent sampled=0: trace {id} exported"
+        );
+    }
+    assert!(
+        traces.values().all(|&n| n == 6),
+        "a trace was exported in part: {traces:?}"
+    );
+    let roots = traces.len() - EACH;
+    // binomial(60, 0.5): sd ≈ 3.9; five of them either side
+    assert!(
+        (11..=49).contains(&roots),
+        "{roots} of {ROOTS} root traces sampled"
+    );
+    eprintln!("root traces sampled: {roots} of {ROOTS}");
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
