@@ -586,8 +586,16 @@ mod tests {
         (e, p)
     }
 
-    fn feed(engine: &mut Engine, out: &mut Vec<(u32, SpanRecord)>, e: (Event, Vec<u8>)) {
-        engine.on_event(&e.0, &e.1, out);
+    /// One event: (connection, pid, tid, direction, (local port, remote port), bytes, time).
+    type Step<'a> = (u64, u32, u32, u8, (u16, u16), &'a [u8], u64);
+
+    fn play(engine: &mut Engine, steps: &[Step<'_>]) -> Vec<(u32, SpanRecord)> {
+        let mut out = Vec::new();
+        for &(conn, pid, tid, dir, ports, payload, t) in steps {
+            let (e, p) = at(conn, pid, tid, dir, ports, payload, t);
+            engine.on_event(&e, &p, &mut out);
+        }
+        out
     }
 
     const REQ: &[u8] = b"GET /x HTTP/1.1\r\n\r\n";
@@ -610,28 +618,16 @@ mod tests {
         let mut engine = Engine::default();
         let mut out = Vec::new();
         // client pid 1 on port 40000 → server pid 2 on port 8080; two requests on one connection
-        for (i, t) in [(0u64, 100u64), (1, 200)] {
-            let _ = i;
-            feed(
+        for t in [100u64, 200] {
+            out.extend(play(
                 &mut engine,
-                &mut out,
-                at(1, 1, 11, DIR_EGRESS, (40000, 8080), REQ, t),
-            );
-            feed(
-                &mut engine,
-                &mut out,
-                at(2, 2, 22, DIR_INGRESS, (8080, 40000), REQ, t + 1),
-            );
-            feed(
-                &mut engine,
-                &mut out,
-                at(2, 2, 22, DIR_EGRESS, (8080, 40000), OK, t + 5),
-            );
-            feed(
-                &mut engine,
-                &mut out,
-                at(1, 1, 11, DIR_INGRESS, (40000, 8080), OK, t + 6),
-            );
+                &[
+                    (1, 1, 11, DIR_EGRESS, (40000, 8080), REQ, t),
+                    (2, 2, 22, DIR_INGRESS, (8080, 40000), REQ, t + 1),
+                    (2, 2, 22, DIR_EGRESS, (8080, 40000), OK, t + 5),
+                    (1, 1, 11, DIR_INGRESS, (40000, 8080), OK, t + 6),
+                ],
+            ));
         }
         let clients = span_for(&out, 1, Client);
         let servers = span_for(&out, 2, Server);
@@ -651,27 +647,15 @@ mod tests {
     fn server_event_before_its_callers_event_still_links() {
         use seam_proto::msg::SpanKind::{Client, Server};
         let mut engine = Engine::default();
-        let mut out = Vec::new();
         // loopback: the server's receive can complete (and be recorded) before the client's send
-        feed(
+        let out = play(
             &mut engine,
-            &mut out,
-            at(2, 2, 22, DIR_INGRESS, (8080, 40000), REQ, 100),
-        );
-        feed(
-            &mut engine,
-            &mut out,
-            at(1, 1, 11, DIR_EGRESS, (40000, 8080), REQ, 101),
-        );
-        feed(
-            &mut engine,
-            &mut out,
-            at(2, 2, 22, DIR_EGRESS, (8080, 40000), OK, 150),
-        );
-        feed(
-            &mut engine,
-            &mut out,
-            at(1, 1, 11, DIR_INGRESS, (40000, 8080), OK, 151),
+            &[
+                (2, 2, 22, DIR_INGRESS, (8080, 40000), REQ, 100),
+                (1, 1, 11, DIR_EGRESS, (40000, 8080), REQ, 101),
+                (2, 2, 22, DIR_EGRESS, (8080, 40000), OK, 150),
+                (1, 1, 11, DIR_INGRESS, (40000, 8080), OK, 151),
+            ],
         );
         let c = &span_for(&out, 1, Client)[0];
         let s = &span_for(&out, 2, Server)[0];
@@ -682,27 +666,15 @@ mod tests {
     fn outgoing_call_on_the_serving_thread_is_a_child() {
         use seam_proto::msg::SpanKind::{Client, Server};
         let mut engine = Engine::default();
-        let mut out = Vec::new();
         // pid 2 serves on thread 22 and calls out on the same thread
-        feed(
+        let out = play(
             &mut engine,
-            &mut out,
-            at(2, 2, 22, DIR_INGRESS, (8080, 40000), REQ, 100),
-        );
-        feed(
-            &mut engine,
-            &mut out,
-            at(3, 2, 22, DIR_EGRESS, (41000, 9090), REQ, 110),
-        );
-        feed(
-            &mut engine,
-            &mut out,
-            at(3, 2, 22, DIR_INGRESS, (41000, 9090), OK, 120),
-        );
-        feed(
-            &mut engine,
-            &mut out,
-            at(2, 2, 22, DIR_EGRESS, (8080, 40000), OK, 130),
+            &[
+                (2, 2, 22, DIR_INGRESS, (8080, 40000), REQ, 100),
+                (3, 2, 22, DIR_EGRESS, (41000, 9090), REQ, 110),
+                (3, 2, 22, DIR_INGRESS, (41000, 9090), OK, 120),
+                (2, 2, 22, DIR_EGRESS, (8080, 40000), OK, 130),
+            ],
         );
         let server = &span_for(&out, 2, Server)[0];
         let client = &span_for(&out, 2, Client)[0];
@@ -715,27 +687,15 @@ mod tests {
     fn no_link_when_the_thread_and_process_serve_several_requests() {
         use seam_proto::msg::SpanKind::Client;
         let mut engine = Engine::default();
-        let mut out = Vec::new();
         // one event-loop thread with two requests in flight: the outgoing call cannot be attributed
-        feed(
+        let out = play(
             &mut engine,
-            &mut out,
-            at(2, 2, 22, DIR_INGRESS, (8080, 40000), REQ, 100),
-        );
-        feed(
-            &mut engine,
-            &mut out,
-            at(4, 2, 22, DIR_INGRESS, (8080, 40001), REQ, 101),
-        );
-        feed(
-            &mut engine,
-            &mut out,
-            at(3, 2, 22, DIR_EGRESS, (41000, 9090), REQ, 110),
-        );
-        feed(
-            &mut engine,
-            &mut out,
-            at(3, 2, 22, DIR_INGRESS, (41000, 9090), OK, 120),
+            &[
+                (2, 2, 22, DIR_INGRESS, (8080, 40000), REQ, 100),
+                (4, 2, 22, DIR_INGRESS, (8080, 40001), REQ, 101),
+                (3, 2, 22, DIR_EGRESS, (41000, 9090), REQ, 110),
+                (3, 2, 22, DIR_INGRESS, (41000, 9090), OK, 120),
+            ],
         );
         let client = &span_for(&out, 2, Client)[0];
         assert_eq!(client.parent_span_id, None);
@@ -748,21 +708,13 @@ mod tests {
             black_box: false,
             ..LinkConfig::default()
         });
-        let mut out = Vec::new();
-        feed(
+        let out = play(
             &mut off,
-            &mut out,
-            at(1, 1, 11, DIR_EGRESS, (40000, 8080), REQ, 100),
-        );
-        feed(
-            &mut off,
-            &mut out,
-            at(2, 2, 22, DIR_INGRESS, (8080, 40000), REQ, 101),
-        );
-        feed(
-            &mut off,
-            &mut out,
-            at(2, 2, 22, DIR_EGRESS, (8080, 40000), OK, 102),
+            &[
+                (1, 1, 11, DIR_EGRESS, (40000, 8080), REQ, 100),
+                (2, 2, 22, DIR_INGRESS, (8080, 40000), REQ, 101),
+                (2, 2, 22, DIR_EGRESS, (8080, 40000), OK, 102),
+            ],
         );
         assert_eq!(span_for(&out, 2, Server)[0].parent_span_id, None);
 
@@ -770,21 +722,13 @@ mod tests {
             max_transaction_ns: 1_000,
             ..LinkConfig::default()
         });
-        let mut out = Vec::new();
-        feed(
+        let out = play(
             &mut short,
-            &mut out,
-            at(1, 1, 11, DIR_EGRESS, (40000, 8080), REQ, 100),
-        );
-        feed(
-            &mut short,
-            &mut out,
-            at(2, 2, 22, DIR_INGRESS, (8080, 40000), REQ, 5_000),
-        );
-        feed(
-            &mut short,
-            &mut out,
-            at(2, 2, 22, DIR_EGRESS, (8080, 40000), OK, 5_001),
+            &[
+                (1, 1, 11, DIR_EGRESS, (40000, 8080), REQ, 100),
+                (2, 2, 22, DIR_INGRESS, (8080, 40000), REQ, 5_000),
+                (2, 2, 22, DIR_EGRESS, (8080, 40000), OK, 5_001),
+            ],
         );
         assert_eq!(
             span_for(&out, 2, Server)[0].parent_span_id,
