@@ -59,23 +59,26 @@ fn main() -> std::process::ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
-    let section = match args
+    let links = match link_config(&args) {
+        Ok(l) => l,
+        Err(e) => return seam_proto::lifecycle::bad_config(&format!("{e:#}")),
+    };
+    seam_proto::lifecycle::exit_code(Role::Correlator, run(args, links))
+}
+
+/// How spans link and sample: flags and environment over the YAML file over defaults.
+fn link_config(args: &Args) -> Result<LinkConfig> {
+    let section = args
         .config
         .as_deref()
         .map(seam_correlator::config::load)
-        .transpose()
-    {
-        Ok(s) => s.unwrap_or_default(),
-        Err(e) => return seam_proto::lifecycle::bad_config(&e),
-    };
-    let sampler = match Sampler::from_env(
+        .transpose()?
+        .unwrap_or_default();
+    let sampler = Sampler::from_env(
         std::env::var("OTEL_TRACES_SAMPLER").ok().as_deref(),
         std::env::var("OTEL_TRACES_SAMPLER_ARG").ok().as_deref(),
-    ) {
-        Ok(s) => s,
-        Err(e) => return seam_proto::lifecycle::bad_config(&e),
-    };
-    let links = LinkConfig {
+    )?;
+    Ok(LinkConfig {
         sampler,
         black_box: match args.disable_black_box {
             Some(off) => !off,
@@ -86,8 +89,7 @@ fn main() -> std::process::ExitCode {
             .or(section.max_transaction_time)
             .unwrap_or(10)
             .saturating_mul(1_000_000_000),
-    };
-    seam_proto::lifecycle::exit_code(Role::Correlator, run(args, links))
+    })
 }
 
 fn run(args: Args, links: LinkConfig) -> Result<()> {
