@@ -341,3 +341,44 @@ pub fn selector_env(ports: &[u16], pids: &[u32]) -> Vec<(String, String)> {
     }
     env
 }
+
+/// A collector, one fixture server selected by its port, and the stack watching it (gRPC export).
+#[derive(Debug)]
+pub struct Watched {
+    pub rx: otlp::OtlpReceiver,
+    pub port: u16,
+    /// The server's `service.name`: `{prefix}-{port}`.
+    pub service: String,
+    pub server: Proc,
+    pub stack: Stack,
+}
+
+/// Starts a fixture server and a stack that instruments it (plus `pids`, with `extra` settings),
+/// and waits until the server is a target.
+pub fn watch_server(
+    interpreter: &str,
+    fixture_name: &str,
+    prefix: &str,
+    pids: &[u32],
+    extra: &[(&str, &str)],
+) -> Result<Watched> {
+    let rx = otlp::OtlpReceiver::start()?;
+    let port = free_port();
+    let service = format!("{prefix}-{port}");
+    let server = start_server(interpreter, fixture_name, port, &service)?;
+    let mut env = selector_env(&[port], pids);
+    env.extend(rx.exporter_env("grpc"));
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let stack = Stack::start(&env)?;
+    stack.wait_target(server.pid())?;
+    for &pid in pids {
+        stack.wait_target(pid)?;
+    }
+    Ok(Watched {
+        rx,
+        port,
+        service,
+        server,
+        stack,
+    })
+}

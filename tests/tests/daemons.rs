@@ -4,9 +4,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use seam_tests::otlp::OtlpReceiver;
 use seam_tests::{
-    bin_dir, fixture, free_port, repo_root, require_root, selector_env, start_server, Stack,
+    bin_dir, fixture, free_port, repo_root, require_root, selector_env, start_server, watch_server,
+    Stack, Watched,
 };
 
 const DAEMONS: [&str; 5] = ["discover", "loader", "ctxprop", "correlator", "exporter"];
@@ -168,14 +168,20 @@ fn a_full_ring_buffer_is_counted_and_reported() {
     if !require_root() {
         return;
     }
-    let rx = OtlpReceiver::start().expect("collector");
-    let port = free_port();
-    let server = start_server("python3", "pyserver.py", port, "burst").expect("server");
-    let mut env = selector_env(&[port], &[]);
-    env.extend(rx.exporter_env("grpc"));
-    env.push(("SEAM_RINGBUF_BYTES".into(), "4096".into()));
-    let stack = Stack::start(&env).expect("stack");
-    stack.wait_target(server.pid()).expect("targeted");
+    let Watched {
+        rx,
+        port,
+        server: _server,
+        stack,
+        ..
+    } = watch_server(
+        "python3",
+        "pyserver.py",
+        "burst",
+        &[],
+        &[("SEAM_RINGBUF_BYTES", "4096")],
+    )
+    .expect("watched server");
     let out = Command::new("python3")
         .arg(fixture("kaclient.py"))
         .args([port.to_string(), "2000".into(), "50".into()])

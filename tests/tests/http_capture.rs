@@ -4,7 +4,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use seam_tests::otlp::{OtlpReceiver, ReceivedSpan};
-use seam_tests::{free_port, require_root, selector_env, start_server, GatedShell, Stack};
+use seam_tests::{
+    free_port, require_root, selector_env, start_server, watch_server, GatedShell, Stack, Watched,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -155,14 +157,13 @@ fn keep_alive(batch: usize) {
     if !require_root() {
         return;
     }
-    let rx = OtlpReceiver::start().expect("collector");
-    let port = free_port();
-    let service = format!("ka-{port}");
-    let server = start_server("python3", "pyserver.py", port, &service).expect("server");
-    let mut env = selector_env(&[port], &[]);
-    env.extend(rx.exporter_env("grpc"));
-    let stack = Stack::start(&env).expect("stack");
-    stack.wait_target(server.pid()).expect("targeted");
+    let Watched {
+        rx,
+        port,
+        service,
+        server: _server,
+        stack,
+    } = watch_server("python3", "pyserver.py", "ka", &[], &[]).expect("watched server");
     let out = Command::new("python3")
         .arg(seam_tests::fixture("kaclient.py"))
         .args([port.to_string(), "200".into(), batch.to_string()])
@@ -307,14 +308,13 @@ fn incoming_traceparent_is_continued() {
     if !require_root() {
         return;
     }
-    let rx = OtlpReceiver::start().expect("collector");
-    let port = free_port();
-    let service = format!("tp-{port}");
-    let server = start_server("python3", "pyserver.py", port, &service).expect("server");
-    let mut env = selector_env(&[port], &[]);
-    env.extend(rx.exporter_env("grpc"));
-    let stack = Stack::start(&env).expect("stack");
-    stack.wait_target(server.pid()).expect("targeted");
+    let Watched {
+        rx,
+        port,
+        service,
+        server: _server,
+        stack,
+    } = watch_server("python3", "pyserver.py", "tp", &[], &[]).expect("watched server");
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     for (path, header) in [
         ("/valid", tp),
@@ -368,14 +368,13 @@ fn chunked_response_ends_with_its_last_chunk() {
     if !require_root() {
         return;
     }
-    let rx = OtlpReceiver::start().expect("collector");
-    let port = free_port();
-    let service = format!("chunk-{port}");
-    let server = start_server("node", "nodeserver.js", port, &service).expect("server");
-    let mut env = selector_env(&[port], &[]);
-    env.extend(rx.exporter_env("grpc"));
-    let stack = Stack::start(&env).expect("stack");
-    stack.wait_target(server.pid()).expect("targeted");
+    let Watched {
+        rx,
+        port,
+        service,
+        server: _server,
+        stack,
+    } = watch_server("node", "nodeserver.js", "chunk", &[], &[]).expect("watched server");
     // Two on one connection: the first must end on its terminator, not when the second starts.
     let out = Command::new("curl")
         .args(["-s", "-o", "/dev/null", "-o", "/dev/null"])

@@ -7,8 +7,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use seam_proto::{ipc::Client, msg::LoaderRequest, Role};
-use seam_tests::otlp::OtlpReceiver;
-use seam_tests::{bin_dir, free_port, require_root, selector_env, start_server, Stack, ROLES};
+use seam_tests::{
+    bin_dir, free_port, require_root, selector_env, watch_server, Stack, Watched, ROLES,
+};
 
 fn status_field(pid: u32, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -136,14 +137,13 @@ fn bad_peers_lose_their_connection_and_spans_keep_flowing() {
     if !require_root() {
         return;
     }
-    let rx = OtlpReceiver::start().expect("collector");
-    let port = free_port();
-    let service = format!("robust-{port}");
-    let server = start_server("python3", "pyserver.py", port, &service).expect("server");
-    let mut env = selector_env(&[port], &[]);
-    env.extend(rx.exporter_env("grpc"));
-    let stack = Stack::start(&env).expect("stack");
-    stack.wait_target(server.pid()).expect("targeted");
+    let Watched {
+        rx,
+        port,
+        server: _server,
+        stack,
+        ..
+    } = watch_server("python3", "pyserver.py", "robust", &[], &[]).expect("watched server");
     for role in ["loader", "correlator", "exporter", "ctxprop"] {
         let path = stack.socket(role);
         let mut garbage = UnixStream::connect(&path).expect("connect");
