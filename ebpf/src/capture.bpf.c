@@ -287,7 +287,8 @@ static __always_inline void read_tail(struct scratch *s, const __u8 *buf, __u64 
 	s->ev.tail_len = n;
 }
 
-/* Copies the first bytes of the data the syscall moved, however it was described. */
+/* Copies the first bytes of the data the syscall moved, however it was described: one user
+ * read for a flat buffer; for vectors, one read of the iovec array and one per buffer used. */
 static __always_inline __u32 capture_payload(struct scratch *s, struct io_args *a, __u64 bytes)
 {
 	__u64 limit = capture_bytes;
@@ -295,12 +296,8 @@ static __always_inline __u32 capture_payload(struct scratch *s, struct io_args *
 		limit = SEAM_MAX_CAPTURE;
 	if (limit > bytes)
 		limit = bytes;
-	if (a->kind == IO_FLAT) {
-		/* When the prefix holds every byte, user space takes the tail from it. */
-		if (bytes > limit)
-			read_tail(s, (const __u8 *)a->ptr, bytes);
+	if (a->kind == IO_FLAT)
 		return copy_user(s, 0, (const void *)a->ptr, limit);
-	}
 	struct iovec *iov = (struct iovec *)a->ptr;
 	__u64 iovcnt = a->len;
 	if (a->kind == IO_MSGHDR) {
@@ -310,18 +307,23 @@ static __always_inline __u32 capture_payload(struct scratch *s, struct io_args *
 		iov = mh.msg_iov;
 		iovcnt = mh.msg_iovlen;
 	}
+	struct iovec vs[MAX_IOV] = {};
+	__u64 n = iovcnt < MAX_IOV ? iovcnt : MAX_IOV;
+	__u64 size = n * sizeof(struct iovec);
+	asm volatile("" : "+r"(size));
+	if (size > sizeof(vs))
+		size = sizeof(vs);
+	if (size == 0 || bpf_probe_read_user(vs, size, iov) != 0)
+		return 0;
 	__u32 off = 0;
 #pragma unroll
 	for (int i = 0; i < MAX_IOV; i++) {
-		if (i >= iovcnt || off >= limit)
-			break;
-		struct iovec v = {};
-		if (bpf_probe_read_user(&v, sizeof(v), &iov[i]) != 0)
+		if (i >= n || off >= limit)
 			break;
 		__u64 want = limit - off;
-		if (v.iov_len < want)
-			want = v.iov_len;
-		off += copy_user(s, off, v.iov_base, want);
+		if (vs[i].iov_len < want)
+			want = vs[i].iov_len;
+		off += copy_user(s, off, vs[i].iov_base, want);
 	}
 	return off;
 }
@@ -407,44 +409,31 @@ static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 
 	}
 	struct io_args args = {};
 	caller_io(&args);
-	__u8 head[8] = {};
-	int start = 0;
-	if (args.kind == IO_FLAT) {
-		if (ret >= 8 && bpf_probe_read_user(head, sizeof(head), (void *)args.ptr) == 0)
-			start = looks_like_http_start(head);
-	} else if (args.kind != IO_NOBUF) {
-		struct iovec *iov = (struct iovec *)args.ptr;
-		if (args.kind == IO_MSGHDR) {
-			struct user_msghdr mh = {};
-			if (bpf_probe_read_user(&mh, sizeof(mh), (void *)args.ptr) != 0)
-				return 0;
-			iov = mh.msg_iov;
-		}
-		struct iovec v = {};
-		if (ret >= 8 && bpf_probe_read_user(&v, sizeof(v), iov) == 0 && v.iov_len >= 8 &&
-		    bpf_probe_read_user(head, sizeof(head), v.iov_base) == 0)
-			start = looks_like_http_start(head);
-	}
+	if (args.kind == IO_NOBUF && !(ci->flags & CONN_HTTP))
+		return 0;
+	struct scratch *s = scratch_for(ci, pid, pid_tgid, args.fd, bpf_ktime_get_ns());
+	if (!s)
+		return 0;
+	/* The prefix is copied first and the start looked for in the copy: one user read, not two. */
+	__u32 captured = args.kind == IO_NOBUF ? 0 : capture_payload(s, &args, ret);
+	int start = captured >= 8 && looks_like_http_start(s->payload);
 	if (!start && !(ci->flags & CONN_HTTP)) {
 		if (++ci->misses >= OPAQUE_AFTER)
 			ci->flags |= CONN_OPAQUE;
 		return 0;
 	}
-	if (start)
-		ci->flags |= CONN_HTTP;
-	struct scratch *s = scratch_for(ci, pid, pid_tgid, args.fd, bpf_ktime_get_ns());
-	if (!s)
-		return 0;
 	s->ev.kind = SEAM_EV_DATA;
 	s->ev.direction = direction;
 	s->ev.bytes = (__u32)ret;
-	__u32 captured = 0;
 	if (start) {
+		ci->flags |= CONN_HTTP;
 		s->ev.flags = SEAM_DATA_HTTP_START;
-		captured = capture_payload(s, &args, ret);
-	} else if (args.kind == IO_FLAT) {
-		read_tail(s, (const __u8 *)args.ptr, ret);
+	} else {
+		captured = 0; /* a continuation ships counts and its tail only */
 	}
+	/* When the prefix holds every byte, user space takes the tail from it. */
+	if (args.kind == IO_FLAT && (!start || (__u64)ret > captured))
+		read_tail(s, (const __u8 *)args.ptr, ret);
 	s->ev.captured = captured;
 	emit(s, captured);
 	return 0;

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Run time of each seam BPF program under nginx + wrk load with nginx instrumented, from the
+# kernel's own accounting (kernel.bpf_stats_enabled, which adds ~50 ns per run while on).
+# Averages are over every call, wrk's (not a target) included.
+#   bench/bpf-cost.sh [seconds, default 8]
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=scripts/lib.sh
+. "$here/../scripts/lib.sh"
+secs=${1:-8}
+seam_require_root
+[ -x "$SEAM_BIN_DIR/seam-loader" ] || { seam_install_deps; seam_build; }
+seam_setup_host
+work=$(mktemp -d)
+port=18497
+mkdir -p "$work/www"
+head -c 612 /dev/zero | tr '\0' x > "$work/www/index.html"
+cat > "$work/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $work/nginx.pid; error_log $work/error.log;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 1000000; server { listen 127.0.0.1:$port; root $work/www; } }
+CONF
+stats_before=$(sysctl -n kernel.bpf_stats_enabled)
+taskset -c 0 nginx -c "$work/nginx.conf" -p "$work" & ng=$!
+SEAM_OPEN_PORT=$port SEAM_TRACE_PRINTER=disabled SEAM_RUN_DIR=/run/seam-bpfcost SEAM_PIN_DIR=/sys/fs/bpf/seam-bpfcost \
+  "$here/../scripts/run" 2>/dev/null & stack=$!
+cleanup() {
+  sysctl -qw kernel.bpf_stats_enabled="$stats_before"
+  kill -TERM "$stack" 2>/dev/null; wait "$stack" 2>/dev/null
+  kill -TERM "$ng" 2>/dev/null || true
+}
+trap cleanup EXIT
+sleep 3
+sysctl -qw kernel.bpf_stats_enabled=1
+taskset -c 1 wrk -t1 -c32 -d"${secs}s" "http://127.0.0.1:$port/index.html" | awk '/requests in/ {print "requests", $1}'
+bpftool -j prog show | python3 -c '
+import json, sys
+for p in json.load(sys.stdin):
+    if p.get("run_cnt", 0) > 1000 and p["name"] in ("on_send", "on_recv"):
+        name, runs, avg = p["name"], p["run_cnt"], p["run_time_ns"] / p["run_cnt"]
+        print(f"{name:8} runs {runs:>9}  average {avg:6.0f} ns")
+'
