@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use seam_abi::{Event, Tuple, AF_INET, DIR_INGRESS, EV_CLOSE, EV_DATA, EV_EXEC};
+use seam_abi::{Event, Tuple, AF_INET, DIR_INGRESS, EV_CLOSE, EV_DATA, EV_EXEC, EV_SPAWN};
 use seam_proto::msg::SpanRecord;
 
 use crate::conn::{Chunk, Conn, Dir, Exchange, Side, Started};
@@ -91,6 +91,17 @@ const MAX_CLIENTS_PER_FLOW: usize = 256;
 /// server's receive completes; a server request may start this much before its client's.
 const SEND_SLACK_NS: u64 = 100_000_000;
 
+/// Threads handed a request by the thread that created them, at most this many creations deep.
+const MAX_HANDOFF_DEPTH: u8 = 3;
+
+/// The request a thread was created for.
+#[derive(Debug, Clone, Copy)]
+struct Handoff {
+    conn: u64,
+    seq: u64,
+    depth: u8,
+}
+
 /// How requests link across processes and threads.
 #[derive(Debug, Clone, Copy)]
 pub struct LinkConfig {
@@ -169,6 +180,8 @@ pub struct Engine {
     /// Server requests being served, by thread and by process: (connection id, request seq).
     serving_by_tid: HashMap<u32, Vec<(u64, u64)>>,
     serving_by_pid: HashMap<u32, Vec<(u64, u64)>>,
+    /// Threads (or processes) created by a thread that was working for exactly one request.
+    handed: HashMap<u32, Handoff>,
     pub counters: EngineCounters,
 }
 
@@ -197,6 +210,7 @@ impl Engine {
             clients: HashMap::new(),
             serving_by_tid: HashMap::new(),
             serving_by_pid: HashMap::new(),
+            handed: HashMap::new(),
             counters: EngineCounters::default(),
         }
     }
@@ -255,6 +269,7 @@ impl Engine {
             }
             // Process names are the daemon's concern, not the span engine's.
             EV_EXEC => {}
+            EV_SPAWN => self.on_spawn(ev.tid, ev.bytes),
             _ => self.counters.malformed_records += 1,
         }
     }
@@ -311,16 +326,45 @@ impl Engine {
         }
     }
 
+    /// The one request a thread is working for, if that is certain: it serves exactly one, or it
+    /// was created by a thread that did and that request is still open.
+    fn working_for(&self, tid: u32) -> Option<(u64, u64, u8)> {
+        if let Some([one]) = self.serving_by_tid.get(&tid).map(Vec::as_slice) {
+            return Some((one.0, one.1, 0));
+        }
+        let h = self.handed.get(&tid)?;
+        let open = self
+            .conns
+            .get(&h.conn)
+            .is_some_and(|e| e.reqs.get(&h.seq).is_some_and(|r| r.side == Side::Server));
+        open.then_some((h.conn, h.seq, h.depth))
+    }
+
+    /// A thread or process was created: it inherits the request its creator works for.
+    fn on_spawn(&mut self, creator: u32, child: u32) {
+        match self.working_for(creator) {
+            Some((conn, seq, depth)) if depth < MAX_HANDOFF_DEPTH => {
+                let depth = depth + 1;
+                self.handed.insert(child, Handoff { conn, seq, depth });
+            }
+            // A reused thread id must never keep an old hand-off.
+            _ => {
+                self.handed.remove(&child);
+            }
+        }
+    }
+
     /// The server request a new client request is made for, only when that cannot be wrong: the
-    /// thread serves exactly one request (thread per request), or the whole process does (an
-    /// event loop at concurrency one). Anything else stays unlinked.
+    /// thread serves exactly one request (thread per request) or was created for one, or the
+    /// whole process serves exactly one (an event loop at concurrency one). Anything else stays
+    /// unlinked.
     fn in_process_parent(&self, pid: u32, tid: u32, now_ns: u64) -> Option<(u64, u64)> {
-        let only = |v: Option<&Vec<(u64, u64)>>| match v.map(Vec::as_slice) {
-            Some([one]) => Some(*one),
-            _ => None,
-        };
-        let candidate =
-            only(self.serving_by_tid.get(&tid)).or_else(|| only(self.serving_by_pid.get(&pid)))?;
+        let candidate = self.working_for(tid).map(|(c, s, _)| (c, s)).or_else(|| {
+            match self.serving_by_pid.get(&pid).map(Vec::as_slice) {
+                Some([one]) => Some(*one),
+                _ => None,
+            }
+        })?;
         let req = self.conns.get(&candidate.0)?.reqs.get(&candidate.1)?;
         (now_ns.saturating_sub(req.start_ns) <= self.links.max_transaction_ns).then_some(candidate)
     }
@@ -443,6 +487,12 @@ impl Engine {
                 self.forget(id, &e);
             }
         }
+        let conns = &self.conns;
+        self.handed.retain(|_, h| {
+            conns
+                .get(&h.conn)
+                .is_some_and(|e| e.reqs.contains_key(&h.seq))
+        });
         let horizon = now_ns.saturating_sub(self.links.max_transaction_ns);
         self.clients.retain(|_, q| {
             while q.front().is_some_and(|c| c.start_ns < horizon) {
@@ -500,6 +550,7 @@ fn claim_caller(
 mod tests {
     use super::*;
     use seam_abi::{DATA_HTTP_START, DIR_EGRESS};
+    use seam_proto::msg::AttrValue;
 
     fn ev(conn: u64, dir: u8, payload: &[u8], t: u64) -> (Event, Vec<u8>) {
         let mut e = Event {
@@ -681,6 +732,66 @@ mod tests {
         assert_eq!(client.trace_id, server.trace_id);
         assert_eq!(client.parent_span_id, Some(server.span_id));
         assert!(!client.parent_is_remote);
+    }
+
+    fn spawn(engine: &mut Engine, pid: u32, creator: u32, child: u32) {
+        let e = Event {
+            kind: EV_SPAWN,
+            pid,
+            tid: creator,
+            bytes: child,
+            ..Event::default()
+        };
+        engine.on_event(&e, &[], &mut Vec::new());
+    }
+
+    #[test]
+    fn work_handed_to_a_new_thread_stays_with_its_request() {
+        use seam_proto::msg::SpanKind::{Client, Server};
+        let mut engine = Engine::default();
+        // two requests in flight on threads 21 and 22; each hands its call to a thread it creates
+        let mut out = play(
+            &mut engine,
+            &[
+                (2, 2, 21, DIR_INGRESS, (8080, 40000), REQ, 100),
+                (4, 2, 22, DIR_INGRESS, (8080, 40001), REQ, 101),
+            ],
+        );
+        spawn(&mut engine, 2, 21, 31);
+        spawn(&mut engine, 2, 22, 32);
+        spawn(&mut engine, 2, 31, 41); // a grandchild, within the depth bound
+        out.extend(play(
+            &mut engine,
+            &[
+                (3, 2, 41, DIR_EGRESS, (41000, 9090), REQ, 110),
+                (5, 2, 32, DIR_EGRESS, (41001, 9090), REQ, 111),
+                (3, 2, 41, DIR_INGRESS, (41000, 9090), OK, 120),
+                (5, 2, 32, DIR_INGRESS, (41001, 9090), OK, 121),
+                (2, 2, 21, DIR_EGRESS, (8080, 40000), OK, 130),
+                (4, 2, 22, DIR_EGRESS, (8080, 40001), OK, 131),
+            ],
+        ));
+        let int = |s: &SpanRecord, key: &str| match s.attr(key) {
+            Some(AttrValue::Int(v)) => *v,
+            _ => -1,
+        };
+        let server_from = |peer: i64| {
+            span_for(&out, 2, Server)
+                .into_iter()
+                .find(|s| int(s, "network.peer.port") == peer)
+                .map(|s| s.span_id)
+        };
+        let client_on = |tid: i64| {
+            span_for(&out, 2, Client)
+                .into_iter()
+                .find(|s| int(s, "thread.id") == tid)
+                .and_then(|s| s.parent_span_id)
+        };
+        assert_eq!(client_on(41), server_from(40000), "grandchild of thread 21");
+        assert_eq!(client_on(32), server_from(40001), "child of thread 22");
+        // a thread created by a thread working for nothing inherits nothing, even a reused id
+        spawn(&mut engine, 2, 99, 32);
+        assert!(engine.working_for(32).is_none());
     }
 
     #[test]

@@ -484,11 +484,25 @@ int on_process_fork(void *ctx)
 		return 0;
 	__s32 pid = BPF_CORE_READ(child, pid);
 	__s32 tgid = BPF_CORE_READ(child, tgid);
-	if (pid != tgid) /* a new thread, already covered by its process */
+	if (pid == tgid) {
+		/* a new process; a new thread is covered by its process already */
+		__u32 child_tgid = tgid;
+		__u32 inherited = *flags | SEAM_TARGET_INHERITED;
+		bpf_map_update_elem(&seam_targets, &child_tgid, &inherited, BPF_NOEXIST);
+	}
+	/* Tell user space who created whom: work handed to a new thread stays with its request. */
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&seam_scratch, &zero);
+	if (!s)
 		return 0;
-	__u32 child_tgid = tgid;
-	__u32 inherited = *flags | SEAM_TARGET_INHERITED;
-	bpf_map_update_elem(&seam_targets, &child_tgid, &inherited, BPF_NOEXIST);
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__builtin_memset(&s->ev, 0, sizeof(s->ev));
+	s->ev.kind = SEAM_EV_SPAWN;
+	s->ev.pid = parent_tgid;
+	s->ev.tid = (__u32)pid_tgid;
+	s->ev.bytes = (__u32)pid;
+	s->ev.start_ns = s->ev.end_ns = bpf_ktime_get_ns();
+	emit(s, 0);
 	return 0;
 }
 

@@ -251,3 +251,77 @@ fn parent_based_ratio_sampling_is_per_trace_and_honours_remote_parents() {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[test]
+fn calls_handed_to_new_threads_link_to_their_request_under_concurrency() {
+    if !require_root() {
+        return;
+    }
+    const THREADS: usize = 8;
+    const EACH: usize = 5;
+    let back = free_port();
+    let _back = seam_tests::start_server("python3", "pyserver.py", back, "leaf").expect("back");
+    let rx = OtlpReceiver::start().expect("collector");
+    let port = free_port();
+    let child = Command::new("python3")
+        .arg(seam_tests::fixture("handoff.py"))
+        .args([port.to_string(), format!("http://127.0.0.1:{back}")])
+        .env("OTEL_SERVICE_NAME", "handoff")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("handoff");
+    let handoff = Proc { child };
+    wait_port(port, Duration::from_secs(10)).expect("listens");
+    let mut env = selector_env(&[port], &[]);
+    env.extend(rx.exporter_env("grpc"));
+    let stack = Stack::start(&env).expect("stack");
+    stack.wait_target(handoff.pid()).expect("targeted");
+    let out = Command::new("python3")
+        .arg(seam_tests::fixture("concclient.py"))
+        .args([port.to_string(), THREADS.to_string(), EACH.to_string()])
+        .output()
+        .expect("client");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        (THREADS * EACH).to_string()
+    );
+    let total = THREADS * EACH;
+    let spans = rx.wait_for(Duration::from_secs(20), |s| s.len() >= 2 * total);
+    let servers: HashMap<String, &ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.is_server())
+        .filter_map(|s| Some((s.attr("url.path")?, s)))
+        .collect();
+    let clients: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.is_client()).collect();
+    assert_eq!(
+        (servers.len(), clients.len()),
+        (total, total),
+        "{}",
+        stack.all_logs()
+    );
+    let (mut linked, mut wrong) = (0, 0);
+    for c in &clients {
+        // ground truth: the call names the request it was made for
+        let url = c.attr("url.full").unwrap_or_default();
+        let for_path = url.split("for=").nth(1).unwrap_or("").replace("%2F", "/");
+        let truth = servers
+            .get(&for_path)
+            .expect("the request the call was made for");
+        if c.span.parent_span_id.is_empty() {
+            continue;
+        }
+        if c.span.parent_span_id == truth.span.span_id && c.span.trace_id == truth.span.trace_id {
+            linked += 1;
+        } else {
+            wrong += 1;
+        }
+    }
+    eprintln!("handed-off calls linked: {linked} of {total}, wrong: {wrong}");
+    assert_eq!(wrong, 0, "a wrong parent");
+    assert_eq!(
+        linked, total,
+        "every handed-off call is provably its request's child"
+    );
+}
