@@ -62,13 +62,15 @@ impl SpanCtx {
         }
     }
 
-    /// A client span whose request already carries a header (set by the app or its SDK): seam's
-    /// span is that context, so the callee's parent is exactly this span.
+    /// A client span whose request already carries a header (set by the app or its SDK): seam
+    /// keeps the app's trace, sampling and tracestate and hangs its span under the app's span.
+    /// It never reuses the header's span id: the app's SDK may export a span with that id, or the
+    /// app may just be forwarding the header it received, and two spans must never share an id.
     pub fn adopting(header: &TraceContext, tracestate: String) -> Self {
         Self {
             trace_id: header.trace_id,
-            span_id: header.parent_id,
-            parent_span_id: None,
+            span_id: traceparent::new_span_id(),
+            parent_span_id: Some(header.parent_id),
             flags: header.flags,
             tracestate,
             parent_is_remote: false,
@@ -90,6 +92,16 @@ mod tests {
         let (_, state) =
             from_headers(&[TP.to_vec()], &["a=1".into(), "b=2".into()]).expect("valid");
         assert_eq!(state, "a=1,b=2");
+    }
+
+    #[test]
+    fn an_apps_own_header_is_kept_but_its_span_id_never_reused() {
+        let (h, state) = from_headers(&[TP.to_vec()], &["k=v".into()]).expect("valid");
+        let c = SpanCtx::adopting(&h, state);
+        assert_eq!(c.trace_id, h.trace_id);
+        assert_eq!(c.parent_span_id, Some(h.parent_id));
+        assert_ne!(c.span_id, h.parent_id);
+        assert_eq!((c.flags, c.tracestate.as_str()), (h.flags, "k=v"));
     }
 
     #[test]
