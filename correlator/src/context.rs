@@ -14,7 +14,11 @@ pub struct SpanCtx {
     pub parent_is_remote: bool,
 }
 
-/// A valid incoming context: exactly one `traceparent` that parses, plus its `tracestate`.
+/// Most list members a `tracestate` may carry (W3C Trace Context).
+pub const MAX_TRACESTATE_MEMBERS: usize = 32;
+
+/// A valid incoming context: exactly one `traceparent` that parses, plus its `tracestate` — the
+/// headers joined in order, or nothing when together they hold more than 32 list members.
 pub fn from_headers(
     traceparent: &[Vec<u8>],
     tracestate: &[String],
@@ -22,7 +26,14 @@ pub fn from_headers(
     // More than one traceparent is invalid: start a new trace (and drop tracestate).
     let [tp] = traceparent else { return None };
     let ctx = traceparent::parse(tp)?;
-    Some((ctx, tracestate.join(",")))
+    let joined = tracestate.join(",");
+    let members = joined.split(',').filter(|m| !m.trim().is_empty()).count();
+    let state = if members > MAX_TRACESTATE_MEMBERS {
+        String::new()
+    } else {
+        joined
+    };
+    Some((ctx, state))
 }
 
 impl SpanCtx {
@@ -92,6 +103,20 @@ mod tests {
         let (_, state) =
             from_headers(&[TP.to_vec()], &["a=1".into(), "b=2".into()]).expect("valid");
         assert_eq!(state, "a=1,b=2");
+        let members = |n: usize| {
+            (0..n)
+                .map(|i| format!("k{i}=v"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let (_, state) = from_headers(&[TP.to_vec()], &[members(32)]).expect("valid");
+        assert_eq!(state.split(',').count(), 32);
+        let (_, state) =
+            from_headers(&[TP.to_vec()], &[members(20), members(13)]).expect("still valid");
+        assert_eq!(
+            state, "",
+            "33 members across two headers: tracestate dropped"
+        );
     }
 
     #[test]
