@@ -5,30 +5,18 @@
 #   bench/hook-cost.sh [seconds per phase, default 8]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=scripts/lib.sh
-. "$here/../scripts/lib.sh"
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 secs=${1:-8}
-seam_require_root
-[ -x "$SEAM_BIN_DIR/seam-loader" ] || { seam_install_deps; seam_build; }
-seam_setup_host
-work=$(mktemp -d)
+bench_prepare
 port=18495
-mkdir -p "$work/www"
-head -c 612 /dev/zero | tr '\0' x > "$work/www/index.html"
-cat > "$work/nginx.conf" <<CONF
-worker_processes 1; daemon off; pid $work/nginx.pid; error_log $work/error.log;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000; server { listen 127.0.0.1:$port; root $work/www; } }
-CONF
-taskset -c 0 nginx -c "$work/nginx.conf" -p "$work" & ng=$!
+bench_nginx "$port"
 stack=
 cleanup() {
   [ -n "$stack" ] && kill -TERM "$stack" 2>/dev/null && wait "$stack" 2>/dev/null
-  kill -TERM "$ng" 2>/dev/null || true
+  bench_stop_nginx
 }
 trap cleanup EXIT
-sleep 0.5
-worker=$(pgrep -P "$ng" | head -1)
 ticks() { awk '{print $14 + $15}' "/proc/$worker/stat"; }
 measure() {
   local before after out n

@@ -8,46 +8,23 @@
 #   bench/nginx.sh [seconds per phase, default 8] [rounds, default 3]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=scripts/lib.sh
-. "$here/../scripts/lib.sh"
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 secs=${1:-8}
 rounds=${2:-3}
-seam_require_root
-seam_install_deps
-[ -x "$SEAM_BIN_DIR/seam-loader" ] || seam_build
-seam_setup_host
-
-work=$(mktemp -d)
+bench_prepare
 port=18480
-mkdir -p "$work/www"
-head -c 612 /dev/zero | tr '\0' 'x' > "$work/www/index.html"
-cat > "$work/nginx.conf" <<CONF
-worker_processes 1;
-worker_cpu_affinity 01;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$port; root $work/www; }
-}
-CONF
+bench_nginx "$port"
 cat > "$work/paced.lua" <<'LUA'
 -- each connection waits 1 ms between requests: 13 connections give about 10k requests/s
 function delay() return 1 end
 LUA
-taskset -c 0 nginx -c "$work/nginx.conf" -p "$work" 2>/dev/null & nginx_master=$!
 stack=
 cleanup() {
   [ -n "$stack" ] && kill -TERM "$stack" 2>/dev/null && wait "$stack" 2>/dev/null
-  kill -TERM "$nginx_master" 2>/dev/null || true
-  wait "$nginx_master" 2>/dev/null || true
+  bench_stop_nginx
 }
 trap cleanup EXIT
-for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/index.html" && break; sleep 0.1; done
-worker=$(pgrep -P "$nginx_master" | head -1)
 
 cpu_ticks() { # sum of utime+stime of the given pids
   local t=0 p

@@ -175,10 +175,6 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn side(&self) -> Option<Side> {
-        self.side
-    }
-
     pub fn on_chunk(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Exchange>) {
         self.last_ns = chunk.end_ns;
         if self.upgraded {

@@ -79,12 +79,9 @@ impl SpanCtx {
     /// app may just be forwarding the header it received, and two spans must never share an id.
     pub fn adopting(header: &TraceContext, tracestate: String) -> Self {
         Self {
-            trace_id: header.trace_id,
-            span_id: traceparent::new_span_id(),
-            parent_span_id: Some(header.parent_id),
-            flags: header.flags,
-            tracestate,
+            // the header's span is in this very process
             parent_is_remote: false,
+            ..Self::continuing(header, tracestate)
         }
     }
 }

@@ -180,6 +180,8 @@ pub struct Engine {
     /// Server requests being served, by thread and by process: (connection id, request seq).
     serving_by_tid: HashMap<u32, Vec<(u64, u64)>>,
     serving_by_pid: HashMap<u32, Vec<(u64, u64)>>,
+    /// Reused buffer for the requests a chunk started.
+    started: Vec<Started>,
     /// Threads (or processes) created by a thread that was working for exactly one request.
     handed: HashMap<u32, Handoff>,
     pub counters: EngineCounters,
@@ -210,19 +212,26 @@ impl Engine {
             clients: HashMap::new(),
             serving_by_tid: HashMap::new(),
             serving_by_pid: HashMap::new(),
+            started: Vec::new(),
             handed: HashMap::new(),
             counters: EngineCounters::default(),
         }
     }
 
-    /// Feeds one ring-buffer record; finished spans are appended to `out` with their pid.
-    pub fn on_record(&mut self, record: &[u8], out: &mut Vec<(u32, SpanRecord)>) {
+    /// Feeds one ring-buffer record; finished spans are appended to `out` with their pid. Returns
+    /// the parsed header and payload so the caller need not parse the record again.
+    pub fn on_record<'r>(
+        &mut self,
+        record: &'r [u8],
+        out: &mut Vec<(u32, SpanRecord)>,
+    ) -> Option<(Event, &'r [u8])> {
         self.counters.records += 1;
         let Some((ev, payload)) = Event::parse(record) else {
             self.counters.malformed_records += 1;
-            return;
+            return None;
         };
         self.on_event(&ev, payload, out);
+        Some((ev, payload))
     }
 
     pub fn on_event(&mut self, ev: &Event, payload: &[u8], out: &mut Vec<(u32, SpanRecord)>) {
@@ -252,10 +261,13 @@ impl Engine {
                     tail: ev.tail_of(payload),
                 };
                 entry.conn.on_chunk(&chunk, &mut self.exchanges);
-                let started: Vec<Started> = entry.conn.started.drain(..).collect();
-                for st in started {
+                // Moved through a kept buffer: no allocation per request start.
+                self.started.append(&mut entry.conn.started);
+                let mut started = std::mem::take(&mut self.started);
+                for st in started.drain(..) {
                     self.on_started(ev.conn_id, st);
                 }
+                self.started = started;
                 self.finish_exchanges(ev.conn_id, out);
             }
             EV_CLOSE => {
@@ -419,8 +431,9 @@ impl Engine {
         if self.exchanges.is_empty() {
             return;
         }
-        let done: Vec<Exchange> = self.exchanges.drain(..).collect();
-        for ex in done {
+        // Taken and given back, so the buffer's capacity survives across responses.
+        let mut done = std::mem::take(&mut self.exchanges);
+        for ex in done.drain(..) {
             let ctx = self.resolve(conn_id, ex.seq);
             let Some(entry) = self.conns.get_mut(&conn_id) else {
                 continue;
@@ -435,6 +448,7 @@ impl Engine {
             self.counters.spans += 1;
             out.push((pid, span::build(&ex, &entry.ends, &self.clock, ctx)));
         }
+        self.exchanges = done;
     }
 
     /// Drops what a connection that is going away still holds in the shared indexes.

@@ -87,8 +87,9 @@ fn link_config(args: &Args) -> Result<LinkConfig> {
         max_transaction_ns: args
             .max_transaction_time
             .or(section.max_transaction_time)
-            .unwrap_or(10)
-            .saturating_mul(1_000_000_000),
+            .map_or(LinkConfig::default().max_transaction_ns, |s| {
+                s.saturating_mul(1_000_000_000)
+            }),
     })
 }
 
@@ -312,12 +313,11 @@ fn consume(
         // SAFETY: one valid pollfd for the duration of the call.
         unsafe { libc::poll(&mut pfd, 1, POLL.as_millis() as i32) };
         while let Some(item) = ring.next() {
-            match seam_abi::Event::parse(&item) {
+            match engine.on_record(&item, &mut ready) {
                 Some((ev, comm)) if ev.kind == seam_abi::EV_EXEC => comms.exec(ev.pid, comm),
                 Some((ev, _)) => comms.note(ev.pid),
                 None => {}
             }
-            engine.on_record(&item, &mut ready);
         }
         if last_flush.elapsed() >= FLUSH {
             last_flush = Instant::now();

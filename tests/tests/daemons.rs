@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use seam_tests::{
     bin_dir, fixture, free_port, repo_root, require_root, selector_env, start_server, watch_server,
-    Stack, Watched,
+    Stack,
 };
 
 const DAEMONS: [&str; 5] = ["discover", "loader", "ctxprop", "correlator", "exporter"];
@@ -168,13 +168,7 @@ fn a_full_ring_buffer_is_counted_and_reported() {
     if !require_root() {
         return;
     }
-    let Watched {
-        rx,
-        port,
-        server: _server,
-        stack,
-        ..
-    } = watch_server(
+    let w = watch_server(
         "python3",
         "pyserver.py",
         "burst",
@@ -182,6 +176,7 @@ fn a_full_ring_buffer_is_counted_and_reported() {
         &[("SEAM_RINGBUF_BYTES", "4096")],
     )
     .expect("watched server");
+    let (rx, port, stack) = (&w.rx, w.port, &w.stack);
     let out = Command::new("python3")
         .arg(fixture("kaclient.py"))
         .args([port.to_string(), "2000".into(), "50".into()])

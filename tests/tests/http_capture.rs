@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use seam_tests::otlp::{OtlpReceiver, ReceivedSpan};
 use seam_tests::{
-    free_port, require_root, selector_env, start_server, watch_server, GatedShell, Stack, Watched,
+    free_port, require_root, selector_env, start_server, watch_server, GatedShell, Stack,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -157,13 +157,8 @@ fn keep_alive(batch: usize) {
     if !require_root() {
         return;
     }
-    let Watched {
-        rx,
-        port,
-        service,
-        server: _server,
-        stack,
-    } = watch_server("python3", "pyserver.py", "ka", &[], &[]).expect("watched server");
+    let w = watch_server("python3", "pyserver.py", "ka", &[], &[]).expect("watched server");
+    let (rx, port, service, stack) = (&w.rx, w.port, w.service.as_str(), &w.stack);
     let out = Command::new("python3")
         .arg(seam_tests::fixture("kaclient.py"))
         .args([port.to_string(), "200".into(), batch.to_string()])
@@ -308,13 +303,8 @@ fn incoming_traceparent_is_continued() {
     if !require_root() {
         return;
     }
-    let Watched {
-        rx,
-        port,
-        service,
-        server: _server,
-        stack,
-    } = watch_server("python3", "pyserver.py", "tp", &[], &[]).expect("watched server");
+    let w = watch_server("python3", "pyserver.py", "tp", &[], &[]).expect("watched server");
+    let (rx, port, service, stack) = (&w.rx, w.port, w.service.as_str(), &w.stack);
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     for (path, header) in [
         ("/valid", tp),
@@ -368,13 +358,8 @@ fn chunked_response_ends_with_its_last_chunk() {
     if !require_root() {
         return;
     }
-    let Watched {
-        rx,
-        port,
-        service,
-        server: _server,
-        stack,
-    } = watch_server("node", "nodeserver.js", "chunk", &[], &[]).expect("watched server");
+    let w = watch_server("node", "nodeserver.js", "chunk", &[], &[]).expect("watched server");
+    let (rx, port, service, stack) = (&w.rx, w.port, w.service.as_str(), &w.stack);
     // Two on one connection: the first must end on its terminator, not when the second starts.
     let out = Command::new("curl")
         .args(["-s", "-o", "/dev/null", "-o", "/dev/null"])

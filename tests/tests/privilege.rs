@@ -7,9 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use seam_proto::{ipc::Client, msg::LoaderRequest, Role};
-use seam_tests::{
-    bin_dir, free_port, require_root, selector_env, watch_server, Stack, Watched, ROLES,
-};
+use seam_tests::{bin_dir, free_port, require_root, selector_env, watch_server, Stack, ROLES};
 
 fn status_field(pid: u32, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -137,13 +135,8 @@ fn bad_peers_lose_their_connection_and_spans_keep_flowing() {
     if !require_root() {
         return;
     }
-    let Watched {
-        rx,
-        port,
-        server: _server,
-        stack,
-        ..
-    } = watch_server("python3", "pyserver.py", "robust", &[], &[]).expect("watched server");
+    let w = watch_server("python3", "pyserver.py", "robust", &[], &[]).expect("watched server");
+    let (rx, port, stack) = (&w.rx, w.port, &w.stack);
     for role in ["loader", "correlator", "exporter", "ctxprop"] {
         let path = stack.socket(role);
         let mut garbage = UnixStream::connect(&path).expect("connect");

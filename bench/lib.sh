@@ -1,0 +1,38 @@
+# Shared set-up of seam's benchmarks: preparation and an nginx to measure. Sourced, not run.
+# shellcheck shell=bash
+# shellcheck source=scripts/lib.sh
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../scripts/lib.sh"
+
+# Root, dependencies, a release build if there is none, host set-up.
+bench_prepare() {
+  seam_require_root
+  seam_install_deps
+  [ -x "$SEAM_BIN_DIR/seam-loader" ] || seam_build
+  seam_setup_host
+}
+
+# bench_nginx PORT: nginx with one worker pinned to CPU 0, serving a 612-byte file on
+# 127.0.0.1:PORT with keep-alive and no access log. Sets `work` (a scratch directory the caller
+# may use too), `nginx_master` and `worker` (the worker's pid); bench_stop_nginx stops it.
+bench_nginx() {
+  local port=$1
+  work=$(mktemp -d)
+  mkdir -p "$work/www"
+  head -c 612 /dev/zero | tr '\0' x > "$work/www/index.html"
+  cat > "$work/nginx.conf" <<CONF
+worker_processes 1; worker_cpu_affinity 01; daemon off; pid $work/nginx.pid; error_log $work/error.log;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 1000000; server { listen 127.0.0.1:$port; root $work/www; } }
+CONF
+  taskset -c 0 nginx -c "$work/nginx.conf" -p "$work" 2>/dev/null & nginx_master=$!
+  for _ in $(seq 50); do
+    curl -s -o /dev/null "http://127.0.0.1:$port/index.html" && break
+    sleep 0.1
+  done
+  worker=$(pgrep -P "$nginx_master" | head -1)
+}
+
+bench_stop_nginx() {
+  kill -TERM "$nginx_master" 2>/dev/null || true
+  wait "$nginx_master" 2>/dev/null || true
+}
