@@ -3,11 +3,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use seam_abi::{Event, Tuple, AF_INET, DIR_INGRESS, EV_CLOSE, EV_DATA, EV_EXEC, EV_SPAWN};
+use seam_abi::{Event, Tuple, AF_INET, DIR_INGRESS, EV_CLOSE, EV_DATA, EV_EXEC, EV_EXIT, EV_SPAWN};
 use seam_proto::msg::SpanRecord;
 
 use crate::conn::{Chunk, Conn, Dir, Exchange, Side, Started};
 use crate::context::{self, Sampler, SpanCtx};
+use crate::handoff::{Handoffs, RequestKey};
 use crate::span::{self, Clock, Endpoints};
 use crate::traceparent::TraceContext;
 
@@ -94,12 +95,29 @@ const SEND_SLACK_NS: u64 = 100_000_000;
 /// Threads handed a request by the thread that created them, at most this many creations deep.
 const MAX_HANDOFF_DEPTH: u8 = 3;
 
-/// The request a thread was created for.
+/// The request a thread was created for, and the created threads from its serving thread down
+/// to this one (all must prove dedicated before a call links).
 #[derive(Debug, Clone, Copy)]
 struct Handoff {
     conn: u64,
     seq: u64,
     depth: u8,
+    chain: [u32; MAX_HANDOFF_DEPTH as usize],
+}
+
+impl Handoff {
+    fn chain(&self) -> &[u32] {
+        &self.chain[..usize::from(self.depth)]
+    }
+}
+
+/// Where a call's in-process parent comes from.
+#[derive(Debug, Clone, Copy)]
+enum InProcess {
+    /// The thread (or the whole process) serves exactly this one request.
+    Serving(RequestKey),
+    /// The thread was created for this request; it links once it proves dedicated.
+    Created(Handoff),
 }
 
 /// How requests link across processes and threads.
@@ -184,6 +202,8 @@ pub struct Engine {
     started: Vec<Started>,
     /// Threads (or processes) created by a thread that was working for exactly one request.
     handed: HashMap<u32, Handoff>,
+    /// Calls by such threads, held until the thread proves dedicated to its request.
+    handoffs: Handoffs,
     pub counters: EngineCounters,
 }
 
@@ -214,6 +234,7 @@ impl Engine {
             serving_by_pid: HashMap::new(),
             started: Vec::new(),
             handed: HashMap::new(),
+            handoffs: Handoffs::default(),
             counters: EngineCounters::default(),
         }
     }
@@ -282,6 +303,16 @@ impl Engine {
             // Process names are the daemon's concern, not the span engine's.
             EV_EXEC => {}
             EV_SPAWN => self.on_spawn(ev.tid, ev.bytes),
+            EV_EXIT => {
+                self.handed.remove(&ev.tid);
+                self.handoffs.thread_exited(
+                    ev.tid,
+                    ev.start_ns,
+                    &self.links.sampler,
+                    self.links.max_transaction_ns,
+                    out,
+                );
+            }
             _ => self.counters.malformed_records += 1,
         }
     }
@@ -307,7 +338,17 @@ impl Engine {
                 let ctx = match &header {
                     Some((h, state)) => SpanCtx::adopting(h, state.clone()),
                     None => match self.in_process_parent(pid, st.tid, st.start_ns) {
-                        Some((c, s)) => SpanCtx::child_of(&self.resolve(c, s), false),
+                        Some(InProcess::Serving((c, s))) => {
+                            SpanCtx::child_of(&self.resolve(c, s), false)
+                        }
+                        Some(InProcess::Created(h)) => {
+                            let parent = self.resolve(h.conn, h.seq);
+                            let call = SpanCtx::root();
+                            let deadline = st.start_ns + self.links.max_transaction_ns;
+                            self.handoffs
+                                .open(&call, parent, (h.conn, h.seq), h.chain(), deadline);
+                            call
+                        }
                         None => self.new_root(),
                     },
                 };
@@ -338,46 +379,66 @@ impl Engine {
         }
     }
 
-    /// The one request a thread is working for, if that is certain: it serves exactly one, or it
-    /// was created by a thread that did and that request is still open.
-    fn working_for(&self, tid: u32) -> Option<(u64, u64, u8)> {
+    /// The request a thread works for: the one it serves, when it serves exactly one; or the one
+    /// it was created for, while that request is open.
+    fn working_for(&self, tid: u32) -> Option<InProcess> {
         if let Some([one]) = self.serving_by_tid.get(&tid).map(Vec::as_slice) {
-            return Some((one.0, one.1, 0));
+            return Some(InProcess::Serving(*one));
         }
         let h = self.handed.get(&tid)?;
         let open = self
             .conns
             .get(&h.conn)
             .is_some_and(|e| e.reqs.get(&h.seq).is_some_and(|r| r.side == Side::Server));
-        open.then_some((h.conn, h.seq, h.depth))
+        open.then_some(InProcess::Created(*h))
     }
 
     /// A thread or process was created: it inherits the request its creator works for.
     fn on_spawn(&mut self, creator: u32, child: u32) {
-        match self.working_for(creator) {
-            Some((conn, seq, depth)) if depth < MAX_HANDOFF_DEPTH => {
-                let depth = depth + 1;
-                self.handed.insert(child, Handoff { conn, seq, depth });
+        let inherited = match self.working_for(creator) {
+            Some(InProcess::Serving((conn, seq))) => Some(Handoff {
+                conn,
+                seq,
+                depth: 1,
+                chain: [child, 0, 0],
+            }),
+            Some(InProcess::Created(h)) if h.depth < MAX_HANDOFF_DEPTH => {
+                let mut next = h;
+                next.chain[usize::from(h.depth)] = child;
+                next.depth += 1;
+                Some(next)
+            }
+            _ => None,
+        };
+        match inherited {
+            Some(h) => {
+                self.handed.insert(child, h);
             }
             // A reused thread id must never keep an old hand-off.
-            _ => {
+            None => {
                 self.handed.remove(&child);
             }
         }
     }
 
     /// The server request a new client request is made for, only when that cannot be wrong: the
-    /// thread serves exactly one request (thread per request) or was created for one, or the
-    /// whole process serves exactly one (an event loop at concurrency one). Anything else stays
+    /// thread serves exactly one request (thread per request), or the whole process serves
+    /// exactly one (an event loop at concurrency one), or the thread was created for one (then
+    /// the call waits until the thread proves dedicated, see `handoff`). Anything else stays
     /// unlinked.
-    fn in_process_parent(&self, pid: u32, tid: u32, now_ns: u64) -> Option<(u64, u64)> {
-        let candidate = self.working_for(tid).map(|(c, s, _)| (c, s)).or_else(|| {
-            match self.serving_by_pid.get(&pid).map(Vec::as_slice) {
-                Some([one]) => Some(*one),
-                _ => None,
-            }
-        })?;
-        let req = self.conns.get(&candidate.0)?.reqs.get(&candidate.1)?;
+    fn in_process_parent(&self, pid: u32, tid: u32, now_ns: u64) -> Option<InProcess> {
+        let candidate = match self.working_for(tid) {
+            Some(serving @ InProcess::Serving(_)) => serving,
+            created => match self.serving_by_pid.get(&pid).map(Vec::as_slice) {
+                Some([one]) => InProcess::Serving(*one),
+                _ => created?,
+            },
+        };
+        let (conn, seq) = match candidate {
+            InProcess::Serving(k) => k,
+            InProcess::Created(h) => (h.conn, h.seq),
+        };
+        let req = self.conns.get(&conn)?.reqs.get(&seq)?;
         (now_ns.saturating_sub(req.start_ns) <= self.links.max_transaction_ns).then_some(candidate)
     }
 
@@ -443,10 +504,12 @@ impl Engine {
                 if req.side == Side::Server {
                     unlist(&mut self.serving_by_tid, req.tid, (conn_id, ex.seq));
                     unlist(&mut self.serving_by_pid, pid, (conn_id, ex.seq));
+                    self.handoffs.request_ended((conn_id, ex.seq), ex.end_ns);
                 }
             }
             self.counters.spans += 1;
-            out.push((pid, span::build(&ex, &entry.ends, &self.clock, ctx)));
+            let record = span::build(&ex, &entry.ends, &self.clock, ctx);
+            self.handoffs.finish(pid, record, out);
         }
         self.exchanges = done;
     }
@@ -461,6 +524,8 @@ impl Engine {
             if req.side == Side::Server {
                 unlist(&mut self.serving_by_tid, req.tid, (conn_id, seq));
                 unlist(&mut self.serving_by_pid, entry.pid, (conn_id, seq));
+                self.handoffs
+                    .request_ended((conn_id, seq), entry.conn.last_ns);
             }
         }
     }
@@ -501,6 +566,12 @@ impl Engine {
                 self.forget(id, &e);
             }
         }
+        self.handoffs.sweep(
+            now_ns,
+            &self.links.sampler,
+            self.links.max_transaction_ns,
+            out,
+        );
         let conns = &self.conns;
         self.handed.retain(|_, h| {
             conns
@@ -759,6 +830,18 @@ mod tests {
         engine.on_event(&e, &[], &mut Vec::new());
     }
 
+    fn exit(engine: &mut Engine, pid: u32, tid: u32, t: u64, out: &mut Vec<(u32, SpanRecord)>) {
+        let e = Event {
+            kind: EV_EXIT,
+            pid,
+            tid,
+            start_ns: t,
+            end_ns: t,
+            ..Event::default()
+        };
+        engine.on_event(&e, &[], out);
+    }
+
     #[test]
     fn work_handed_to_a_new_thread_stays_with_its_request() {
         use seam_proto::msg::SpanKind::{Client, Server};
@@ -781,10 +864,23 @@ mod tests {
                 (5, 2, 32, DIR_EGRESS, (41001, 9090), REQ, 111),
                 (3, 2, 41, DIR_INGRESS, (41000, 9090), OK, 120),
                 (5, 2, 32, DIR_INGRESS, (41001, 9090), OK, 121),
+            ],
+        ));
+        assert!(
+            span_for(&out, 2, Client).is_empty(),
+            "calls wait until their threads prove dedicated"
+        );
+        // thread 32 is gone before its request ends; 41 and 31 just after (within the grace)
+        exit(&mut engine, 2, 32, 125, &mut out);
+        exit(&mut engine, 2, 41, 126, &mut out);
+        out.extend(play(
+            &mut engine,
+            &[
                 (2, 2, 21, DIR_EGRESS, (8080, 40000), OK, 130),
                 (4, 2, 22, DIR_EGRESS, (8080, 40001), OK, 131),
             ],
         ));
+        exit(&mut engine, 2, 31, 140, &mut out);
         let int = |s: &SpanRecord, key: &str| match s.attr(key) {
             Some(AttrValue::Int(v)) => *v,
             _ => -1,
@@ -806,6 +902,91 @@ mod tests {
         // a thread created by a thread working for nothing inherits nothing, even a reused id
         spawn(&mut engine, 2, 99, 32);
         assert!(engine.working_for(32).is_none());
+    }
+
+    #[test]
+    fn a_pool_worker_started_during_a_request_never_links_to_it() {
+        use seam_proto::msg::SpanKind::{Client, Server};
+        let mut engine = Engine::default();
+        // requests A (thread 21) and B (thread 22) in flight; A's submit starts worker 31, which
+        // then runs B's call (on host: pid 3 serves it) and lives on after A
+        let mut out = play(
+            &mut engine,
+            &[
+                (2, 2, 21, DIR_INGRESS, (8080, 40000), REQ, 100),
+                (4, 2, 22, DIR_INGRESS, (8080, 40001), REQ, 101),
+            ],
+        );
+        spawn(&mut engine, 2, 21, 31);
+        out.extend(play(
+            &mut engine,
+            &[
+                (3, 2, 31, DIR_EGRESS, (41000, 9090), REQ, 110),
+                (6, 3, 61, DIR_INGRESS, (9090, 41000), REQ, 111),
+                (6, 3, 61, DIR_EGRESS, (9090, 41000), OK, 115),
+                (3, 2, 31, DIR_INGRESS, (41000, 9090), OK, 120),
+                (2, 2, 21, DIR_EGRESS, (8080, 40000), OK, 130),
+            ],
+        ));
+        assert_eq!(span_for(&out, 2, Client).len(), 0, "held");
+        assert_eq!(span_for(&out, 3, Server).len(), 0, "its callee is held too");
+        engine.sweep(
+            200 + crate::handoff::EXIT_GRACE_NS,
+            u64::MAX,
+            u64::MAX,
+            &mut out,
+        );
+        let call = &span_for(&out, 2, Client)[0];
+        let callee = &span_for(&out, 3, Server)[0];
+        let a = &span_for(&out, 2, Server)[0];
+        assert_eq!(call.parent_span_id, None, "released as its own trace");
+        assert_ne!(call.trace_id, a.trace_id);
+        assert_eq!(callee.trace_id, call.trace_id);
+        assert_eq!(callee.parent_span_id, Some(call.span_id));
+        assert!(call.sampled() && callee.sampled());
+        // a worker that exits long after its request ended proves nothing either
+        exit(
+            &mut engine,
+            2,
+            31,
+            130 + 2 * crate::handoff::EXIT_GRACE_NS,
+            &mut out,
+        );
+        assert_eq!(span_for(&out, 2, Client).len(), 1);
+    }
+
+    #[test]
+    fn a_dedicated_threads_call_brings_its_callee_into_the_request_trace() {
+        use seam_proto::msg::SpanKind::{Client, Server};
+        let mut engine = Engine::default();
+        let mut out = play(
+            &mut engine,
+            &[(2, 2, 21, DIR_INGRESS, (8080, 40000), REQ, 100)],
+        );
+        spawn(&mut engine, 2, 21, 31);
+        out.extend(play(
+            &mut engine,
+            &[
+                // a second request keeps the process rule out of play
+                (4, 2, 22, DIR_INGRESS, (8080, 40001), REQ, 101),
+                (3, 2, 31, DIR_EGRESS, (41000, 9090), REQ, 110),
+                (6, 3, 61, DIR_INGRESS, (9090, 41000), REQ, 111),
+                (6, 3, 61, DIR_EGRESS, (9090, 41000), OK, 115),
+                (3, 2, 31, DIR_INGRESS, (41000, 9090), OK, 120),
+            ],
+        ));
+        exit(&mut engine, 2, 31, 125, &mut out);
+        out.extend(play(
+            &mut engine,
+            &[(2, 2, 21, DIR_EGRESS, (8080, 40000), OK, 130)],
+        ));
+        let a = &span_for(&out, 2, Server)[0];
+        let call = &span_for(&out, 2, Client)[0];
+        let callee = &span_for(&out, 3, Server)[0];
+        assert_eq!(call.parent_span_id, Some(a.span_id));
+        assert_eq!((call.trace_id, callee.trace_id), (a.trace_id, a.trace_id));
+        assert_eq!(callee.parent_span_id, Some(call.span_id));
+        assert!(!call.parent_is_remote);
     }
 
     #[test]

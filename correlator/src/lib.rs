@@ -4,6 +4,7 @@ pub mod config;
 pub mod conn;
 pub mod context;
 pub mod engine;
+pub mod handoff;
 pub mod http;
 pub mod span;
 pub mod traceparent;

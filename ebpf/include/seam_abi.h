@@ -15,6 +15,7 @@ enum seam_event_kind {
 	SEAM_EV_CLOSE = 2,
 	SEAM_EV_EXEC = 3, /* a target exec'd; payload is its new comm (16 bytes) */
 	SEAM_EV_SPAWN = 4, /* a target's thread (tid) created a thread or process; `bytes` is its tid */
+	SEAM_EV_EXIT = 5,  /* a target's thread (tid) exited */
 };
 
 enum seam_direction {

@@ -529,14 +529,26 @@ int on_process_exec(void *ctx)
 	return 0;
 }
 
-/* A target whose last thread exits leaves the target set at once. */
+/* Every exiting thread of a target is reported (a thread created for one request proves it was
+ * dedicated to it by ending with it); a target whose main thread exits leaves the target set. */
 SEC("tracepoint/sched/sched_process_exit")
 int on_process_exit(void *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 pid = pid_tgid >> 32;
-	if ((__u32)pid_tgid != pid)
+	if (!is_target(pid))
 		return 0;
-	bpf_map_delete_elem(&seam_targets, &pid);
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&seam_scratch, &zero);
+	if (s) {
+		__builtin_memset(&s->ev, 0, sizeof(s->ev));
+		s->ev.kind = SEAM_EV_EXIT;
+		s->ev.pid = pid;
+		s->ev.tid = (__u32)pid_tgid;
+		s->ev.start_ns = s->ev.end_ns = bpf_ktime_get_ns();
+		emit(s, 0);
+	}
+	if ((__u32)pid_tgid == pid)
+		bpf_map_delete_elem(&seam_targets, &pid);
 	return 0;
 }

@@ -12,6 +12,7 @@ pub const EV_DATA: u8 = 1;
 pub const EV_CLOSE: u8 = 2;
 pub const EV_EXEC: u8 = 3;
 pub const EV_SPAWN: u8 = 4;
+pub const EV_EXIT: u8 = 5;
 pub const COMM_LEN: usize = 16;
 
 pub const DIR_INGRESS: u8 = 0;
