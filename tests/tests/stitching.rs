@@ -1,6 +1,7 @@
 //! Same-host stitching on real processes: curl → Python front → Node middle → Python back.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -345,4 +346,182 @@ fn calls_handed_to_a_thread_pool_never_link_to_the_wrong_request() {
     // A pool worker may run any queued call, so only what is certain links: the fraction is
     // reported, a wrong parent fails (inside the helper).
     handoff_under_concurrency("pool");
+}
+
+/// Starts a chain hop: `hop.py` (mode `thread` or `pool`) or `hop.js`, logging to `log`.
+fn hop(file: &str, service: &str, port: u16, next: &str, mode: &str, log: &Path) -> Proc {
+    let mut cmd = if file.ends_with(".js") {
+        Command::new("node")
+    } else {
+        Command::new("python3")
+    };
+    cmd.arg(seam_tests::fixture(file)).args([port.to_string(), next.to_string()]);
+    if !file.ends_with(".js") {
+        cmd.arg(mode);
+    }
+    let child = cmd
+        .arg(log)
+        .env("OTEL_SERVICE_NAME", service)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("hop starts");
+    Proc { child }
+}
+
+/// What the services logged: each line is "<id received> <id sent>".
+fn ground_truth(log: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (a, b) = l.split_once(' ')?;
+            Some((a.to_string(), b.to_string()))
+        })
+        .collect()
+}
+
+/// The request id a span belongs to: its path (server) or the path it called (client).
+fn request_id(s: &ReceivedSpan) -> Option<String> {
+    if s.is_server() {
+        return s.attr("url.path");
+    }
+    let full = s.attr("url.full")?;
+    let after_scheme = full.split_once("://")?.1;
+    Some(after_scheme[after_scheme.find('/')?..].to_string())
+}
+
+/// Front → `middle` → back, 500 requests at concurrency 16 over keep-alive connections; checks
+/// every span's parent against what the services logged. Returns (complete requests, total).
+fn chain_under_load(middle_file: &str, middle_mode: &str) -> (usize, usize) {
+    const TOTAL: usize = 500;
+    const CONCURRENCY: usize = 16;
+    let dir = std::env::temp_dir().join(format!(
+        "seam-chain-{}-{middle_file}-{middle_mode}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("log dir");
+    let logs = ["front", "middle", "back"].map(|s| dir.join(format!("{s}.log")));
+    let ports = [free_port(), free_port(), free_port()];
+    let url = |p: u16| format!("http://127.0.0.1:{p}");
+    let apps = [
+        hop("hop.py", "back", ports[2], "-", "thread", &logs[2]),
+        hop(middle_file, "middle", ports[1], &url(ports[2]), middle_mode, &logs[1]),
+        hop("hop.py", "front", ports[0], &url(ports[1]), "thread", &logs[0]),
+    ];
+    for p in ports {
+        wait_port(p, Duration::from_secs(10)).expect("hop listens");
+    }
+    let rx = OtlpReceiver::start().expect("collector");
+    let client = GatedShell::new(&format!(
+        "python3 {} {} {TOTAL} {CONCURRENCY}",
+        seam_tests::fixture("chainclient.py").display(),
+        ports[0]
+    ))
+    .expect("client");
+    let mut env = selector_env(&ports, &[client.pid()]);
+    env.extend(rx.exporter_env("grpc"));
+    let stack = Stack::start(&env).expect("stack");
+    for pid in apps.iter().map(Proc::pid).chain([client.pid()]) {
+        stack.wait_target(pid).expect("targeted");
+    }
+    assert_eq!(client.run().expect("client ran").trim(), TOTAL.to_string());
+
+    // Ground truth, as the services saw it: every hop received each id once and passed it on.
+    let ids: Vec<String> = (0..TOTAL).map(|n| format!("/r/{n}")).collect();
+    for (i, log) in logs.iter().enumerate() {
+        let mut seen = ground_truth(log);
+        seen.sort();
+        let mut expected: Vec<(String, String)> = ids
+            .iter()
+            .map(|id| (id.clone(), if i == 2 { "-".into() } else { id.clone() }))
+            .collect();
+        expected.sort();
+        assert_eq!(seen, expected, "{} logged every request once", log.display());
+    }
+
+    rx.wait_for(Duration::from_secs(60), |s| s.len() >= 6 * TOTAL);
+    std::thread::sleep(Duration::from_millis(500));
+    let spans = rx.spans();
+    assert_eq!(spans.len(), 6 * TOTAL, "six spans per request\n{}", stack.all_logs());
+    // Hop 0 is the client's call to front; hop k's server span and the call into it share the
+    // port of the service at that hop.
+    let position = |s: &ReceivedSpan| -> Option<usize> {
+        let port = u16::try_from(s.attr_i64("server.port")?).ok()?;
+        let hop = ports.iter().position(|&p| p == port)?;
+        Some(if s.is_server() { 2 * hop + 1 } else { 2 * hop })
+    };
+    // [client→front, front, front→middle, middle, middle→back, back] per request id
+    let mut by_request: HashMap<String, [Option<&ReceivedSpan>; 6]> = HashMap::new();
+    for s in &spans {
+        let (Some(id), Some(pos)) = (request_id(s), position(s)) else {
+            panic!("span outside the chain: {:?}", s.span.name);
+        };
+        let slot = &mut by_request.entry(id).or_default()[pos];
+        assert!(slot.is_none(), "two spans at one hop of one request");
+        *slot = Some(s);
+    }
+    let mut traces: HashMap<&[u8], std::collections::HashSet<&str>> = HashMap::new();
+    let (mut complete, mut wrong) = (0, 0);
+    for id in &ids {
+        let chain = by_request.get(id).expect("spans of every request");
+        let chain: Vec<&ReceivedSpan> = chain.iter().map(|s| s.expect("all six")).collect();
+        for s in &chain {
+            traces.entry(&s.span.trace_id).or_default().insert(id.as_str());
+        }
+        let mut exact = chain[0].span.parent_span_id.is_empty();
+        for pair in chain.windows(2) {
+            let (parent, child) = (pair[0], pair[1]);
+            if child.span.parent_span_id.is_empty() {
+                exact = false;
+            } else if child.span.parent_span_id == parent.span.span_id
+                && child.span.trace_id == parent.span.trace_id
+            {
+                continue;
+            } else {
+                wrong += 1;
+                exact = false;
+            }
+        }
+        complete += usize::from(exact);
+    }
+    let shared = traces.values().filter(|ids| ids.len() > 1).count();
+    eprintln!(
+        "middle {middle_file} {middle_mode}: {complete} of {TOTAL} requests one complete trace \
+         with exact parents; wrong parents {wrong}; traces shared by two requests {shared}"
+    );
+    assert_eq!(wrong, 0, "a wrong parent");
+    assert_eq!(shared, 0, "two user requests share a trace");
+    let _ = std::fs::remove_dir_all(&dir);
+    (complete, TOTAL)
+}
+
+#[test]
+fn chain_at_concurrency_16_thread_per_request_middle_is_complete() {
+    if !require_root() {
+        return;
+    }
+    let (complete, total) = chain_under_load("hop.py", "thread");
+    assert_eq!(complete, total, "every request one trace with exact parents");
+}
+
+#[test]
+fn chain_at_concurrency_16_pool_middle_never_mislinks() {
+    if !require_root() {
+        return;
+    }
+    // The fraction that links is reported; wrong parents and shared traces fail inside.
+    chain_under_load("hop.py", "pool");
+}
+
+#[test]
+fn chain_at_concurrency_16_node_middle_never_mislinks() {
+    if !require_root() {
+        return;
+    }
+    // An event loop interleaves requests on one thread: its calls link only when one request is
+    // in flight. The fraction is reported; wrong parents and shared traces fail inside.
+    chain_under_load("hop.js", "loop");
 }
