@@ -114,7 +114,7 @@ impl Handoff {
 /// Where a call's in-process parent comes from.
 #[derive(Debug, Clone, Copy)]
 enum InProcess {
-    /// The thread (or the whole process) serves exactly this one request.
+    /// The thread serves exactly this one request.
     Serving(RequestKey),
     /// The thread was created for this request; it links once it proves dedicated.
     Created(Handoff),
@@ -195,9 +195,8 @@ pub struct Engine {
     links: LinkConfig,
     /// Client requests by the flow they were sent on, oldest first.
     clients: HashMap<Flow, VecDeque<ClientSeen>>,
-    /// Server requests being served, by thread and by process: (connection id, request seq).
+    /// Server requests being served, by the thread that read them: (connection id, request seq).
     serving_by_tid: HashMap<u32, Vec<(u64, u64)>>,
-    serving_by_pid: HashMap<u32, Vec<(u64, u64)>>,
     /// Reused buffer for the requests a chunk started.
     started: Vec<Started>,
     /// Threads (or processes) created by a thread that was working for exactly one request.
@@ -231,7 +230,6 @@ impl Engine {
             links,
             clients: HashMap::new(),
             serving_by_tid: HashMap::new(),
-            serving_by_pid: HashMap::new(),
             started: Vec::new(),
             handed: HashMap::new(),
             handoffs: Handoffs::default(),
@@ -323,21 +321,19 @@ impl Engine {
         let Some(entry) = self.conns.get(&conn_id) else {
             return;
         };
-        let pid = entry.pid;
         let flow = Flow::outbound(&entry.ends);
         let header = context::from_headers(&st.traceparent, &st.tracestate);
         let ctx = match st.side {
             Side::Server => {
                 let item = (conn_id, st.seq);
                 self.serving_by_tid.entry(st.tid).or_default().push(item);
-                self.serving_by_pid.entry(pid).or_default().push(item);
                 None
             }
             Side::Client => {
                 // The app's own header carries the app's decision; a child inherits its parent's.
                 let ctx = match &header {
                     Some((h, state)) => SpanCtx::adopting(h, state.clone()),
-                    None => match self.in_process_parent(pid, st.tid, st.start_ns) {
+                    None => match self.in_process_parent(st.tid, st.start_ns) {
                         Some(InProcess::Serving((c, s))) => {
                             SpanCtx::child_of(&self.resolve(c, s), false)
                         }
@@ -422,18 +418,13 @@ impl Engine {
     }
 
     /// The server request a new client request is made for, only when that cannot be wrong: the
-    /// thread serves exactly one request (thread per request), or the whole process serves
-    /// exactly one (an event loop at concurrency one), or the thread was created for one (then
-    /// the call waits until the thread proves dedicated, see `handoff`). Anything else stays
+    /// thread serves exactly one request (thread per request; an event loop at concurrency one),
+    /// or the thread was created for one (then the call waits until the thread proves dedicated,
+    /// see `handoff`). A process serving one request is not enough: another of its threads may
+    /// be doing its own background work (an SDK's exporter, a health check). Anything else stays
     /// unlinked.
-    fn in_process_parent(&self, pid: u32, tid: u32, now_ns: u64) -> Option<InProcess> {
-        let candidate = match self.working_for(tid) {
-            Some(serving @ InProcess::Serving(_)) => serving,
-            created => match self.serving_by_pid.get(&pid).map(Vec::as_slice) {
-                Some([one]) => InProcess::Serving(*one),
-                _ => created?,
-            },
-        };
+    fn in_process_parent(&self, tid: u32, now_ns: u64) -> Option<InProcess> {
+        let candidate = self.working_for(tid)?;
         let (conn, seq) = match candidate {
             InProcess::Serving(k) => k,
             InProcess::Created(h) => (h.conn, h.seq),
@@ -503,7 +494,6 @@ impl Engine {
             if let Some(req) = entry.reqs.remove(&ex.seq) {
                 if req.side == Side::Server {
                     unlist(&mut self.serving_by_tid, req.tid, (conn_id, ex.seq));
-                    unlist(&mut self.serving_by_pid, pid, (conn_id, ex.seq));
                     self.handoffs.request_ended((conn_id, ex.seq), ex.end_ns);
                 }
             }
@@ -523,7 +513,6 @@ impl Engine {
         for (&seq, req) in &entry.reqs {
             if req.side == Side::Server {
                 unlist(&mut self.serving_by_tid, req.tid, (conn_id, seq));
-                unlist(&mut self.serving_by_pid, entry.pid, (conn_id, seq));
                 self.handoffs
                     .request_ended((conn_id, seq), entry.conn.last_ns);
             }

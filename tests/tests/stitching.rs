@@ -355,7 +355,8 @@ fn hop(file: &str, service: &str, port: u16, next: &str, mode: &str, log: &Path)
     } else {
         Command::new("python3")
     };
-    cmd.arg(seam_tests::fixture(file)).args([port.to_string(), next.to_string()]);
+    cmd.arg(seam_tests::fixture(file))
+        .args([port.to_string(), next.to_string()]);
     if !file.ends_with(".js") {
         cmd.arg(mode);
     }
@@ -408,8 +409,22 @@ fn chain_under_load(middle_file: &str, middle_mode: &str) -> (usize, usize) {
     let url = |p: u16| format!("http://127.0.0.1:{p}");
     let apps = [
         hop("hop.py", "back", ports[2], "-", "thread", &logs[2]),
-        hop(middle_file, "middle", ports[1], &url(ports[2]), middle_mode, &logs[1]),
-        hop("hop.py", "front", ports[0], &url(ports[1]), "thread", &logs[0]),
+        hop(
+            middle_file,
+            "middle",
+            ports[1],
+            &url(ports[2]),
+            middle_mode,
+            &logs[1],
+        ),
+        hop(
+            "hop.py",
+            "front",
+            ports[0],
+            &url(ports[1]),
+            "thread",
+            &logs[0],
+        ),
     ];
     for p in ports {
         wait_port(p, Duration::from_secs(10)).expect("hop listens");
@@ -439,13 +454,23 @@ fn chain_under_load(middle_file: &str, middle_mode: &str) -> (usize, usize) {
             .map(|id| (id.clone(), if i == 2 { "-".into() } else { id.clone() }))
             .collect();
         expected.sort();
-        assert_eq!(seen, expected, "{} logged every request once", log.display());
+        assert_eq!(
+            seen,
+            expected,
+            "{} logged every request once",
+            log.display()
+        );
     }
 
     rx.wait_for(Duration::from_secs(60), |s| s.len() >= 6 * TOTAL);
     std::thread::sleep(Duration::from_millis(500));
     let spans = rx.spans();
-    assert_eq!(spans.len(), 6 * TOTAL, "six spans per request\n{}", stack.all_logs());
+    assert_eq!(
+        spans.len(),
+        6 * TOTAL,
+        "six spans per request\n{}",
+        stack.all_logs()
+    );
     // Hop 0 is the client's call to front; hop k's server span and the call into it share the
     // port of the service at that hop.
     let position = |s: &ReceivedSpan| -> Option<usize> {
@@ -469,7 +494,10 @@ fn chain_under_load(middle_file: &str, middle_mode: &str) -> (usize, usize) {
         let chain = by_request.get(id).expect("spans of every request");
         let chain: Vec<&ReceivedSpan> = chain.iter().map(|s| s.expect("all six")).collect();
         for s in &chain {
-            traces.entry(&s.span.trace_id).or_default().insert(id.as_str());
+            traces
+                .entry(&s.span.trace_id)
+                .or_default()
+                .insert(id.as_str());
         }
         let mut exact = chain[0].span.parent_span_id.is_empty();
         for pair in chain.windows(2) {
@@ -504,7 +532,10 @@ fn chain_at_concurrency_16_thread_per_request_middle_is_complete() {
         return;
     }
     let (complete, total) = chain_under_load("hop.py", "thread");
-    assert_eq!(complete, total, "every request one trace with exact parents");
+    assert_eq!(
+        complete, total,
+        "every request one trace with exact parents"
+    );
 }
 
 #[test]
