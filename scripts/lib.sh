@@ -31,6 +31,26 @@ seam_install_deps() {
   }
 }
 
+# The OpenTelemetry Python SDK (PyPI), for the test where an SDK-instrumented service and seam
+# must form one trace; kept in its own virtualenv under target/.
+SEAM_PY_OTEL="$SEAM_ROOT/target/py-otel"
+SEAM_PY_OTEL_PACKAGES=(opentelemetry-sdk==1.45.2 opentelemetry-exporter-otlp-proto-http==1.45.2)
+
+seam_install_test_deps() {
+  local py="$SEAM_PY_OTEL/bin/python"
+  if [ -x "$py" ] && "$py" -c 'import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http' 2>/dev/null; then
+    return
+  fi
+  seam_log "installing ${SEAM_PY_OTEL_PACKAGES[*]} into $SEAM_PY_OTEL"
+  rm -rf "$SEAM_PY_OTEL"
+  if ! python3 -m venv "$SEAM_PY_OTEL" 2>/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    rm -rf "$SEAM_PY_OTEL"
+    python3 -m venv "$SEAM_PY_OTEL"
+  fi
+  "$SEAM_PY_OTEL/bin/python" -m pip install -q --disable-pip-version-check "${SEAM_PY_OTEL_PACKAGES[@]}"
+}
+
 seam_build() {
   seam_log "building ($SEAM_PROFILE)"
   (cd "$SEAM_ROOT" && cargo build --workspace --bins --profile "$SEAM_PROFILE" --quiet)

@@ -371,15 +371,20 @@ fn hop(file: &str, service: &str, port: u16, next: &str, mode: &str, log: &Path)
     Proc { child }
 }
 
-/// What the services logged: each line is "<id received> <id sent>".
-fn ground_truth(log: &Path) -> Vec<(String, String)> {
+/// What a service logged per request: id received, id sent, then the traceparent headers it got.
+fn service_log(log: &Path) -> Vec<Vec<String>> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| {
-            let (a, b) = l.split_once(' ')?;
-            Some((a.to_string(), b.to_string()))
-        })
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+/// Each request's (id received, id sent), as the service logged it.
+fn ground_truth(log: &Path) -> Vec<(String, String)> {
+    service_log(log)
+        .into_iter()
+        .filter_map(|f| Some((f.first()?.clone(), f.get(1)?.clone())))
         .collect()
 }
 
@@ -555,4 +560,173 @@ fn chain_at_concurrency_16_node_middle_never_mislinks() {
     // An event loop interleaves requests on one thread: its calls link only when one request is
     // in flight. The fraction is reported; wrong parents and shared traces fail inside.
     chain_under_load("hop.js", "loop");
+}
+
+#[test]
+fn an_sdk_instrumented_hop_and_seam_form_one_connected_trace() {
+    if !require_root() {
+        return;
+    }
+    const N: usize = 10;
+    let python = repo_root().join("target/py-otel/bin/python");
+    assert!(
+        python.exists(),
+        "the OpenTelemetry Python SDK is missing: scripts/test installs it"
+    );
+    let dir = std::env::temp_dir().join(format!("seam-sdk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("log dir");
+    let back_log = dir.join("back.log");
+    let rx = OtlpReceiver::start().expect("collector");
+    let (sdk_port, back_port) = (free_port(), free_port());
+    let back = hop("hop.py", "back", back_port, "-", "thread", &back_log);
+    let sdk = Command::new(&python)
+        .arg(seam_tests::fixture("sdkhop.py"))
+        .args([
+            sdk_port.to_string(),
+            format!("http://127.0.0.1:{back_port}"),
+        ])
+        .envs(rx.exporter_env("http/protobuf"))
+        .env("OTEL_SERVICE_NAME", "sdk-hop")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sdk hop");
+    let sdk = Proc { child: sdk };
+    for p in [sdk_port, back_port] {
+        wait_port(p, Duration::from_secs(20)).expect("hop listens");
+    }
+    // The caller's own context: (trace id, parent span id) per request.
+    let headers: Vec<(String, String)> = (0..N)
+        .map(|i| {
+            (
+                format!("{:032x}", 0xabc0_0000_u128 + i as u128),
+                format!("{:016x}", 0x1000_u64 + i as u64),
+            )
+        })
+        .collect();
+    let script: String = headers
+        .iter()
+        .enumerate()
+        .map(|(i, (t, p))| {
+            format!(
+                "curl -s -o /dev/null -H 'traceparent: 00-{t}-{p}-01' http://127.0.0.1:{sdk_port}/r/{i}; "
+            )
+        })
+        .collect();
+    let client = GatedShell::new(&script).expect("client");
+    let mut env = selector_env(&[sdk_port, back_port], &[client.pid()]);
+    env.extend(rx.exporter_env("grpc"));
+    let stack = Stack::start(&env).expect("stack");
+    for pid in [sdk.pid(), back.pid(), client.pid()] {
+        stack.wait_target(pid).expect("targeted");
+    }
+    client.run().expect("curl ran");
+    let ours = |s: &ReceivedSpan| {
+        s.attr("url.path") != Some("/v1/traces".into())
+            && !s
+                .attr("url.full")
+                .is_some_and(|u| u.ends_with("/v1/traces"))
+    };
+    // per request: curl, sdk-hop server, sdk-hop client (seam), back server, and the SDK's two
+    rx.wait_for(Duration::from_secs(30), |s| {
+        s.iter().filter(|x| ours(x)).count() >= 6 * N
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let spans = rx.spans();
+
+    // The SDK's own exports are background work of a thread no request created: never linked.
+    let exports: Vec<&ReceivedSpan> = spans.iter().filter(|s| !ours(s)).collect();
+    for e in &exports {
+        assert!(
+            e.span.parent_span_id.is_empty(),
+            "an OTLP export by the SDK's own thread was linked to a request"
+        );
+    }
+    let log = service_log(&back_log);
+    assert_eq!(log.len(), N, "back served every request");
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut ids = std::collections::HashSet::new();
+    for (i, (trace, caller)) in headers.iter().enumerate() {
+        let path = format!("/r/{i}");
+        let of_trace: Vec<&ReceivedSpan> = spans
+            .iter()
+            .filter(|s| hex(&s.span.trace_id) == *trace)
+            .collect();
+        let find = |service: &str, server: bool| -> &ReceivedSpan {
+            let found: Vec<&&ReceivedSpan> = of_trace
+                .iter()
+                .filter(|s| s.service() == service && s.is_server() == server)
+                .collect();
+            assert_eq!(
+                found.len(),
+                1,
+                "{path}: one {service} span (server: {server})\n{}",
+                stack.all_logs()
+            );
+            found[0]
+        };
+        let sdk_server = find("sdk-hop-own", true);
+        let sdk_client = find("sdk-hop-own", false);
+        let seam_curl = find("curl", false);
+        let seam_server = find("sdk-hop", true);
+        let seam_client = find("sdk-hop", false);
+        let seam_back = find("back", true);
+        assert_eq!(
+            of_trace.len(),
+            6,
+            "{path}: six spans, all in the caller's trace"
+        );
+        let parent = |s: &ReceivedSpan| hex(&s.span.parent_span_id);
+        let id = |s: &ReceivedSpan| hex(&s.span.span_id);
+        assert_eq!(
+            parent(seam_curl),
+            *caller,
+            "curl's call hangs under curl's own header"
+        );
+        assert_eq!(
+            parent(seam_server),
+            *caller,
+            "seam's server span continues the header"
+        );
+        assert_eq!(
+            parent(sdk_server),
+            *caller,
+            "the SDK continues the same header"
+        );
+        assert_eq!(parent(sdk_client), id(sdk_server));
+        assert_eq!(
+            parent(seam_client),
+            id(sdk_client),
+            "seam's call hangs under the SDK's"
+        );
+        assert_eq!(
+            parent(seam_back),
+            id(sdk_client),
+            "the callee continues the SDK's header"
+        );
+        // one header on the wire, the SDK's, unchanged
+        let line = log
+            .iter()
+            .find(|f| f.first() == Some(&path))
+            .expect("logged");
+        assert_eq!(
+            line.get(2).map(String::as_str),
+            Some("1"),
+            "{path}: one traceparent"
+        );
+        assert_eq!(
+            line.get(3).cloned(),
+            Some(format!("00-{trace}-{}-01", id(sdk_client))),
+        );
+        for s in &of_trace {
+            assert!(ids.insert(id(s)), "two spans share an id");
+        }
+    }
+    eprintln!(
+        "sdk hop: {N} requests, 6 spans each in one trace; {} SDK exports unlinked",
+        exports.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
