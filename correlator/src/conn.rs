@@ -352,6 +352,17 @@ impl Conn {
         }
     }
 
+    /// Gives up on requests that got no response in time: counted, not reported, state freed.
+    pub fn abandon_unanswered(&mut self, abandoned: &mut Vec<u64>) {
+        self.leftovers.unanswered += self.pending.len() as u64;
+        abandoned.extend(self.pending.drain(..).map(|p| p.seq));
+    }
+
+    /// Requests still waiting for (the end of) their response.
+    pub fn in_flight(&self) -> u64 {
+        self.pending.len() as u64 + u64::from(self.response.is_some())
+    }
+
     pub fn is_idle(&self) -> bool {
         self.pending.is_empty() && self.response.is_none()
     }

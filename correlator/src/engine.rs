@@ -504,10 +504,27 @@ impl Engine {
         self.exchanges = done;
     }
 
+    /// A request that will never finish: its context leaves the shared indexes.
+    fn drop_request(&mut self, conn_id: u64, seq: u64) {
+        let Some(req) = self
+            .conns
+            .get_mut(&conn_id)
+            .and_then(|e| e.reqs.remove(&seq))
+        else {
+            return;
+        };
+        if req.side == Side::Server {
+            unlist(&mut self.serving_by_tid, req.tid, (conn_id, seq));
+            self.handoffs
+                .request_ended((conn_id, seq), req.start_ns + self.links.max_transaction_ns);
+        }
+    }
+
     /// Drops what a connection that is going away still holds in the shared indexes.
     fn forget(&mut self, conn_id: u64, entry: &Entry) {
         let l = entry.conn.leftovers;
-        self.counters.unanswered_requests += l.unanswered;
+        // an evicted connection's open requests are given up as well
+        self.counters.unanswered_requests += l.unanswered + entry.conn.in_flight();
         self.counters.orphan_responses += l.orphan_responses;
         self.counters.truncated_starts += l.truncated_starts;
         for (&seq, req) in &entry.reqs {
@@ -537,12 +554,17 @@ impl Engine {
             })
             .map(|(&id, _)| id)
             .collect();
+        let mut abandoned = Vec::new();
         for id in expired {
             if let Some(e) = self.conns.get_mut(&id) {
                 e.conn.expire_open_response(&mut self.exchanges);
                 self.counters.expired_responses += self.exchanges.len() as u64;
+                e.conn.abandon_unanswered(&mut abandoned);
             }
             self.finish_exchanges(id, out);
+            for seq in abandoned.drain(..) {
+                self.drop_request(id, seq);
+            }
         }
         let idle: Vec<u64> = self
             .conns
@@ -576,6 +598,8 @@ impl Engine {
         });
     }
 
+    /// Makes room for new connections: the longest-silent idle ones go first, and when none is
+    /// idle (requests abandoned on connections held open), the longest-silent of all.
     fn evict_idle(&mut self) {
         let mut idle: Vec<(u64, u64)> = self
             .conns
@@ -583,6 +607,13 @@ impl Engine {
             .filter(|(_, e)| e.conn.is_idle())
             .map(|(&id, e)| (e.conn.last_ns, id))
             .collect();
+        if idle.is_empty() {
+            idle = self
+                .conns
+                .iter()
+                .map(|(&id, e)| (e.conn.last_ns, id))
+                .collect();
+        }
         idle.sort_unstable();
         for (_, id) in idle.into_iter().take(MAX_CONNS / 8) {
             if let Some(e) = self.conns.remove(&id) {
@@ -976,6 +1007,35 @@ mod tests {
         assert_eq!((call.trace_id, callee.trace_id), (a.trace_id, a.trace_id));
         assert_eq!(callee.parent_span_id, Some(call.span_id));
         assert!(!call.parent_is_remote);
+    }
+
+    #[test]
+    fn abandoned_requests_expire_and_free_their_state() {
+        let mut engine = Engine::default();
+        let mut out = play(
+            &mut engine,
+            &[(2, 2, 22, DIR_INGRESS, (8080, 40000), REQ, 100)],
+        );
+        assert!(engine.working_for(22).is_some());
+        let timeout = 30_000_000_000;
+        engine.sweep(100 + timeout / 2, timeout, u64::MAX, &mut out);
+        assert!(engine.working_for(22).is_some(), "not yet");
+        engine.sweep(200 + timeout, timeout, u64::MAX, &mut out);
+        assert!(out.is_empty(), "no response, no span");
+        assert!(engine.working_for(22).is_none(), "its thread works for nothing now");
+        assert!(engine.conns[&2].reqs.is_empty() && engine.conns[&2].conn.is_idle());
+    }
+
+    #[test]
+    fn connections_stay_bounded_when_none_is_idle() {
+        let mut engine = Engine::default();
+        let mut out = Vec::new();
+        for conn in 0..(MAX_CONNS as u64 + 100) {
+            let (e, p) = ev(conn, DIR_INGRESS, REQ, conn);
+            engine.on_event(&e, &p, &mut out);
+        }
+        assert!(engine.open_connections() <= MAX_CONNS);
+        assert!(engine.counters.unanswered_requests >= (MAX_CONNS / 8) as u64);
     }
 
     #[test]
