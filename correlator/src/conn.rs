@@ -242,6 +242,10 @@ impl Conn {
             traceparent: head.fields.traceparent.clone(),
             tracestate: head.fields.tracestate.clone(),
         });
+        if self.pending.capacity() == 0 {
+            // most connections never have more than one request open
+            self.pending.reserve_exact(1);
+        }
         self.pending.push_back(Pending {
             head,
             start_ns,

@@ -37,12 +37,52 @@ struct ReqCtx {
     ctx: Option<SpanCtx>,
 }
 
+/// Contexts of a connection's open requests by sequence number. Rarely more than one or two, so a
+/// short list: a hash map would allocate several buckets for every connection.
+#[derive(Debug, Default)]
+struct Reqs(Vec<(u64, ReqCtx)>);
+
+impl Reqs {
+    fn insert(&mut self, seq: u64, req: ReqCtx) {
+        if let Some(slot) = self.get_mut(&seq) {
+            *slot = req;
+            return;
+        }
+        if self.0.capacity() == 0 {
+            self.0.reserve_exact(1);
+        }
+        self.0.push((seq, req));
+    }
+
+    fn get(&self, seq: &u64) -> Option<&ReqCtx> {
+        self.0.iter().find(|(s, _)| s == seq).map(|(_, r)| r)
+    }
+
+    fn get_mut(&mut self, seq: &u64) -> Option<&mut ReqCtx> {
+        self.0.iter_mut().find(|(s, _)| s == seq).map(|(_, r)| r)
+    }
+
+    fn remove(&mut self, seq: &u64) -> Option<ReqCtx> {
+        let i = self.0.iter().position(|(s, _)| s == seq)?;
+        Some(self.0.swap_remove(i).1)
+    }
+
+    fn contains_key(&self, seq: &u64) -> bool {
+        self.get(seq).is_some()
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     conn: Conn,
     pid: u32,
     ends: Endpoints,
-    reqs: HashMap<u64, ReqCtx>,
+    reqs: Reqs,
 }
 
 /// One direction of a TCP connection, IPv4-mapped addresses folded to IPv4.
@@ -263,7 +303,7 @@ impl Engine {
                     conn: Conn::default(),
                     pid: ev.pid,
                     ends: endpoints(&ev.tuple),
-                    reqs: HashMap::new(),
+                    reqs: Reqs::default(),
                 });
                 let chunk = Chunk {
                     dir: if ev.direction == DIR_INGRESS {
@@ -527,7 +567,7 @@ impl Engine {
         self.counters.unanswered_requests += l.unanswered + entry.conn.in_flight();
         self.counters.orphan_responses += l.orphan_responses;
         self.counters.truncated_starts += l.truncated_starts;
-        for (&seq, req) in &entry.reqs {
+        for (seq, req) in entry.reqs.0.iter().map(|(s, r)| (*s, r)) {
             if req.side == Side::Server {
                 unlist(&mut self.serving_by_tid, req.tid, (conn_id, seq));
                 self.handoffs
@@ -1022,7 +1062,10 @@ mod tests {
         assert!(engine.working_for(22).is_some(), "not yet");
         engine.sweep(200 + timeout, timeout, u64::MAX, &mut out);
         assert!(out.is_empty(), "no response, no span");
-        assert!(engine.working_for(22).is_none(), "its thread works for nothing now");
+        assert!(
+            engine.working_for(22).is_none(),
+            "its thread works for nothing now"
+        );
         assert!(engine.conns[&2].reqs.is_empty() && engine.conns[&2].conn.is_idle());
     }
 

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
 use clap::Parser;
 use seam_correlator::context::Sampler;
-use seam_correlator::engine::{Engine, LinkConfig, MonotonicClock};
+use seam_correlator::engine::{Engine, EngineCounters, LinkConfig, MonotonicClock};
 use seam_proto::msg::{
     CorrelatorRequest, ExporterRequest, SelfCounters, ServiceIdentity, SpanBatch, SpanRecord,
 };
@@ -51,7 +51,8 @@ struct Args {
 
 type Services = Arc<Mutex<HashMap<u32, ServiceIdentity>>>;
 /// The consumer's latest counters, for the summary logged at shutdown.
-type Published = Arc<Mutex<SelfCounters>>;
+/// What the consumer thread last reported: its own counters and the span engine's.
+type Published = Arc<Mutex<(SelfCounters, EngineCounters)>>;
 
 fn main() -> std::process::ExitCode {
     seam_proto::telemetry::init_logging(Role::Correlator);
@@ -146,12 +147,18 @@ fn run(args: Args, links: LinkConfig) -> Result<()> {
         Ok::<(), anyhow::Error>(())
     })?;
     let _ = std::fs::remove_file(Role::Correlator.socket_path());
-    let c = published.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let (c, e) = published.lock().unwrap_or_else(|p| p.into_inner()).clone();
     tracing::info!(
         events = c.events,
         lost_events = c.lost_events,
         spans = c.spans,
         dropped_spans = c.dropped_spans,
+        records = e.records,
+        malformed_records = e.malformed_records,
+        unanswered_requests = e.unanswered_requests,
+        orphan_responses = e.orphan_responses,
+        truncated_starts = e.truncated_starts,
+        expired_responses = e.expired_responses,
         "final counters"
     );
     drop(consumer);
@@ -346,7 +353,7 @@ fn consume(
                 spans: engine.counters.spans,
                 dropped_spans,
             };
-            *published.lock().unwrap_or_else(|p| p.into_inner()) = c.clone();
+            *published.lock().unwrap_or_else(|p| p.into_inner()) = (c.clone(), engine.counters);
             let _ = tx.try_send(ExporterRequest::Counters {
                 role: Role::Correlator,
                 counters: c,
