@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::Parser;
 use seam_discover::config::{self, DiscoveryConfig, ProcessEnv};
 use seam_discover::selector::Candidate;
-use seam_discover::{identity, procfs};
+use seam_discover::{identity, procfs, sockdiag};
 use seam_proto::msg::{CorrelatorRequest, CtxpropRequest, LoaderRequest, ServiceIdentity};
 use seam_proto::{ipc, lifecycle, privilege, Role};
 
@@ -106,6 +106,8 @@ struct Discoverer {
     rejected: HashSet<(u32, u64)>,
     /// Which process holds each socket inode seen in an fd table.
     inode_owner: HashMap<u64, u32>,
+    /// sock_diag failed once (and said so); /proc/net/tcp is read instead.
+    diag_unavailable: bool,
 }
 
 impl Discoverer {
@@ -126,7 +128,16 @@ impl Discoverer {
         let live: HashSet<u32> = pids.iter().copied().collect();
         let needs_ports = self.cfg.selectors.iter().any(|s| s.needs_ports());
         let listeners = if needs_ports {
-            procfs::listening_sockets(&self.proc_root)
+            match sockdiag::listening_sockets() {
+                Ok(l) => l,
+                Err(e) => {
+                    if !self.diag_unavailable {
+                        tracing::warn!(error = %e, "sock_diag unavailable: reading /proc/net/tcp instead");
+                        self.diag_unavailable = true;
+                    }
+                    procfs::listening_sockets(&self.proc_root)
+                }
+            }
         } else {
             HashMap::new()
         };
@@ -240,6 +251,7 @@ async fn run(cfg: DiscoveryConfig) -> Result<()> {
         targets: HashMap::new(),
         rejected: HashSet::new(),
         inode_owner: HashMap::new(),
+        diag_unavailable: false,
     };
     let mut correlator = Link::new(Role::Correlator);
     let mut loader = Link::new(Role::Loader);
