@@ -168,26 +168,30 @@ fn parse_fields(buf: &[u8], mut pos: usize) -> Fields {
         };
         let name = &line[..colon];
         let value = line[colon + 1..].trim_ascii();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            f.content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            f.chunked = value
-                .split(|&b| b == b',')
-                .next_back()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case(b"host") {
-            f.host = Some(String::from_utf8_lossy(value).into_owned());
-        } else if name.eq_ignore_ascii_case(b"traceparent") {
-            f.traceparent.push(value.to_vec());
-        } else if name.eq_ignore_ascii_case(b"tracestate") {
-            f.tracestate
-                .push(String::from_utf8_lossy(value).into_owned());
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            f.connection_close = value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            f.upgrade = true;
+        // Most fields are none of these: their name's length rules them out without a compare.
+        let is = |wanted: &[u8]| name.len() == wanted.len() && name.eq_ignore_ascii_case(wanted);
+        match name.len() {
+            14 if is(b"content-length") => {
+                f.content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+            }
+            17 if is(b"transfer-encoding") => {
+                f.chunked = value
+                    .split(|&b| b == b',')
+                    .next_back()
+                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            }
+            4 if is(b"host") => f.host = Some(String::from_utf8_lossy(value).into_owned()),
+            11 if is(b"traceparent") => f.traceparent.push(value.to_vec()),
+            10 if is(b"tracestate") => f
+                .tracestate
+                .push(String::from_utf8_lossy(value).into_owned()),
+            10 if is(b"connection") => {
+                f.connection_close = value
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            }
+            7 if is(b"upgrade") => f.upgrade = true,
+            _ => {}
         }
     }
     f

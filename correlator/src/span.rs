@@ -57,19 +57,21 @@ fn addr_string(ip: IpAddr) -> String {
 
 pub fn build(ex: &Exchange, ends: &Endpoints, clock: &dyn Clock, ctx: SpanCtx) -> SpanRecord {
     let status_code = ex.response.status;
-    let method = ex.request.method.clone();
-    let path = ex.request.path().to_string();
+    let method = &ex.request.method;
     let mut attrs: Vec<(AttrKey, AttrValue)> = Vec::with_capacity(16);
     let mut put = |k: AttrKey, v: AttrValue| attrs.push((k, v));
     put(
         AttrKey::HttpRequestMethod,
-        Known::method(&method).map_or_else(|| AttrValue::Str(method.clone()), AttrValue::Known),
+        Known::method(method).map_or_else(|| AttrValue::Str(method.clone()), AttrValue::Known),
     );
     put(
         AttrKey::HttpResponseStatusCode,
         AttrValue::Int(i64::from(status_code)),
     );
-    put(AttrKey::UrlPath, AttrValue::Str(path.clone()));
+    put(
+        AttrKey::UrlPath,
+        AttrValue::Str(ex.request.path().to_string()),
+    );
     if let Some(q) = ex.request.query() {
         put(AttrKey::UrlQuery, AttrValue::Str(q.to_string()));
     }
@@ -103,11 +105,11 @@ pub fn build(ex: &Exchange, ends: &Endpoints, clock: &dyn Clock, ctx: SpanCtx) -
     let (host, port) = match &ex.request.fields.host {
         Some(h) => {
             let (name, p) = split_host(h);
-            (name.to_string(), p.unwrap_or(server_end.1))
+            (name, p.unwrap_or(server_end.1))
         }
-        None => (server_text.clone(), server_end.1),
+        None => (server_text.as_str(), server_end.1),
     };
-    put(AttrKey::ServerAddress, AttrValue::Str(host.clone()));
+    put(AttrKey::ServerAddress, AttrValue::Str(host.to_string()));
     put(AttrKey::ServerPort, AttrValue::Int(i64::from(port)));
     match ex.side {
         Side::Server => put(
@@ -135,7 +137,7 @@ pub fn build(ex: &Exchange, ends: &Endpoints, clock: &dyn Clock, ctx: SpanCtx) -
         trace_flags: ctx.flags,
         tracestate: ctx.tracestate,
         parent_is_remote: ctx.parent_is_remote,
-        name: method,
+        name: method.clone(),
         kind,
         start_unix_nanos: clock.unix_nanos(ex.start_ns),
         end_unix_nanos: clock.unix_nanos(ex.end_ns),
