@@ -9,7 +9,8 @@ use seam_proto::msg::SpanRecord;
 use crate::conn::{Chunk, Conn, Dir, Exchange, Side, Started};
 use crate::context::{self, Sampler, SpanCtx};
 use crate::handoff::{Handoffs, RequestKey};
-use crate::span::{self, Clock, Endpoints};
+use crate::idhash::IdMap;
+use crate::span::{self, unmapped, Clock, Endpoints};
 use crate::traceparent::TraceContext;
 
 /// Connections tracked at most; idle ones beyond this are forgotten first.
@@ -92,27 +93,20 @@ struct Flow {
     to: (IpAddr, u16),
 }
 
-fn fold(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 impl Flow {
     /// Client side: from its local end to the server.
     fn outbound(ends: &Endpoints) -> Self {
         Self {
-            from: (fold(ends.local.0), ends.local.1),
-            to: (fold(ends.remote.0), ends.remote.1),
+            from: (unmapped(ends.local.0), ends.local.1),
+            to: (unmapped(ends.remote.0), ends.remote.1),
         }
     }
 
     /// Server side: the flow its caller sent on.
     fn inbound(ends: &Endpoints) -> Self {
         Self {
-            from: (fold(ends.remote.0), ends.remote.1),
-            to: (fold(ends.local.0), ends.local.1),
+            from: (unmapped(ends.remote.0), ends.remote.1),
+            to: (unmapped(ends.local.0), ends.local.1),
         }
     }
 }
@@ -229,18 +223,18 @@ fn endpoints(t: &Tuple) -> Endpoints {
 
 #[derive(Debug)]
 pub struct Engine {
-    conns: HashMap<u64, Entry>,
+    conns: IdMap<u64, Entry>,
     clock: MonotonicClock,
     exchanges: Vec<Exchange>,
     links: LinkConfig,
     /// Client requests by the flow they were sent on, oldest first.
     clients: HashMap<Flow, VecDeque<ClientSeen>>,
     /// Server requests being served, by the thread that read them: (connection id, request seq).
-    serving_by_tid: HashMap<u32, Vec<(u64, u64)>>,
+    serving_by_tid: IdMap<u32, Vec<(u64, u64)>>,
     /// Reused buffer for the requests a chunk started.
     started: Vec<Started>,
     /// Threads (or processes) created by a thread that was working for exactly one request.
-    handed: HashMap<u32, Handoff>,
+    handed: IdMap<u32, Handoff>,
     /// Calls by such threads, held until the thread proves dedicated to its request.
     handoffs: Handoffs,
     pub counters: EngineCounters,
@@ -252,7 +246,7 @@ impl Default for Engine {
     }
 }
 
-fn unlist(map: &mut HashMap<u32, Vec<(u64, u64)>>, key: u32, item: (u64, u64)) {
+fn unlist(map: &mut IdMap<u32, Vec<(u64, u64)>>, key: u32, item: (u64, u64)) {
     if let Some(v) = map.get_mut(&key) {
         v.retain(|x| *x != item);
         if v.is_empty() {
@@ -264,14 +258,14 @@ fn unlist(map: &mut HashMap<u32, Vec<(u64, u64)>>, key: u32, item: (u64, u64)) {
 impl Engine {
     pub fn new(links: LinkConfig) -> Self {
         Self {
-            conns: HashMap::new(),
+            conns: IdMap::default(),
             clock: MonotonicClock::now(),
             exchanges: Vec::new(),
             links,
             clients: HashMap::new(),
-            serving_by_tid: HashMap::new(),
+            serving_by_tid: IdMap::default(),
             started: Vec::new(),
-            handed: HashMap::new(),
+            handed: IdMap::default(),
             handoffs: Handoffs::default(),
             counters: EngineCounters::default(),
         }

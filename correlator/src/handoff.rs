@@ -8,11 +8,10 @@
 //! [`EXIT_GRACE_NS`] after: a runtime may wake A's thread just before the helper is gone), the
 //! held spans move into A's trace under A; otherwise they are released as their own trace.
 
-use std::collections::HashMap;
-
 use seam_proto::msg::SpanRecord;
 
 use crate::context::{Sampler, SpanCtx};
+use crate::idhash::IdMap;
 
 /// How long after its request ends a created thread may still exit and count as dedicated to it.
 pub const EXIT_GRACE_NS: u64 = 1_000_000_000;
@@ -66,10 +65,10 @@ pub struct HandoffCounters {
 
 #[derive(Debug, Default)]
 pub struct Handoffs {
-    pending: HashMap<[u8; 16], Pending>,
-    settled: HashMap<[u8; 16], Outcome>,
-    by_thread: HashMap<u32, Vec<[u8; 16]>>,
-    by_request: HashMap<RequestKey, Vec<[u8; 16]>>,
+    pending: IdMap<[u8; 16], Pending>,
+    settled: IdMap<[u8; 16], Outcome>,
+    by_thread: IdMap<u32, Vec<[u8; 16]>>,
+    by_request: IdMap<RequestKey, Vec<[u8; 16]>>,
     pub counters: HandoffCounters,
 }
 
@@ -106,6 +105,10 @@ impl Handoffs {
 
     /// Passes a finished span on, unless its trace is still undecided.
     pub fn finish(&mut self, pid: u32, mut span: SpanRecord, out: &mut Vec<(u32, SpanRecord)>) {
+        if self.pending.is_empty() && self.settled.is_empty() {
+            out.push((pid, span));
+            return;
+        }
         if let Some(p) = self.pending.get_mut(&span.trace_id) {
             p.held.push((pid, span));
             return;

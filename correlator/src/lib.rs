@@ -6,5 +6,6 @@ pub mod context;
 pub mod engine;
 pub mod handoff;
 pub mod http;
+pub mod idhash;
 pub mod span;
 pub mod traceparent;

@@ -13,6 +13,8 @@ use crate::context::SpanCtx;
 pub struct Endpoints {
     pub local: (IpAddr, u16),
     pub remote: (IpAddr, u16),
+    /// The remote address as it is reported: an IPv4-mapped IPv6 address as IPv4.
+    remote_ip: IpAddr,
     local_text: String,
     remote_text: String,
 }
@@ -22,6 +24,7 @@ impl Endpoints {
         Self {
             local_text: addr_string(local.0),
             remote_text: addr_string(remote.0),
+            remote_ip: unmapped(remote.0),
             local,
             remote,
         }
@@ -46,13 +49,16 @@ fn split_host(host: &str) -> (&str, Option<u16>) {
     }
 }
 
-fn addr_string(ip: IpAddr) -> String {
+/// An IPv4-mapped IPv6 address as the IPv4 address it is; anything else unchanged.
+pub fn unmapped(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or_else(|| v6.to_string(), |v4| v4.to_string()),
-        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
     }
+}
+
+fn addr_string(ip: IpAddr) -> String {
+    unmapped(ip).to_string()
 }
 
 pub fn build(ex: &Exchange, ends: &Endpoints, clock: &dyn Clock, ctx: SpanCtx) -> SpanRecord {
@@ -84,10 +90,7 @@ pub fn build(ex: &Exchange, ends: &Endpoints, clock: &dyn Clock, ctx: SpanCtx) -
             Known::Http11
         }),
     );
-    put(
-        AttrKey::NetworkPeerAddress,
-        AttrValue::Str(ends.remote_text.clone()),
-    );
+    put(AttrKey::NetworkPeerAddress, AttrValue::Ip(ends.remote_ip));
     put(
         AttrKey::NetworkPeerPort,
         AttrValue::Int(i64::from(ends.remote.1)),
@@ -112,10 +115,7 @@ pub fn build(ex: &Exchange, ends: &Endpoints, clock: &dyn Clock, ctx: SpanCtx) -
     put(AttrKey::ServerAddress, AttrValue::Str(host.to_string()));
     put(AttrKey::ServerPort, AttrValue::Int(i64::from(port)));
     match ex.side {
-        Side::Server => put(
-            AttrKey::ClientAddress,
-            AttrValue::Str(ends.remote_text.clone()),
-        ),
+        Side::Server => put(AttrKey::ClientAddress, AttrValue::Ip(ends.remote_ip)),
         Side::Client => put(
             AttrKey::UrlFull,
             AttrValue::Str(format!(
@@ -241,8 +241,8 @@ mod tests {
             Some("GET")
         );
         assert_eq!(
-            s.attr("network.peer.address").and_then(AttrValue::as_str),
-            Some("127.0.0.1")
+            s.attr("network.peer.address"),
+            Some(&AttrValue::Ip([127, 0, 0, 1].into()))
         );
     }
 

@@ -21,6 +21,7 @@ pub fn scope() -> InstrumentationScope {
 pub fn value(v: &AttrValue) -> Value {
     match v {
         AttrValue::Str(s) => Value::from(s.clone()),
+        AttrValue::Ip(ip) => Value::from(ip.to_string()),
         AttrValue::Known(k) => Value::from(k.as_str()),
         AttrValue::Int(i) => Value::from(*i),
         AttrValue::Bool(b) => Value::from(*b),

@@ -35,6 +35,7 @@ fn hex(b: &[u8]) -> String {
 fn attr_str(s: &SpanRecord, k: &str) -> String {
     match s.attr(k) {
         Some(AttrValue::Str(v)) => v.clone(),
+        Some(AttrValue::Ip(v)) => v.to_string(),
         Some(AttrValue::Known(v)) => v.as_str().to_string(),
         Some(AttrValue::Int(v)) => v.to_string(),
         Some(AttrValue::Bool(v)) => v.to_string(),
@@ -164,6 +165,7 @@ fn write_json(out: &mut dyn Write, id: &[u8; 16], spans: Vec<Printed>) -> std::i
                 .map(|(k, v)| {
                     let v = match v {
                         AttrValue::Str(x) => json!(x),
+                        AttrValue::Ip(x) => json!(x.to_string()),
                         AttrValue::Known(x) => json!(x.as_str()),
                         AttrValue::Int(x) => json!(x),
                         AttrValue::Bool(x) => json!(x),

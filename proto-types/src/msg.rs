@@ -172,6 +172,8 @@ impl Known {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum AttrValue {
     Str(String),
+    /// An address: sent as bytes, so neither side allocates text for it per span.
+    Ip(std::net::IpAddr),
     Known(Known),
     Int(i64),
     Bool(bool),
