@@ -36,3 +36,29 @@ bench_stop_nginx() {
   kill -TERM "$nginx_master" 2>/dev/null || true
   wait "$nginx_master" 2>/dev/null || true
 }
+
+# bench_otlp_sink PORT: a loopback OTLP/HTTP endpoint that accepts every export and keeps
+# nothing, so a run can include what exporting costs seam. Sets `sink`; bench_stop_sink stops it.
+bench_otlp_sink() {
+  taskset -c 1 python3 - "$1" <<'PY' & sink=$!
+import http.server, sys
+class Sink(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
+PY
+  for _ in $(seq 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && break
+    sleep 0.1
+  done
+}
+
+bench_stop_sink() {
+  [ -n "${sink:-}" ] && kill "$sink" 2>/dev/null || true
+}

@@ -5,6 +5,7 @@
 # figure and its range: throughput ratio, CPU added per request (nginx, which includes the BPF
 # programs' kernel time, plus all five daemons), p50/p99 latency; then daemon RSS, lost events,
 # and spans vs requests at a paced ~10k req/s.
+# SEAM_BENCH_OTLP=1 also exports every span and the RED metrics over OTLP/HTTP to a loopback sink.
 #   bench/nginx.sh [seconds per phase, default 8] [rounds, default 3]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -23,6 +24,7 @@ stack=
 cleanup() {
   [ -n "$stack" ] && kill -TERM "$stack" 2>/dev/null && wait "$stack" 2>/dev/null
   bench_stop_nginx
+  bench_stop_sink
 }
 trap cleanup EXIT
 
@@ -55,6 +57,12 @@ PY
 }
 
 export SEAM_TRACE_PRINTER=disabled
+export_mode="none (printer off, no OTLP endpoint)"
+if [ "${SEAM_BENCH_OTLP:-0}" = 1 ]; then
+  bench_otlp_sink 18481
+  export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:18481 OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
+  export_mode="OTLP/HTTP to a loopback sink (spans and metrics)"
+fi
 export SEAM_RUN_DIR=/run/seam-bench SEAM_PIN_DIR=/sys/fs/bpf/seam-bench
 start_seam() {
   SEAM_OPEN_PORT=$port "$here/../scripts/run" 2>>"$work/daemons.log" & stack=$!
@@ -89,9 +97,9 @@ total() { grep -o 'final counters.*' "$work/daemons.log" | grep -o " $1=[0-9]*" 
 spans=$(total spans)
 events_lost=$(total lost_events)
 
-python3 - "$work/rounds.txt" "$secs" "$rounds" "$req2" "$rps2" "${spans:-0}" "${events_lost:-0}" "$rss" <<'PY'
+python3 - "$work/rounds.txt" "$secs" "$rounds" "$req2" "$rps2" "${spans:-0}" "${events_lost:-0}" "$rss" "$export_mode" <<'PY'
 import statistics, sys
-path, secs, rounds, req2, rps2, spans, lost, rss = sys.argv[1:9]
+path, secs, rounds, req2, rps2, spans, lost, rss, export = sys.argv[1:10]
 tick = 1e6 / 100  # microseconds per clock tick
 rows = {"without": [], "with": []}
 for line in open(path):
@@ -107,7 +115,7 @@ def rng(kind, i):
 ratios = [w[1] / wo[1] for w, wo in zip(rows["with"], rows["without"])]
 added = [w[4] - wo[4] for w, wo in zip(rows["with"], rows["without"])]
 with_reqs = sum(r[0] for r in rows["with"])
-print(f"rounds x phase seconds   {rounds} x {secs}")
+print(f"rounds x phase seconds   {rounds} x {secs}; export: {export}")
 print(f"throughput without/with  {med('without',1):.0f} / {med('with',1):.0f} req/s (medians)")
 print(f"throughput ratio         median {statistics.median(ratios):.3f}  per round {' '.join(f'{x:.3f}' for x in ratios)}")
 print(f"cpu per request          without {med('without',4):.2f} us ({rng('without',4)}), with {med('with',4):.2f} us ({rng('with',4)})")
