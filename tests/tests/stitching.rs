@@ -489,6 +489,12 @@ fn chain_under_load(middle_file: &str, middle_mode: &str) -> (usize, usize) {
         let (Some(id), Some(pos)) = (request_id(s), position(s)) else {
             panic!("span outside the chain: {:?}", s.span.name);
         };
+        // every hop's spans carry its own service.name, even the first requests' (discover's
+        // description can trail them)
+        if pos > 0 {
+            let service = ["front", "middle", "back"][(pos - 1) / 2];
+            assert_eq!(s.service(), service, "span at position {pos}");
+        }
         let slot = &mut by_request.entry(id).or_default()[pos];
         assert!(slot.is_none(), "two spans at one hop of one request");
         *slot = Some(s);
