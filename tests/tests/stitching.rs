@@ -736,3 +736,121 @@ fn an_sdk_instrumented_hop_and_seam_form_one_connected_trace() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn incoming_traceparent_is_continued_when_valid_and_replaced_when_invalid() {
+    if !require_root() {
+        return;
+    }
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+    // (header values sent by curl, whether the chain must continue TRACE)
+    let cases: Vec<(Vec<String>, bool)> = vec![
+        (vec![format!("00-{TRACE}-{PARENT}-01")], true),
+        (vec![format!("cc-{TRACE}-{PARENT}-01-future-fields")], true),
+        (vec![format!("  00-{TRACE}-{PARENT}-01  ")], true),
+        (vec![format!("00-{}-{PARENT}-01", "0".repeat(32))], false),
+        (vec![format!("00-{TRACE}-{}-01", "0".repeat(16))], false),
+        (
+            vec![format!("00-{}-{PARENT}-01", TRACE.to_uppercase())],
+            false,
+        ),
+        (vec![format!("ff-{TRACE}-{PARENT}-01")], false),
+        (vec![format!("00-{TRACE}-{PARENT}-01-extra")], false),
+        (vec![format!("00-{}-{PARENT}-01", &TRACE[1..])], false),
+        (vec![format!("00-{TRACE}-{}-01", &PARENT[1..])], false),
+        (vec![format!("00-{TRACE}-{}z-01", &PARENT[1..])], false),
+        (vec![format!("0-{TRACE}-{PARENT}-01")], false),
+        (
+            vec![
+                format!("00-{TRACE}-{PARENT}-01"),
+                format!("00-{TRACE}-{PARENT}-01"),
+            ],
+            false,
+        ),
+    ];
+    let dir = std::env::temp_dir().join(format!("seam-tp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("log dir");
+    let ports = [free_port(), free_port(), free_port()];
+    let url = |p: u16| format!("http://127.0.0.1:{p}");
+    let apps = [
+        hop(
+            "hop.py",
+            "back",
+            ports[2],
+            "-",
+            "thread",
+            &dir.join("b.log"),
+        ),
+        hop(
+            "hop.py",
+            "middle",
+            ports[1],
+            &url(ports[2]),
+            "thread",
+            &dir.join("m.log"),
+        ),
+        hop(
+            "hop.py",
+            "front",
+            ports[0],
+            &url(ports[1]),
+            "thread",
+            &dir.join("f.log"),
+        ),
+    ];
+    for p in ports {
+        wait_port(p, Duration::from_secs(10)).expect("hop listens");
+    }
+    let script: String = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (headers, _))| {
+            let h: String = headers
+                .iter()
+                .map(|v| format!(" -H 'traceparent: {v}'"))
+                .collect();
+            format!(
+                "curl -s -o /dev/null{h} http://127.0.0.1:{}/r/{i}; ",
+                ports[0]
+            )
+        })
+        .collect();
+    let rx = OtlpReceiver::start().expect("collector");
+    let client = GatedShell::new(&script).expect("client");
+    let mut env = selector_env(&ports, &[client.pid()]);
+    env.extend(rx.exporter_env("grpc"));
+    let stack = Stack::start(&env).expect("stack");
+    for pid in apps.iter().map(Proc::pid).chain([client.pid()]) {
+        stack.wait_target(pid).expect("targeted");
+    }
+    client.run().expect("curl ran");
+    let spans = rx.wait_for(Duration::from_secs(20), |s| s.len() >= 6 * cases.len());
+    assert_eq!(spans.len(), 6 * cases.len(), "{}", stack.all_logs());
+    for (i, (headers, valid)) in cases.iter().enumerate() {
+        let id = format!("/r/{i}");
+        let of: Vec<&ReceivedSpan> = spans
+            .iter()
+            .filter(|s| request_id(s).as_deref() == Some(id.as_str()))
+            .collect();
+        assert_eq!(of.len(), 6, "{headers:?}: six spans");
+        let trace = hex(&of[0].span.trace_id);
+        assert!(
+            of.iter().all(|s| hex(&s.span.trace_id) == trace),
+            "{headers:?}: one trace"
+        );
+        let front = of
+            .iter()
+            .find(|s| s.is_server() && s.service() == "front")
+            .expect("front server span");
+        if *valid {
+            assert_eq!(trace, TRACE, "{headers:?} continues the caller's trace");
+            assert_eq!(hex(&front.span.parent_span_id), PARENT, "{headers:?}");
+        } else {
+            assert_ne!(trace, TRACE, "{headers:?} starts a fresh trace");
+            assert_ne!(hex(&front.span.parent_span_id), PARENT, "{headers:?}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
