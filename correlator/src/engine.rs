@@ -196,6 +196,15 @@ impl MonotonicClock {
         }
     }
 
+    /// Takes a fresh reading only when the wall clock moved by more than a millisecond: each
+    /// reading pairs two clock reads, and their jitter alone would reorder spans that started
+    /// in the same instant (pipelined requests read together).
+    pub fn follow(&mut self, fresh: Self) {
+        if (fresh.offset_ns - self.offset_ns).abs() > 1_000_000 {
+            *self = fresh;
+        }
+    }
+
     pub fn monotonic_now_ns() -> u64 {
         clock_ns(nix::time::ClockId::CLOCK_MONOTONIC) as u64
     }
@@ -579,7 +588,7 @@ impl Engine {
         idle_ns: u64,
         out: &mut Vec<(u32, SpanRecord)>,
     ) {
-        self.clock = MonotonicClock::now();
+        self.clock.follow(MonotonicClock::now());
         let expired: Vec<u64> = self
             .conns
             .iter()
@@ -1041,6 +1050,21 @@ mod tests {
         assert_eq!((call.trace_id, callee.trace_id), (a.trace_id, a.trace_id));
         assert_eq!(callee.parent_span_id, Some(call.span_id));
         assert!(!call.parent_is_remote);
+    }
+
+    #[test]
+    fn the_clock_ignores_reading_jitter_but_follows_wall_clock_steps() {
+        let mut c = MonotonicClock {
+            offset_ns: 1_000_000_000,
+        };
+        c.follow(MonotonicClock {
+            offset_ns: 1_000_000_040,
+        });
+        assert_eq!(c.unix_nanos(5), 1_000_000_005);
+        c.follow(MonotonicClock {
+            offset_ns: 1_500_000_000,
+        });
+        assert_eq!(c.unix_nanos(5), 1_500_000_005);
     }
 
     #[test]
