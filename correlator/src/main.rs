@@ -248,6 +248,10 @@ fn counter_sum(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
 #[derive(Debug, Default)]
 struct CommNames(HashMap<u32, (String, Instant)>);
 
+/// Spans per batch to the exporter: under ~100 KB, so neither side's allocator maps fresh pages
+/// for each one.
+const SPANS_PER_BATCH: usize = 512;
+
 /// How long a new process's spans wait for discover's description before going out under the
 /// kernel's name for it: discover's message can trail a process's first requests.
 const IDENTITY_WAIT: Duration = Duration::from_secs(1);
@@ -323,6 +327,7 @@ fn consume(
     let mut dropped_spans = 0u64;
     let mut last_flush = Instant::now();
     let mut last_report = Instant::now();
+    let mut reports = 0u64;
     let mut lost_seen = 0u64;
     let mut comms = CommNames::default();
     loop {
@@ -340,6 +345,10 @@ fn consume(
                 None => {}
             }
         }
+        if last_flush.elapsed() < FLUSH && ready.len() >= SPANS_PER_BATCH {
+            // A full batch goes at once: waiting for the tick would hold 100 ms of spans in memory.
+            dropped_spans += flush(&mut ready, &services, &comms, &tx);
+        }
         if last_flush.elapsed() >= FLUSH {
             last_flush = Instant::now();
             engine.sweep(
@@ -352,6 +361,12 @@ fn consume(
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
+            reports += 1;
+            if reports % 10 == 0 {
+                // Bursts leave the allocator holding freed pages; hand them back now and then.
+                // SAFETY: malloc_trim only releases free heap memory.
+                unsafe { libc::malloc_trim(0) };
+            }
             let lost = counter_sum(&counters, seam_abi::CNT_RINGBUF_FULL);
             if lost > lost_seen {
                 tracing::warn!(
@@ -397,13 +412,11 @@ fn flush(
         by_pid.entry(pid).or_default().push(span);
     }
     *ready = waiting;
-    // Batches stay under ~100 KB so neither side's allocator maps fresh pages for each one.
-    const MAX_BATCH: usize = 512;
     let mut dropped = 0;
     for (pid, mut spans) in by_pid {
         let service = identity(&described, comms, pid);
         while !spans.is_empty() {
-            let rest = spans.split_off(spans.len().min(MAX_BATCH));
+            let rest = spans.split_off(spans.len().min(SPANS_PER_BATCH));
             let n = spans.len() as u64;
             let batch = SpanBatch {
                 service: service.clone(),
