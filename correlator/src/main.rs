@@ -362,7 +362,7 @@ fn consume(
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
             reports += 1;
-            if reports % 10 == 0 {
+            if reports.is_multiple_of(10) {
                 // Bursts leave the allocator holding freed pages; hand them back now and then.
                 // SAFETY: malloc_trim only releases free heap memory.
                 unsafe { libc::malloc_trim(0) };
