@@ -328,6 +328,7 @@ fn consume(
     let mut last_flush = Instant::now();
     let mut last_report = Instant::now();
     let mut reports = 0u64;
+    let mut still_waiting = 0usize;
     let mut lost_seen = 0u64;
     let mut comms = CommNames::default();
     loop {
@@ -345,9 +346,11 @@ fn consume(
                 None => {}
             }
         }
-        if last_flush.elapsed() < FLUSH && ready.len() >= SPANS_PER_BATCH {
-            // A full batch goes at once: waiting for the tick would hold 100 ms of spans in memory.
+        // A full batch of new spans goes at once: waiting for the tick would hold 100 ms of spans
+        // in memory. (Spans still waiting for a new process's description do not count.)
+        if last_flush.elapsed() < FLUSH && ready.len() >= still_waiting + SPANS_PER_BATCH {
             dropped_spans += flush(&mut ready, &services, &comms, &tx);
+            still_waiting = ready.len();
         }
         if last_flush.elapsed() >= FLUSH {
             last_flush = Instant::now();
@@ -358,6 +361,7 @@ fn consume(
                 &mut ready,
             );
             dropped_spans += flush(&mut ready, &services, &comms, &tx);
+            still_waiting = ready.len();
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
