@@ -40,12 +40,7 @@ async def main():
 asyncio.run(main())
 PY
 ) & apps+=($!)
-for p in "${ports[@]}"; do
-  for _ in $(seq 50); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break
-    sleep 0.1
-  done
-done
+for p in "${ports[@]}"; do bench_wait_port "$p"; done
 
 export SEAM_TRACE_PRINTER=disabled SEAM_OPEN_RESPONSE_TIMEOUT=5
 export SEAM_RUN_DIR=/run/seam-bench SEAM_PIN_DIR=/sys/fs/bpf/seam-bench

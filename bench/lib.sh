@@ -53,8 +53,13 @@ class Sink(http.server.BaseHTTPRequestHandler):
         self.end_headers()
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
 PY
+  bench_wait_port "$1"
+}
+
+# bench_wait_port PORT: until something accepts connections on 127.0.0.1:PORT (5 s at most).
+bench_wait_port() {
   for _ in $(seq 50); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && break
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return
     sleep 0.1
   done
 }

@@ -243,18 +243,13 @@ fn counter_sum(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
 }
 
 /// Names of processes discover never described (children a target forked), read at first sight
-/// because a short-lived child may be gone by the time its spans are flushed; and when each was
-/// first seen, so spans can wait a moment for discover's description.
+/// because a short-lived child may be gone by the time its spans are flushed.
 #[derive(Debug, Default)]
-struct CommNames(HashMap<u32, (String, Instant)>);
+struct CommNames(HashMap<u32, String>);
 
 /// Spans per batch to the exporter: under ~100 KB, so neither side's allocator maps fresh pages
 /// for each one.
 const SPANS_PER_BATCH: usize = 512;
-
-/// How long a new process's spans wait for discover's description before going out under the
-/// kernel's name for it: discover's message can trail a process's first requests.
-const IDENTITY_WAIT: Duration = Duration::from_secs(1);
 
 impl CommNames {
     const MAX: usize = 16_384;
@@ -264,8 +259,7 @@ impl CommNames {
         let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
         let name = String::from_utf8_lossy(&comm[..end]).into_owned();
         if !name.is_empty() {
-            let seen = self.0.get(&pid).map_or_else(Instant::now, |(_, t)| *t);
-            self.0.insert(pid, (name, seen));
+            self.0.insert(pid, name);
         }
     }
 
@@ -281,16 +275,7 @@ impl CommNames {
             "" => "unknown_service".to_string(),
             c => c.to_string(),
         };
-        self.0.insert(pid, (name, Instant::now()));
-    }
-
-    fn name(&self, pid: u32) -> Option<&str> {
-        self.0.get(&pid).map(|(n, _)| n.as_str())
-    }
-
-    /// First seen less than `wait` ago.
-    fn is_new(&self, pid: u32, wait: Duration) -> bool {
-        self.0.get(&pid).is_some_and(|(_, t)| t.elapsed() < wait)
+        self.0.insert(pid, name);
     }
 }
 
@@ -300,7 +285,11 @@ fn identity(
     pid: u32,
 ) -> ServiceIdentity {
     described.get(&pid).cloned().unwrap_or_else(|| {
-        let name = comms.name(pid).unwrap_or("unknown_service").to_string();
+        let name = comms
+            .0
+            .get(&pid)
+            .map_or("unknown_service", String::as_str)
+            .to_string();
         ServiceIdentity {
             service_name: name.clone(),
             instance_id: format!("{pid}"),
@@ -328,7 +317,6 @@ fn consume(
     let mut last_flush = Instant::now();
     let mut last_report = Instant::now();
     let mut reports = 0u64;
-    let mut still_waiting = 0usize;
     let mut lost_seen = 0u64;
     let mut comms = CommNames::default();
     loop {
@@ -346,11 +334,9 @@ fn consume(
                 None => {}
             }
         }
-        // A full batch of new spans goes at once: waiting for the tick would hold 100 ms of spans
-        // in memory. (Spans still waiting for a new process's description do not count.)
-        if last_flush.elapsed() < FLUSH && ready.len() >= still_waiting + SPANS_PER_BATCH {
+        // A full batch goes at once: waiting for the tick would hold 100 ms of spans in memory.
+        if last_flush.elapsed() < FLUSH && ready.len() >= SPANS_PER_BATCH {
             dropped_spans += flush(&mut ready, &services, &comms, &tx);
-            still_waiting = ready.len();
         }
         if last_flush.elapsed() >= FLUSH {
             last_flush = Instant::now();
@@ -361,7 +347,6 @@ fn consume(
                 &mut ready,
             );
             dropped_spans += flush(&mut ready, &services, &comms, &tx);
-            still_waiting = ready.len();
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
@@ -407,15 +392,9 @@ fn flush(
     }
     let described = services.lock().unwrap_or_else(|p| p.into_inner());
     let mut by_pid: HashMap<u32, Vec<SpanRecord>> = HashMap::new();
-    let mut waiting = Vec::new();
     for (pid, span) in ready.drain(..) {
-        if !described.contains_key(&pid) && comms.is_new(pid, IDENTITY_WAIT) {
-            waiting.push((pid, span));
-            continue;
-        }
         by_pid.entry(pid).or_default().push(span);
     }
-    *ready = waiting;
     let mut dropped = 0;
     for (pid, mut spans) in by_pid {
         let service = identity(&described, comms, pid);
@@ -468,75 +447,5 @@ async fn ship(mut rx: mpsc::Receiver<ExporterRequest>) {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn span() -> SpanRecord {
-        SpanRecord {
-            trace_id: [1; 16],
-            span_id: [2; 8],
-            parent_span_id: None,
-            trace_flags: 1,
-            tracestate: String::new(),
-            parent_is_remote: false,
-            name: "GET".into(),
-            kind: seam_proto::msg::SpanKind::Server,
-            start_unix_nanos: 1,
-            end_unix_nanos: 2,
-            status: seam_proto::msg::SpanStatus::Unset,
-            attributes: Vec::new(),
-        }
-    }
-
-    fn sent(rx: &mut mpsc::Receiver<ExporterRequest>) -> Vec<String> {
-        let mut names = Vec::new();
-        while let Ok(ExporterRequest::Spans(b)) = rx.try_recv() {
-            names.push(b.service.service_name);
-        }
-        names
-    }
-
-    #[test]
-    fn a_new_process_spans_wait_for_discovers_description() {
-        let pid = std::process::id();
-        let services: Services = Arc::default();
-        let mut comms = CommNames::default();
-        comms.note(pid);
-        let (tx, mut rx) = mpsc::channel(8);
-        let mut ready = vec![(pid, span())];
-        assert_eq!(flush(&mut ready, &services, &comms, &tx), 0);
-        assert!(sent(&mut rx).is_empty(), "held while the process is new");
-        assert_eq!(ready.len(), 1);
-        services.lock().expect("lock").insert(
-            pid,
-            ServiceIdentity {
-                service_name: "described".into(),
-                pid,
-                ..ServiceIdentity::default()
-            },
-        );
-        flush(&mut ready, &services, &comms, &tx);
-        assert_eq!(sent(&mut rx), vec!["described".to_string()]);
-        assert!(ready.is_empty());
-    }
-
-    #[test]
-    fn an_undescribed_process_goes_out_under_its_kernel_name_after_the_wait() {
-        let pid = std::process::id();
-        let services: Services = Arc::default();
-        let mut comms = CommNames::default();
-        comms.note(pid);
-        if let Some((_, seen)) = comms.0.get_mut(&pid) {
-            *seen -= IDENTITY_WAIT;
-        }
-        let (tx, mut rx) = mpsc::channel(8);
-        let mut ready = vec![(pid, span())];
-        flush(&mut ready, &services, &comms, &tx);
-        let comm = std::fs::read_to_string("/proc/self/comm").expect("comm");
-        assert_eq!(sent(&mut rx), vec![comm.trim().to_string()]);
     }
 }

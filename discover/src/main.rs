@@ -294,12 +294,19 @@ async fn run(cfg: DiscoveryConfig) -> Result<()> {
                 added.iter().map(|i| i.pid).collect()
             }
         };
-        let l: Vec<LoaderRequest> = adds(!loader_synced)
+        // Capture starts only once the correlator has been told who a target is (it may not be
+        // up yet at start-up); exits are passed on regardless, so a reused pid is never captured.
+        let loader_adds = if correlator_synced {
+            adds(!loader_synced)
+        } else {
+            Vec::new()
+        };
+        let l: Vec<LoaderRequest> = loader_adds
             .into_iter()
             .map(|pid| LoaderRequest::AddTarget { pid })
             .chain(gone.iter().map(|&pid| LoaderRequest::RemoveTarget { pid }))
             .collect();
-        loader_synced = loader.send_all(&l).await;
+        loader_synced = loader.send_all(&l).await && correlator_synced;
         let c: Vec<CtxpropRequest> = adds(!ctxprop_synced)
             .into_iter()
             .map(|pid| CtxpropRequest::AddTarget { pid })

@@ -1,7 +1,7 @@
 //! Same-host stitching on real processes: curl → Python front → Node middle → Python back.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -253,30 +253,26 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Runs `handoff.py` in `mode` under 16 concurrent clients and checks every linked call against
+/// Runs `hop.py` in `mode` under 16 concurrent clients and checks every linked call against
 /// the request it names; returns (linked, total).
 fn handoff_under_concurrency(mode: &str) -> (usize, usize) {
     const THREADS: usize = 16;
     const EACH: usize = 10;
-    let back = free_port();
-    let _back = seam_tests::start_server("python3", "pyserver.py", back, "leaf").expect("back");
+    let (back, port) = (free_port(), free_port());
+    let none = Path::new("/dev/null");
+    let _back = hop("hop.py", "leaf", back, "-", "thread", none);
+    let handoff = hop(
+        "hop.py",
+        "handoff",
+        port,
+        &format!("http://127.0.0.1:{back}"),
+        mode,
+        none,
+    );
+    for p in [back, port] {
+        wait_port(p, Duration::from_secs(10)).expect("listens");
+    }
     let rx = OtlpReceiver::start().expect("collector");
-    let port = free_port();
-    let child = Command::new("python3")
-        .arg(seam_tests::fixture("handoff.py"))
-        .args([
-            port.to_string(),
-            format!("http://127.0.0.1:{back}"),
-            mode.to_string(),
-        ])
-        .env("OTEL_SERVICE_NAME", "handoff")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("handoff");
-    let handoff = Proc { child };
-    wait_port(port, Duration::from_secs(10)).expect("listens");
     let mut env = selector_env(&[port], &[]);
     env.extend(rx.exporter_env("grpc"));
     let stack = Stack::start(&env).expect("stack");
@@ -306,11 +302,9 @@ fn handoff_under_concurrency(mode: &str) -> (usize, usize) {
     );
     let (mut linked, mut wrong) = (0, 0);
     for c in &clients {
-        // ground truth: the call names the request it was made for
-        let url = c.attr("url.full").unwrap_or_default();
-        let for_path = url.split("for=").nth(1).unwrap_or("").replace("%2F", "/");
-        let truth = servers
-            .get(&for_path)
+        // ground truth: the service passes on the path of the request it makes the call for
+        let truth = request_id(c)
+            .and_then(|id| servers.get(&id))
             .expect("the request the call was made for");
         if c.span.parent_span_id.is_empty() {
             continue;
@@ -331,7 +325,7 @@ fn calls_handed_to_new_threads_link_to_their_request_under_concurrency() {
     if !require_root() {
         return;
     }
-    let (linked, total) = handoff_under_concurrency("thread");
+    let (linked, total) = handoff_under_concurrency("new-thread");
     assert_eq!(
         linked, total,
         "every call handed to a thread made for it is provably its request's child"
@@ -369,6 +363,41 @@ fn hop(file: &str, service: &str, port: u16, next: &str, mode: &str, log: &Path)
         .spawn()
         .expect("hop starts");
     Proc { child }
+}
+
+/// Front → middle → back, each logging to `dir`/{front,middle,back}.log, all listening; returns
+/// their ports (front first), the processes and the log paths.
+fn start_hops(
+    middle_file: &str,
+    middle_mode: &str,
+    dir: &Path,
+) -> ([u16; 3], [Proc; 3], [PathBuf; 3]) {
+    let logs = ["front", "middle", "back"].map(|s| dir.join(format!("{s}.log")));
+    let ports = [free_port(), free_port(), free_port()];
+    let url = |p: u16| format!("http://127.0.0.1:{p}");
+    let apps = [
+        hop("hop.py", "back", ports[2], "-", "thread", &logs[2]),
+        hop(
+            middle_file,
+            "middle",
+            ports[1],
+            &url(ports[2]),
+            middle_mode,
+            &logs[1],
+        ),
+        hop(
+            "hop.py",
+            "front",
+            ports[0],
+            &url(ports[1]),
+            "thread",
+            &logs[0],
+        ),
+    ];
+    for p in ports {
+        wait_port(p, Duration::from_secs(10)).expect("hop listens");
+    }
+    (ports, apps, logs)
 }
 
 /// What a service logged per request: id received, id sent, then the traceparent headers it got.
@@ -409,31 +438,7 @@ fn chain_under_load(middle_file: &str, middle_mode: &str) -> (usize, usize) {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("log dir");
-    let logs = ["front", "middle", "back"].map(|s| dir.join(format!("{s}.log")));
-    let ports = [free_port(), free_port(), free_port()];
-    let url = |p: u16| format!("http://127.0.0.1:{p}");
-    let apps = [
-        hop("hop.py", "back", ports[2], "-", "thread", &logs[2]),
-        hop(
-            middle_file,
-            "middle",
-            ports[1],
-            &url(ports[2]),
-            middle_mode,
-            &logs[1],
-        ),
-        hop(
-            "hop.py",
-            "front",
-            ports[0],
-            &url(ports[1]),
-            "thread",
-            &logs[0],
-        ),
-    ];
-    for p in ports {
-        wait_port(p, Duration::from_secs(10)).expect("hop listens");
-    }
+    let (ports, apps, logs) = start_hops(middle_file, middle_mode, &dir);
     let rx = OtlpReceiver::start().expect("collector");
     let client = GatedShell::new(&format!(
         "python3 {} {} {TOTAL} {CONCURRENCY}",
@@ -652,7 +657,6 @@ fn an_sdk_instrumented_hop_and_seam_form_one_connected_trace() {
     }
     let log = service_log(&back_log);
     assert_eq!(log.len(), N, "back served every request");
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let mut ids = std::collections::HashSet::new();
     for (i, (trace, caller)) in headers.iter().enumerate() {
         let path = format!("/r/{i}");
@@ -772,37 +776,7 @@ fn incoming_traceparent_is_continued_when_valid_and_replaced_when_invalid() {
     let dir = std::env::temp_dir().join(format!("seam-tp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("log dir");
-    let ports = [free_port(), free_port(), free_port()];
-    let url = |p: u16| format!("http://127.0.0.1:{p}");
-    let apps = [
-        hop(
-            "hop.py",
-            "back",
-            ports[2],
-            "-",
-            "thread",
-            &dir.join("b.log"),
-        ),
-        hop(
-            "hop.py",
-            "middle",
-            ports[1],
-            &url(ports[2]),
-            "thread",
-            &dir.join("m.log"),
-        ),
-        hop(
-            "hop.py",
-            "front",
-            ports[0],
-            &url(ports[1]),
-            "thread",
-            &dir.join("f.log"),
-        ),
-    ];
-    for p in ports {
-        wait_port(p, Duration::from_secs(10)).expect("hop listens");
-    }
+    let (ports, apps, _) = start_hops("hop.py", "thread", &dir);
     let script: String = cases
         .iter()
         .enumerate()
