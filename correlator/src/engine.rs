@@ -3,7 +3,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use seam_abi::{Event, Tuple, AF_INET, DIR_INGRESS, EV_CLOSE, EV_DATA, EV_EXEC, EV_EXIT, EV_SPAWN};
+use seam_abi::{
+    Event, Injected, Tuple, AF_INET, DIR_INGRESS, EV_CLOSE, EV_DATA, EV_EXEC, EV_EXIT, EV_INJECTED,
+    EV_SPAWN, INJ_CHILD,
+};
 use seam_proto::msg::SpanRecord;
 
 use crate::conn::{Chunk, Conn, Dir, Exchange, Side, Started};
@@ -25,6 +28,11 @@ pub struct EngineCounters {
     pub orphan_responses: u64,
     pub truncated_starts: u64,
     pub expired_responses: u64,
+    /// Client spans whose ids ctxprop put on the wire.
+    pub injected_spans: u64,
+    /// Of those, ones the kernel made children of a server request this engine could not match
+    /// (kept as their own trace: the ids on the wire cannot change).
+    pub injected_unlinked: u64,
 }
 
 /// Trace context of one request of a connection, from its start until its span is built.
@@ -246,6 +254,8 @@ pub struct Engine {
     handed: IdMap<u32, Handoff>,
     /// Calls by such threads, held until the thread proves dedicated to its request.
     handoffs: Handoffs,
+    /// What ctxprop injected into the next request on a connection, reported just before it.
+    injected: IdMap<u64, Injected>,
     pub counters: EngineCounters,
 }
 
@@ -276,6 +286,7 @@ impl Engine {
             started: Vec::new(),
             handed: IdMap::default(),
             handoffs: Handoffs::default(),
+            injected: IdMap::default(),
             counters: EngineCounters::default(),
         }
     }
@@ -330,8 +341,16 @@ impl Engine {
                     self.on_started(ev.conn_id, st);
                 }
                 self.started = started;
+                // an injection is reported right before its request's event: never later
+                self.injected.remove(&ev.conn_id);
                 self.finish_exchanges(ev.conn_id, out);
             }
+            EV_INJECTED => match Injected::parse(payload) {
+                Some(inj) => {
+                    self.injected.insert(ev.conn_id, inj);
+                }
+                None => self.counters.malformed_records += 1,
+            },
             EV_CLOSE => {
                 if let Some(entry) = self.conns.get_mut(&ev.conn_id) {
                     entry.conn.on_close(&mut self.exchanges);
@@ -374,9 +393,11 @@ impl Engine {
             }
             Side::Client => {
                 // The app's own header carries the app's decision; a child inherits its parent's.
-                let ctx = match &header {
-                    Some((h, state)) => SpanCtx::adopting(h, state.clone()),
-                    None => match self.in_process_parent(st.tid, st.start_ns) {
+                let injected = self.injected.remove(&conn_id);
+                let ctx = match (&header, injected) {
+                    (Some((h, state)), _) => SpanCtx::adopting(h, state.clone()),
+                    (None, Some(inj)) => self.as_injected(st.tid, st.start_ns, &inj),
+                    (None, None) => match self.in_process_parent(st.tid, st.start_ns) {
                         Some(InProcess::Serving((c, s))) => {
                             SpanCtx::child_of(&self.resolve(c, s), false)
                         }
@@ -416,6 +437,58 @@ impl Engine {
                 },
             );
         }
+    }
+
+    /// A client span whose context is already on the wire: its ids, trace and sampling are the
+    /// injected ones. The kernel made it a child of the sending thread's one server request, or a
+    /// new trace; the same request here becomes its parent (and, when it had no context of its
+    /// own yet, takes the injected trace). A created thread's call is never held for its request:
+    /// its callee already continues the injected trace.
+    fn as_injected(&mut self, tid: u32, start_ns: u64, inj: &Injected) -> SpanCtx {
+        self.counters.injected_spans += 1;
+        let mut ctx = SpanCtx {
+            trace_id: inj.trace_id,
+            span_id: inj.span_id,
+            parent_span_id: None,
+            flags: inj.flags,
+            tracestate: String::new(),
+            parent_is_remote: false,
+        };
+        if inj.kind != INJ_CHILD {
+            return ctx;
+        }
+        let parent = match self.in_process_parent(tid, start_ns) {
+            Some(InProcess::Serving((c, s))) => Some(self.resolve_in_trace(c, s, inj.trace_id)),
+            _ => None,
+        };
+        match parent {
+            Some(p) if p.trace_id == inj.trace_id => {
+                ctx.parent_span_id = Some(p.span_id);
+                ctx.tracestate = p.tracestate;
+            }
+            _ => self.counters.injected_unlinked += 1,
+        }
+        ctx
+    }
+
+    /// Settles a server request whose trace the kernel already started for one of its calls: a
+    /// request with no context of its own becomes that trace's root.
+    fn resolve_in_trace(&mut self, conn_id: u64, seq: u64, trace_id: [u8; 16]) -> SpanCtx {
+        if let Some(req) = self
+            .conns
+            .get_mut(&conn_id)
+            .and_then(|e| e.reqs.get_mut(&seq))
+        {
+            if req.ctx.is_none() && req.header.is_none() {
+                let ctx = SpanCtx {
+                    trace_id,
+                    ..SpanCtx::root()
+                };
+                req.ctx = Some(ctx.clone());
+                return ctx;
+            }
+        }
+        self.resolve(conn_id, seq)
     }
 
     /// The request a thread works for: the one it serves, when it serves exactly one; or the one

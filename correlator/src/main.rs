@@ -159,6 +159,8 @@ fn run(args: Args, links: LinkConfig) -> Result<()> {
         orphan_responses = e.orphan_responses,
         truncated_starts = e.truncated_starts,
         expired_responses = e.expired_responses,
+        injected_spans = e.injected_spans,
+        injected_unlinked = e.injected_unlinked,
         "final counters"
     );
     drop(consumer);
@@ -167,22 +169,11 @@ fn run(args: Args, links: LinkConfig) -> Result<()> {
 
 /// The loader may start after the correlator (or restart): wait for its pins instead of failing.
 fn wait_for_pins(pin_dir: &Path, patience: Duration) -> Result<RingBuf<MapData>> {
-    let start = Instant::now();
-    let mut said = false;
-    loop {
-        let missing = !pin_dir.join("events").exists() || !pin_dir.join("counters").exists();
-        if !missing {
-            return open_ring(pin_dir);
-        }
-        if start.elapsed() >= patience {
-            return open_ring(pin_dir).context("the loader's pins never appeared");
-        }
-        if !said {
-            tracing::info!(pin_dir = %pin_dir.display(), "waiting for the loader's pins");
-            said = true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let pins = [pin_dir.join("events"), pin_dir.join("counters")];
+    if !seam_proto::lifecycle::wait_for_paths(&pins, patience) {
+        return open_ring(pin_dir).context("the loader's pins never appeared");
     }
+    open_ring(pin_dir)
 }
 
 fn open_ring(pin_dir: &Path) -> Result<RingBuf<MapData>> {

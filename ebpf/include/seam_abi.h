@@ -16,6 +16,8 @@ enum seam_event_kind {
 	SEAM_EV_EXEC = 3, /* a target exec'd; payload is its new comm (16 bytes) */
 	SEAM_EV_SPAWN = 4, /* a target's thread (tid) created a thread or process; `bytes` is its tid */
 	SEAM_EV_EXIT = 5,  /* a target's thread (tid) exited */
+	SEAM_EV_INJECTED = 6, /* the request that follows on conn_id went out with this context
+			       * (payload: struct seam_injected) */
 };
 
 enum seam_direction {
@@ -75,6 +77,40 @@ enum seam_counter {
 	SEAM_CNT_MAX = 2,
 };
 
+/* What ctxprop's sk_msg program put on the wire for one outgoing request, handed from the
+ * sending thread to the capture's send hook, which reports it just before the request. */
+enum seam_injected_kind {
+	SEAM_INJ_CHILD = 1, /* child of the one server request the sending thread works for */
+	SEAM_INJ_ROOT = 2,  /* the thread works for no request, or for several: a new trace */
+};
+
+struct seam_injected {
+	__u8 trace_id[16];
+	__u8 span_id[8]; /* the client span's id: the callee's parent */
+	__u8 flags;
+	__u8 kind;
+	__u16 local_port; /* host byte order: which of the thread's connections */
+	__u32 pad;
+};
+
+/* Per thread: the server request it works for, kept by the capture for ctxprop's injection. */
+enum seam_serving_state {
+	SEAM_CTX_NONE = 0,      /* no valid incoming traceparent (yet): a trace is made at the first call */
+	SEAM_CTX_HEADER = 1,    /* continues the request's valid traceparent */
+	SEAM_CTX_GENERATED = 2, /* a trace made by the first injected call */
+	SEAM_CTX_AMBIGUOUS = 3, /* several requests overlapped on the thread: calls are new traces */
+};
+
+struct seam_serving {
+	__u8 trace_id[16];
+	__u8 flags;
+	__u8 state;
+	__u16 open; /* requests this thread received and not answered yet */
+	__u32 pad;
+};
+
+_Static_assert(sizeof(struct seam_injected) == 32, "seam_injected layout");
+_Static_assert(sizeof(struct seam_serving) == 24, "seam_serving layout");
 _Static_assert(sizeof(struct seam_tuple) == 40, "seam_tuple layout");
 _Static_assert(sizeof(struct seam_event) == 112, "seam_event layout");
 

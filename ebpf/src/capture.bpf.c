@@ -8,6 +8,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include "seam_abi.h"
+#include "seam_prop_maps.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -16,6 +17,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define IPPROTO_TCP 6
 #define MSG_PEEK 2
 #define TCP_CLOSE 7
+#define TCP_SYN_SENT 2
 #define MAX_IOV 4
 
 /* x86_64 syscall numbers whose arguments describe the bytes moved. */
@@ -111,7 +113,9 @@ struct conn_info {
 	struct seam_tuple tuple;
 	__u8 flags;
 	__u8 misses;
-	__u8 pad[6];
+	__u8 open_reqs;   /* requests received here and not answered yet (while ctxprop injects) */
+	__u8 pad;
+	__u32 serving_tid; /* the thread that received the last of them */
 };
 
 /* Keyed by the kernel's struct sock address; an entry ends when the socket reaches TCP_CLOSE. */
@@ -133,6 +137,12 @@ struct {
 struct scratch {
 	struct seam_event ev;
 	__u8 payload[SEAM_MAX_CAPTURE * 2];
+	/* traceparent headers in the payload, and where the first one's value starts: kept here,
+	 * not on the stack, so the verifier does not track each value the scan may leave */
+	__u32 tp_found;
+	__u32 tp_value;
+	__u8 tp_bytes[32]; /* version, trace id, parent id, flags: decoded */
+	__u32 tp_bad;
 };
 
 struct {
@@ -141,6 +151,18 @@ struct {
 	__type(key, __u32);
 	__type(value, struct scratch);
 } seam_scratch SEC(".maps");
+
+struct injected_record {
+	struct seam_event ev;
+	struct seam_injected inj;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct injected_record);
+} seam_injected_scratch SEC(".maps");
 
 enum io_kind {
 	IO_FLAT = 1,   /* read/write/recvfrom/sendto: one buffer */
@@ -390,6 +412,188 @@ static __always_inline void report_close(struct conn_info *ci, __u32 pid, __u64 
 	emit(s, 0);
 }
 
+
+static __always_inline int propagation_on(void)
+{
+	__u32 zero = 0;
+	__u32 *on = bpf_map_lookup_elem(&seam_prop_on, &zero);
+	return on && *on;
+}
+
+#define PMASK (SEAM_MAX_CAPTURE * 2 - 1)
+#define PB(s, o) ((s)->payload[(o) & PMASK])
+#define LC(s, o) (PB(s, o) | 0x20)
+
+struct tp_scan {
+	struct scratch *s;
+	__u32 len;
+	__u32 value;
+};
+
+/* One byte of the header block: a line starting with "traceparent:" (any case) is counted. */
+static long tp_scan_step(__u64 i, void *ctx)
+{
+	struct tp_scan *t = ctx;
+	struct scratch *s = t->s;
+	if (!s || i + 13 > t->len)
+		return 1;
+	if (PB(s, i) != '\n')
+		return 0;
+	__u64 o = i + 1;
+	if (PB(s, o) == '\r')
+		return 1; /* the blank line: end of the headers */
+	if (LC(s, o) == 't' && LC(s, o + 1) == 'r' && LC(s, o + 2) == 'a' && LC(s, o + 3) == 'c' &&
+	    LC(s, o + 4) == 'e' && LC(s, o + 5) == 'p' && LC(s, o + 6) == 'a' && LC(s, o + 7) == 'r' &&
+	    LC(s, o + 8) == 'e' && LC(s, o + 9) == 'n' && LC(s, o + 10) == 't' && PB(s, o + 11) == ':') {
+		if (s->tp_found == 0)
+			s->tp_value = o + 12;
+		s->tp_found++;
+	}
+	return 0;
+}
+
+static __always_inline int hex_nibble(__u8 c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+/* Decodes the k-th hex pair of a traceparent value (0: version, 1-16: trace id, 17-24: parent
+ * id, 25: flags) into the scratch; any character that is not lowercase hex marks it bad. */
+static long tp_hex_step(__u64 k, void *ctx)
+{
+	struct tp_scan *t = ctx;
+	struct scratch *s = t->s;
+	if (!s)
+		return 1;
+	__u32 o = k == 0 ? 0 : k <= 16 ? 3 + 2 * (k - 1) : k <= 24 ? 36 + 2 * (k - 17) : 53;
+	int h = hex_nibble(PB(s, t->value + o));
+	int l = hex_nibble(PB(s, t->value + o + 1));
+	if (h < 0 || l < 0) {
+		s->tp_bad = 1;
+		return 1;
+	}
+	s->tp_bytes[k & 31] = (__u8)(h << 4 | l);
+	return 0;
+}
+
+/* The request's incoming context, by the same rules the correlator applies (W3C Trace Context
+ * level 1): exactly one traceparent, lowercase hex, no all-zero ids, version ff invalid, version
+ * 00 with nothing after the flags, a later version only with '-' after them. */
+static __always_inline void incoming_context(struct scratch *s, __u32 len, struct seam_serving *out)
+{
+	struct tp_scan t = {.s = s, .len = len};
+	s->tp_found = 0;
+	s->tp_value = 0;
+	bpf_loop(len, tp_scan_step, &t, 0);
+	if (s->tp_found != 1)
+		return;
+	__u32 v = s->tp_value;
+	for (int k = 0; k < 8; k++) {
+		if (v >= len || (PB(s, v) != ' ' && PB(s, v) != '\t'))
+			break;
+		v++;
+	}
+	if (v + 55 > len)
+		return;
+	if (PB(s, v + 2) != '-' || PB(s, v + 35) != '-' || PB(s, v + 52) != '-')
+		return;
+	t.value = v;
+	s->tp_bad = 0;
+	bpf_loop(26, tp_hex_step, &t, 0);
+	if (s->tp_bad || s->tp_bytes[0] == 0xff)
+		return;
+	int later_version = s->tp_bytes[0] != 0;
+	__u8 trace_any = 0, parent_any = 0;
+	for (int k = 1; k <= 16; k++)
+		trace_any |= s->tp_bytes[k];
+	for (int k = 17; k <= 24; k++)
+		parent_any |= s->tp_bytes[k];
+	if (!trace_any || !parent_any)
+		return;
+	__u32 p = v + 55;
+	if (!(later_version && p < len && PB(s, p) == '-')) {
+		for (int k = 0; k < 8; k++) {
+			if (p >= len || (PB(s, p) != ' ' && PB(s, p) != '\t'))
+				break;
+			p++;
+		}
+		if (p < len && PB(s, p) != '\r' && PB(s, p) != '\n')
+			return;
+	}
+	__builtin_memcpy(out->trace_id, &s->tp_bytes[1], 16);
+	out->flags = s->tp_bytes[25];
+	out->state = SEAM_CTX_HEADER;
+}
+
+/* A request arrived on ci for thread tid: the thread now works for it, alone or among others. */
+static __always_inline void serving_begin(struct conn_info *ci, __u32 tid, struct scratch *s,
+					  __u32 captured)
+{
+	struct seam_serving *sv = bpf_map_lookup_elem(&seam_serving, &tid);
+	if (sv && sv->open > 0) {
+		if (sv->open < 0xffff)
+			sv->open++;
+		sv->state = SEAM_CTX_AMBIGUOUS;
+	} else {
+		struct seam_serving fresh = {.open = 1};
+		incoming_context(s, captured, &fresh);
+		bpf_map_update_elem(&seam_serving, &tid, &fresh, BPF_ANY);
+	}
+	if (ci->open_reqs < 0xff)
+		ci->open_reqs++;
+	ci->serving_tid = tid;
+}
+
+/* n requests on ci are answered or given up. */
+static __always_inline void serving_end(struct conn_info *ci, __u8 n)
+{
+	if (n > ci->open_reqs)
+		n = ci->open_reqs;
+	if (n == 0)
+		return;
+	ci->open_reqs -= n;
+	struct seam_serving *sv = bpf_map_lookup_elem(&seam_serving, &ci->serving_tid);
+	if (sv)
+		sv->open = sv->open > n ? sv->open - n : 0;
+}
+
+/* Reports what ctxprop injected into the request this thread is sending on ci, just before the
+ * request's own event, so user space gives the client span exactly the ids on the wire. */
+static __always_inline void report_injected(struct conn_info *ci, __u32 pid, __u64 pid_tgid)
+{
+	__u32 tid = (__u32)pid_tgid;
+	struct seam_injected *inj = bpf_map_lookup_elem(&seam_injected, &tid);
+	if (!inj)
+		return;
+	__u32 zero = 0;
+	struct injected_record *r = bpf_map_lookup_elem(&seam_injected_scratch, &zero);
+	if (r && inj->local_port == ci->tuple.local_port) {
+		__builtin_memset(&r->ev, 0, sizeof(r->ev));
+		r->ev.kind = SEAM_EV_INJECTED;
+		r->ev.conn_id = ci->conn_id;
+		r->ev.pid = pid;
+		r->ev.tid = tid;
+		r->ev.start_ns = r->ev.end_ns = bpf_ktime_get_ns();
+		r->ev.tuple = ci->tuple;
+		r->ev.captured = sizeof(r->inj);
+		r->inj = *inj;
+		if (bpf_ringbuf_output(&seam_events, r, sizeof(*r), submit_flags()) == 0)
+			count(SEAM_CNT_EVENTS);
+		else
+			count(SEAM_CNT_RINGBUF_FULL);
+	}
+	bpf_map_delete_elem(&seam_injected, &tid);
+}
+
+static __always_inline int is_status_line(const __u8 *p)
+{
+	return p[0] == 'H' && p[1] == 'T' && p[2] == 'T' && p[3] == 'P' && p[4] == '/';
+}
+
 static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 direction)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -428,6 +632,15 @@ static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 
 	if (start) {
 		ci->flags |= CONN_HTTP;
 		s->ev.flags = SEAM_DATA_HTTP_START;
+		if (propagation_on()) {
+			int status = is_status_line(s->payload);
+			if (direction == SEAM_DIR_INGRESS && !status)
+				serving_begin(ci, (__u32)pid_tgid, s, captured);
+			else if (direction == SEAM_DIR_EGRESS && status && s->payload[9] != '1')
+				serving_end(ci, 1); /* a final response, not "100 Continue" */
+			else if (direction == SEAM_DIR_EGRESS && !status)
+				report_injected(ci, pid, pid_tgid);
+		}
 	} else {
 		captured = 0; /* a continuation ships counts and its tail only */
 	}
@@ -452,11 +665,26 @@ int on_recv(__u64 *ctx)
 	return on_sock_io((struct sock *)ctx[0], (int)ctx[1], (int)ctx[2], SEAM_DIR_INGRESS);
 }
 
+/* connect() by a target, in its own context: while ctxprop injects, the socket is marked so
+ * ctxprop's sockops takes it into the sockhash once established. */
+static __always_inline void mark_for_injection(struct sock *sk)
+{
+	if (!is_target(bpf_get_current_pid_tgid() >> 32) || !propagation_on())
+		return;
+	__u32 *m = bpf_sk_storage_get(&seam_prop_marked, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (m)
+		*m = 1;
+}
+
 /* tp_btf arguments: (const struct sock *sk, int oldstate, int newstate). A socket reaching
  * TCP_CLOSE ends its connection; its address may be reused by the next one. */
 SEC("tp_btf/inet_sock_set_state")
 int on_state(__u64 *ctx)
 {
+	if ((int)ctx[2] == TCP_SYN_SENT) {
+		mark_for_injection((struct sock *)ctx[0]);
+		return 0;
+	}
 	if ((int)ctx[2] != TCP_CLOSE)
 		return 0;
 	__u64 key = ctx[0];
@@ -465,6 +693,7 @@ int on_state(__u64 *ctx)
 		return 0;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	report_close(ci, pid_tgid >> 32, pid_tgid);
+	serving_end(ci, ci->open_reqs);
 	bpf_map_delete_elem(&seam_conns, &key);
 	return 0;
 }
@@ -548,7 +777,10 @@ int on_process_exit(void *ctx)
 		s->ev.start_ns = s->ev.end_ns = bpf_ktime_get_ns();
 		emit(s, 0);
 	}
-	if ((__u32)pid_tgid == pid)
+	__u32 tid = (__u32)pid_tgid;
+	bpf_map_delete_elem(&seam_serving, &tid);
+	bpf_map_delete_elem(&seam_injected, &tid);
+	if (tid == pid)
 		bpf_map_delete_elem(&seam_targets, &pid);
 	return 0;
 }

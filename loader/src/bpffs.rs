@@ -14,6 +14,11 @@ pub const PINS: &[(&str, &str, u32)] = &[
     (names::EVENTS, "events", 0o660),
     (names::COUNTERS, "counters", 0o640),
     (names::TARGETS, "targets", 0o600),
+    // shared with ctxprop (group seam), which injects from and reports into them
+    (names::SERVING, "serving", 0o660),
+    (names::INJECTED, "injected", 0o660),
+    (names::PROP_ON, "prop_on", 0o660),
+    (names::PROP_MARKED, "marked", 0o660),
 ];
 
 fn is_bpffs(path: &Path) -> bool {

@@ -2,10 +2,10 @@
 
 use anyhow::{bail, Context, Result};
 use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
-use aya::{include_bytes_aligned, Btf, Ebpf, EbpfLoader};
+use aya::{Btf, Ebpf, EbpfLoader};
 use seam_abi::names;
 
-static CAPTURE_OBJ: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capture.bpf.o"));
+static CAPTURE_OBJ: &[u8] = seam_abi::objects::CAPTURE;
 
 /// (program, tracepoint category, tracepoint name).
 const ATTACH: &[(&str, &str, &str)] = &[

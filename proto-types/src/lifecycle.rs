@@ -70,3 +70,28 @@ pub fn parse_args<T: clap::Parser>() -> Result<T, std::process::ExitCode> {
         }
     })
 }
+
+/// Waits until every path exists (another daemon's pins), up to `patience`; false on timeout.
+/// A daemon may start before the one that creates what it opens, or outlive its restart.
+pub fn wait_for_paths(paths: &[std::path::PathBuf], patience: std::time::Duration) -> bool {
+    let start = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        if paths.iter().all(|p| p.exists()) {
+            return true;
+        }
+        if start.elapsed() >= patience {
+            return false;
+        }
+        if !said {
+            let missing: Vec<String> = paths
+                .iter()
+                .filter(|p| !p.exists())
+                .map(|p| p.display().to_string())
+                .collect();
+            tracing::info!(missing = %missing.join(","), "waiting for the loader's pins");
+            said = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

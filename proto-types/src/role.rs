@@ -59,7 +59,7 @@ impl Role {
             // Reading other users' /proc/<pid>/environ and fd links needs both of these.
             Role::Discover => &[Capability::CAP_SYS_PTRACE, Capability::CAP_DAC_READ_SEARCH],
             Role::Loader => &[Capability::CAP_BPF, Capability::CAP_PERFMON],
-            Role::Ctxprop => &[Capability::CAP_NET_ADMIN],
+            Role::Ctxprop => &[Capability::CAP_BPF, Capability::CAP_NET_ADMIN],
             Role::Correlator => &[],
             Role::Exporter => &[],
         }
@@ -109,7 +109,7 @@ mod tests {
             let caps = r.capabilities();
             let has_bpf = caps.contains(&Capability::CAP_BPF);
             let has_net = caps.contains(&Capability::CAP_NET_ADMIN);
-            assert_eq!(has_bpf, r == Role::Loader, "{r}");
+            assert_eq!(has_bpf, r == Role::Loader || r == Role::Ctxprop, "{r}");
             assert_eq!(has_net, r == Role::Ctxprop, "{r}");
             assert!(!caps.contains(&Capability::CAP_SYS_ADMIN), "{r}");
         }

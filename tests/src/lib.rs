@@ -1,5 +1,6 @@
 //! Test harness for seam's privileged tests: the five real daemons, a collector, and target processes.
 
+pub mod chain;
 pub mod otlp;
 
 use std::fs::File;

@@ -77,7 +77,8 @@ fn a_missing_capability_is_named() {
     let cases = [
         ("loader", "seam-loader", "+bpf", "CAP_PERFMON"),
         ("loader", "seam-loader", "+perfmon", "CAP_BPF"),
-        ("ctxprop", "seam-ctxprop", "", "CAP_NET_ADMIN"),
+        ("ctxprop", "seam-ctxprop", "+bpf", "CAP_NET_ADMIN"),
+        ("ctxprop", "seam-ctxprop", "+net_admin", "CAP_BPF"),
         (
             "discover",
             "seam-discover",

@@ -45,7 +45,7 @@ fn each_daemon_runs_as_its_user_with_only_its_capabilities() {
     let expect = [
         ("discover", "seam-discover", (1u64 << 19) | (1 << 2)), // SYS_PTRACE, DAC_READ_SEARCH
         ("loader", "seam-loader", (1u64 << 39) | (1 << 38)),    // BPF, PERFMON
-        ("ctxprop", "seam-ctxprop", 1u64 << 12),                // NET_ADMIN
+        ("ctxprop", "seam-ctxprop", (1u64 << 39) | (1 << 12)),  // BPF, NET_ADMIN
         ("correlator", "seam", 0),
         ("exporter", "seam-exporter", 0),
     ];

@@ -1,10 +1,11 @@
 //! Same-host stitching on real processes: curl → Python front → Node middle → Python back.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use seam_tests::chain::{ground_truth, hex, hop, request_id, service_log, start_hops};
 use seam_tests::otlp::{OtlpReceiver, ReceivedSpan};
 use seam_tests::{
     free_port, repo_root, require_root, selector_env, wait_port, GatedShell, Proc, Stack,
@@ -249,10 +250,6 @@ fn parent_based_ratio_sampling_is_per_trace_and_honours_remote_parents() {
     eprintln!("root traces sampled: {roots} of {ROOTS}");
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Runs `hop.py` in `mode` under 16 concurrent clients and checks every linked call against
 /// the request it names; returns (linked, total).
 fn handoff_under_concurrency(mode: &str) -> (usize, usize) {
@@ -343,90 +340,6 @@ fn calls_handed_to_a_thread_pool_never_link_to_the_wrong_request() {
 }
 
 /// Starts a chain hop: `hop.py` (mode `thread` or `pool`) or `hop.js`, logging to `log`.
-fn hop(file: &str, service: &str, port: u16, next: &str, mode: &str, log: &Path) -> Proc {
-    let mut cmd = if file.ends_with(".js") {
-        Command::new("node")
-    } else {
-        Command::new("python3")
-    };
-    cmd.arg(seam_tests::fixture(file))
-        .args([port.to_string(), next.to_string()]);
-    if !file.ends_with(".js") {
-        cmd.arg(mode);
-    }
-    let child = cmd
-        .arg(log)
-        .env("OTEL_SERVICE_NAME", service)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("hop starts");
-    Proc { child }
-}
-
-/// Front → middle → back, each logging to `dir`/{front,middle,back}.log, all listening; returns
-/// their ports (front first), the processes and the log paths.
-fn start_hops(
-    middle_file: &str,
-    middle_mode: &str,
-    dir: &Path,
-) -> ([u16; 3], [Proc; 3], [PathBuf; 3]) {
-    let logs = ["front", "middle", "back"].map(|s| dir.join(format!("{s}.log")));
-    let ports = [free_port(), free_port(), free_port()];
-    let url = |p: u16| format!("http://127.0.0.1:{p}");
-    let apps = [
-        hop("hop.py", "back", ports[2], "-", "thread", &logs[2]),
-        hop(
-            middle_file,
-            "middle",
-            ports[1],
-            &url(ports[2]),
-            middle_mode,
-            &logs[1],
-        ),
-        hop(
-            "hop.py",
-            "front",
-            ports[0],
-            &url(ports[1]),
-            "thread",
-            &logs[0],
-        ),
-    ];
-    for p in ports {
-        wait_port(p, Duration::from_secs(10)).expect("hop listens");
-    }
-    (ports, apps, logs)
-}
-
-/// What a service logged per request: id received, id sent, then the traceparent headers it got.
-fn service_log(log: &Path) -> Vec<Vec<String>> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| l.split_whitespace().map(str::to_string).collect())
-        .collect()
-}
-
-/// Each request's (id received, id sent), as the service logged it.
-fn ground_truth(log: &Path) -> Vec<(String, String)> {
-    service_log(log)
-        .into_iter()
-        .filter_map(|f| Some((f.first()?.clone(), f.get(1)?.clone())))
-        .collect()
-}
-
-/// The request id a span belongs to: its path (server) or the path it called (client).
-fn request_id(s: &ReceivedSpan) -> Option<String> {
-    if s.is_server() {
-        return s.attr("url.path");
-    }
-    let full = s.attr("url.full")?;
-    let after_scheme = full.split_once("://")?.1;
-    Some(after_scheme[after_scheme.find('/')?..].to_string())
-}
-
 /// Front → `middle` → back, 500 requests at concurrency 16 over keep-alive connections; checks
 /// every span's parent against what the services logged. Returns (complete requests, total).
 fn chain_under_load(middle_file: &str, middle_mode: &str) -> (usize, usize) {

@@ -13,6 +13,9 @@ pub const EV_CLOSE: u8 = 2;
 pub const EV_EXEC: u8 = 3;
 pub const EV_SPAWN: u8 = 4;
 pub const EV_EXIT: u8 = 5;
+/// The request that follows on the same connection went out with the context in the payload
+/// (an [`Injected`]).
+pub const EV_INJECTED: u8 = 6;
 pub const COMM_LEN: usize = 16;
 
 pub const DIR_INGRESS: u8 = 0;
@@ -34,8 +37,37 @@ pub const CNT_MAX: u32 = 2;
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 
-/// Names of the maps and programs inside the capture object, as the C source declares them.
+pub const INJ_CHILD: u8 = 1;
+pub const INJ_ROOT: u8 = 2;
+
+/// The compiled eBPF objects, embedded: daemons load only these, never bytecode they are sent.
+pub mod objects {
+    /// ELF parsers read the object in place, so it must be aligned like the data it holds.
+    #[repr(C, align(32))]
+    #[derive(Debug)]
+    pub struct Aligned<B: ?Sized>(pub B);
+
+    static CAPTURE_ALIGNED: &Aligned<[u8]> =
+        &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/capture.bpf.o")));
+    static CTXPROP_ALIGNED: &Aligned<[u8]> =
+        &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/ctxprop.bpf.o")));
+
+    /// Socket-layer capture and the sched hooks (loaded by the loader).
+    pub static CAPTURE: &[u8] = &CAPTURE_ALIGNED.0;
+    /// Header injection: connect marking, sockops, sk_msg (loaded by ctxprop).
+    pub static CTXPROP: &[u8] = &CTXPROP_ALIGNED.0;
+}
+
+/// Names of the maps and programs inside the eBPF objects, as the C sources declare them.
 pub mod names {
+    /// Shared by both objects: created and pinned by the loader, opened by ctxprop.
+    pub const SERVING: &str = "seam_serving";
+    pub const INJECTED: &str = "seam_injected";
+    pub const PROP_ON: &str = "seam_prop_on";
+    pub const PROP_MARKED: &str = "seam_prop_marked";
+    /// ctxprop's own.
+    pub const PROP_SOCKS: &str = "seam_prop_socks";
+    pub const PROP_COUNTERS: &str = "seam_prop_counters";
     pub const TARGETS: &str = "seam_targets";
     pub const EVENTS: &str = "seam_events";
     pub const COUNTERS: &str = "seam_counters";
@@ -75,6 +107,41 @@ pub struct Event {
     pub pad: u32,
 }
 
+/// What ctxprop put on the wire for one outgoing request (mirror of `struct seam_injected`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Injected {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub flags: u8,
+    pub kind: u8,
+    pub local_port: u16,
+    pub pad: u32,
+}
+
+impl Injected {
+    pub fn parse(payload: &[u8]) -> Option<Injected> {
+        if payload.len() < size_of::<Injected>() {
+            return None;
+        }
+        // SAFETY: length checked; plain old data, any bit pattern is valid; unaligned read.
+        Some(unsafe { core::ptr::read_unaligned(payload.as_ptr().cast::<Injected>()) })
+    }
+}
+
+/// Per-thread serving context (mirror of `struct seam_serving`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Serving {
+    pub trace_id: [u8; 16],
+    pub flags: u8,
+    pub state: u8,
+    pub open: u16,
+    pub pad: u32,
+}
+
+const _: () = assert!(size_of::<Injected>() == 32);
+const _: () = assert!(size_of::<Serving>() == 24);
 const _: () = assert!(size_of::<Tuple>() == 40);
 const _: () = assert!(size_of::<Event>() == 112);
 

@@ -1,4 +1,4 @@
-//! Compiles seam's C eBPF programs with clang into OUT_DIR so the loader can embed them.
+//! Compiles seam's C eBPF programs with clang into OUT_DIR; `objects` embeds them for the daemons.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,7 +11,7 @@ fn multiarch_include() -> Option<String> {
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets this"));
-    let ebpf = manifest.join("../ebpf");
+    let ebpf = manifest.join("..");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets this"));
     let include = ebpf.join("include");
     let clang = std::env::var("CLANG").unwrap_or_else(|_| "clang".to_string());
@@ -23,7 +23,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CLANG");
 
     // Each object is loaded on its own, so a program one kernel rejects cannot sink the others.
-    let objects: &[&str] = &["capture"];
+    let objects: &[&str] = &["capture", "ctxprop"];
     for name in objects {
         let src = ebpf.join("src").join(format!("{name}.bpf.c"));
         println!("cargo:rerun-if-changed={}", src.display());

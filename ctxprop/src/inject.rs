@@ -1,0 +1,150 @@
+//! Header injection: loads the embedded propagation object and attaches it; the capture marks which sockets it may touch.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use aya::maps::{Array, MapData, PerCpuArray, SockHash};
+use aya::programs::{CgroupAttachMode, SkMsg, SockOps};
+use aya::{Ebpf, EbpfLoader};
+use seam_abi::{names, objects};
+
+/// Bytes of the sockhash key (`struct flow_key`: family, two 16-byte addresses, two ports).
+const FLOW_KEY_LEN: usize = 44;
+
+/// The loader's pins this object shares, by map name and pin file.
+const SHARED: &[(&str, &str)] = &[
+    (names::SERVING, "serving"),
+    (names::INJECTED, "injected"),
+    (names::PROP_ON, "prop_on"),
+    (names::PROP_MARKED, "marked"),
+];
+
+/// What the programs counted (indexes of `enum prop_counter`).
+const COUNTER_NAMES: &[&str] = &[
+    "sockets",
+    "injected",
+    "had_header",
+    "opaque",
+    "insert_failed",
+    "released",
+];
+
+#[derive(Debug)]
+pub struct Injector {
+    ebpf: Ebpf,
+}
+
+/// The cgroup v2 hierarchy's mount point, from this process's mount table.
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
+    for line in table.lines() {
+        // fields … mount-point … " - " fstype source options
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split_whitespace().next() == Some("cgroup2") {
+            if let Some(mount) = left.split_whitespace().nth(4) {
+                return Ok(PathBuf::from(mount));
+            }
+        }
+    }
+    bail!("no cgroup2 hierarchy is mounted (sockops and connect hooks attach to one)")
+}
+
+impl Injector {
+    /// Loads and attaches everything; the sk_msg program is on the sockhash before sockops can
+    /// put a socket there, and the capture is told to keep serving contexts last.
+    pub fn start(pin_dir: &Path, cgroup: &Path, pin_wait: Duration) -> Result<Self> {
+        let pins: Vec<PathBuf> = SHARED.iter().map(|(_, f)| pin_dir.join(f)).collect();
+        if !seam_proto::lifecycle::wait_for_paths(&pins, pin_wait) {
+            bail!(
+                "the loader's shared maps never appeared in {} (is seam-loader running?)",
+                pin_dir.display()
+            );
+        }
+        let mut loader = EbpfLoader::new();
+        for ((name, _), path) in SHARED.iter().zip(&pins) {
+            loader.map_pin_path(*name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(objects::CTXPROP)
+            .context("loading the propagation object (needs CAP_BPF and CAP_NET_ADMIN)")?;
+
+        let socks: SockHash<_, [u8; FLOW_KEY_LEN]> = ebpf
+            .map(names::PROP_SOCKS)
+            .context("sockhash missing from the propagation object")?
+            .try_into()
+            .context("the sockhash is not a SOCKHASH")?;
+        let socks_fd = socks.fd().try_clone().context("duplicating the sockhash fd")?;
+        let msg: &mut SkMsg = program(&mut ebpf, "on_msg")?;
+        msg.load().context("verifier rejected on_msg")?;
+        msg.attach(&socks_fd)
+            .context("attaching on_msg to the sockhash")?;
+
+        let cgroup_dir = std::fs::File::open(cgroup)
+            .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        // A bpf_link (flags 0): it coexists with other programs on the cgroup.
+        let ops: &mut SockOps = program(&mut ebpf, "on_sockops")?;
+        ops.load().context("verifier rejected on_sockops")?;
+        ops.attach(cgroup_dir.as_fd(), CgroupAttachMode::Single)
+            .with_context(|| format!("attaching on_sockops to {}", cgroup.display()))?;
+
+        let mut injector = Injector { ebpf };
+        injector.set_capture_serving(true)?;
+        Ok(injector)
+    }
+
+    fn set_capture_serving(&mut self, on: bool) -> Result<()> {
+        let mut flag: Array<&mut MapData, u32> = self
+            .ebpf
+            .map_mut(names::PROP_ON)
+            .context("shared flag missing")?
+            .try_into()?;
+        flag.set(0, u32::from(on), 0)
+            .context("telling the capture to keep serving contexts")?;
+        Ok(())
+    }
+
+    /// Each counter summed over CPUs, by name.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        let Some(map) = self.ebpf.map(names::PROP_COUNTERS) else {
+            return Vec::new();
+        };
+        let Ok(per_cpu) = PerCpuArray::<&MapData, u64>::try_from(map) else {
+            return Vec::new();
+        };
+        COUNTER_NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let total = u32::try_from(i)
+                    .ok()
+                    .and_then(|i| per_cpu.get(&i, 0).ok())
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0);
+                (*name, total)
+            })
+            .collect()
+    }
+
+    /// The capture stops keeping serving contexts; dropping the object then detaches every
+    /// program and frees the sockhash, which gives each socket its normal TCP operations back.
+    pub fn stop(mut self) {
+        if let Err(e) = self.set_capture_serving(false) {
+            tracing::warn!(error = %format!("{e:#}"), "could not clear the shared flag");
+        }
+        drop(self);
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .with_context(|| format!("program {name} missing from the propagation object"))?
+        .try_into()
+        .with_context(|| format!("program {name} has an unexpected type"))
+}

@@ -1,0 +1,43 @@
+/* Maps the capture object and ctxprop's object share: the loader creates and pins them, ctxprop
+ * opens the pins. Both objects include this one definition so the two can never disagree. */
+#ifndef SEAM_PROP_MAPS_H
+#define SEAM_PROP_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "seam_abi.h"
+
+/* tid → the server request it works for. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u32);
+	__type(value, struct seam_serving);
+} seam_serving SEC(".maps");
+
+/* tid → the context its last outgoing request carried, until the capture reports it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, struct seam_injected);
+} seam_injected SEC(".maps");
+
+/* Set on TCP sockets an instrumented process connects (by the capture, which knows the target
+ * set and its forks); ctxprop's sockops puts only these in its sockhash. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u32);
+} seam_prop_marked SEC(".maps");
+
+/* [0] is 1 while ctxprop injects: the capture keeps serving contexts only then. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} seam_prop_on SEC(".maps");
+
+#endif

@@ -1,0 +1,319 @@
+//! Header injection on real traffic: ctxprop adds `traceparent` to instrumented processes'
+//! outgoing requests, and the ids on the wire are the ones seam's spans carry.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use seam_tests::chain::{ground_truth, hex, request_id, service_log, start_hops};
+use seam_tests::otlp::{OtlpReceiver, ReceivedSpan};
+use seam_tests::{require_root, selector_env, GatedShell, Proc, Stack};
+
+/// The same chain as the stitching tests, but every link between hops must come from the
+/// header seam injected: same-host black-box linking is off.
+#[test]
+fn injected_headers_carry_each_request_through_the_chain_as_one_trace() {
+    if !require_root() {
+        return;
+    }
+    const TOTAL: usize = 300;
+    const CONCURRENCY: usize = 8;
+    let dir = std::env::temp_dir().join(format!("seam-prop-chain-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("log dir");
+    let (ports, apps, logs) = start_hops("hop.py", "thread", &dir);
+    let rx = OtlpReceiver::start().expect("collector");
+    let client = GatedShell::new(&format!(
+        "python3 {} {} {TOTAL} {CONCURRENCY}",
+        seam_tests::fixture("chainclient.py").display(),
+        ports[0]
+    ))
+    .expect("client");
+    let mut env = selector_env(&ports, &[client.pid()]);
+    env.extend(rx.exporter_env("grpc"));
+    env.push(("SEAM_DISABLE_BLACK_BOX".into(), "1".into()));
+    env.push(("SEAM_CONTEXT_PROPAGATION".into(), "headers".into()));
+    let stack = Stack::start(&env).expect("stack");
+    for pid in apps.iter().map(Proc::pid).chain([client.pid()]) {
+        stack.wait_target(pid).expect("targeted");
+    }
+    assert_eq!(client.run().expect("client ran").trim(), TOTAL.to_string());
+
+    // What each hop received: exactly one traceparent per request, keyed by request id.
+    let received: Vec<HashMap<String, String>> = logs
+        .iter()
+        .map(|log| {
+            assert_eq!(ground_truth(log).len(), TOTAL, "{} saw every request", log.display());
+            service_log(log)
+                .into_iter()
+                .map(|f| {
+                    assert_eq!(f[2], "1", "{}: one traceparent per request: {f:?}", log.display());
+                    (f[0].clone(), f[3].clone())
+                })
+                .collect()
+        })
+        .collect();
+
+    rx.wait_for(Duration::from_secs(60), |s| s.len() >= 6 * TOTAL);
+    std::thread::sleep(Duration::from_millis(500));
+    let spans = rx.spans();
+    assert_eq!(spans.len(), 6 * TOTAL, "six spans per request\n{}", stack.all_logs());
+    // [client→front, front, front→middle, middle, middle→back, back] per request id
+    let position = |s: &ReceivedSpan| -> Option<usize> {
+        let port = u16::try_from(s.attr_i64("server.port")?).ok()?;
+        let hop = ports.iter().position(|&p| p == port)?;
+        Some(if s.is_server() { 2 * hop + 1 } else { 2 * hop })
+    };
+    let mut by_request: HashMap<String, [Option<&ReceivedSpan>; 6]> = HashMap::new();
+    for s in &spans {
+        let (Some(id), Some(pos)) = (request_id(s), position(s)) else {
+            panic!("span outside the chain: {:?}", s.span.name);
+        };
+        let slot = &mut by_request.entry(id).or_default()[pos];
+        assert!(slot.is_none(), "two spans at one position of one request");
+        *slot = Some(s);
+    }
+    let mut trace_owner: HashMap<&[u8], &str> = HashMap::new();
+    for (id, chain) in &by_request {
+        let chain: Vec<&ReceivedSpan> = chain.iter().map(|s| s.expect("all six")).collect();
+        assert!(chain[0].span.parent_span_id.is_empty(), "{id}: the client's call is the root");
+        for (k, pair) in chain.windows(2).enumerate() {
+            let (parent, child) = (pair[0], pair[1]);
+            assert_eq!(
+                child.span.trace_id, parent.span.trace_id,
+                "{id}: positions {k} and {} share the trace",
+                k + 1
+            );
+            assert_eq!(
+                child.span.parent_span_id, parent.span.span_id,
+                "{id}: position {} is the child of {k}",
+                k + 1
+            );
+        }
+        // The header each hop got is exactly its caller's client span.
+        for hop in 0..3 {
+            let call = chain[2 * hop];
+            let expected = format!(
+                "00-{}-{}-01",
+                hex(&call.span.trace_id),
+                hex(&call.span.span_id)
+            );
+            assert_eq!(received[hop][id.as_str()], expected, "{id}: header at hop {hop}");
+        }
+        let owner = trace_owner.entry(&chain[0].span.trace_id).or_insert(id.as_str());
+        assert_eq!(*owner, id.as_str(), "two requests share a trace");
+    }
+    assert_eq!(by_request.len(), TOTAL);
+    let logs = stack.stop();
+    drop(logs);
+}
+
+/// One corpus case as sent and as the server received it.
+struct Case {
+    name: String,
+    expected_headers: usize,
+    sent: Vec<u8>,
+    received: Vec<u8>,
+}
+
+/// Runs `corpus.py` (instrumented) against `recorder.py` (not instrumented) under a stack
+/// started with `env`; `before` runs once the stack is up, before the first byte is sent.
+fn run_corpus(env: &[(String, String)], before: impl FnOnce(&Stack)) -> Vec<Case> {
+    let dir = std::env::temp_dir().join(format!(
+        "seam-corpus-{}-{}",
+        std::process::id(),
+        CORPUS_RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let port = seam_tests::free_port();
+    let _recorder = Proc {
+        child: std::process::Command::new("python3")
+            .arg(seam_tests::fixture("recorder.py"))
+            .arg(port.to_string())
+            .arg(&dir)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("recorder starts"),
+    };
+    seam_tests::wait_port(port, Duration::from_secs(10)).expect("recorder listens");
+    let client = GatedShell::new(&format!(
+        "python3 {} {port} {}",
+        seam_tests::fixture("corpus.py").display(),
+        dir.display()
+    ))
+    .expect("client");
+    let mut env = env.to_vec();
+    env.extend(selector_env(&[], &[client.pid()]));
+    let stack = Stack::start(&env).expect("stack");
+    stack.wait_target(client.pid()).expect("targeted");
+    before(&stack);
+    assert_eq!(client.run().expect("corpus ran").trim(), "done", "{}", stack.all_logs());
+    let cases: Vec<(String, usize, String)> = std::fs::read_to_string(dir.join("cases"))
+        .expect("case list")
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[0].to_string(), f[1].parse().expect("count"), f[2].to_string())
+        })
+        .collect();
+    let received = |port: &str| {
+        let path = dir.join(format!("conn-{port}.bin"));
+        for _ in 0..100 {
+            if let Ok(b) = std::fs::read(&path) {
+                return b;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the recorder never wrote {}", path.display());
+    };
+    let out = cases
+        .into_iter()
+        .enumerate()
+        .map(|(n, (name, expected_headers, port))| Case {
+            name,
+            expected_headers,
+            sent: std::fs::read(dir.join(format!("case-{n}.bin"))).expect("sent bytes"),
+            received: received(&port),
+        })
+        .collect();
+    drop(stack);
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+static CORPUS_RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// `received` with every header seam added taken out, and how many there were: an added header
+/// is `traceparent: 00-<32 hex>-<16 hex>-01` right after a request line.
+fn without_injected(received: &[u8]) -> (Vec<u8>, usize) {
+    const LEN: usize = 70;
+    let is_hex = |b: &[u8]| b.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+    let mut out = Vec::with_capacity(received.len());
+    let (mut i, mut found) = (0, 0);
+    while i < received.len() {
+        let rest = &received[i..];
+        let after_request_line = out.ends_with(b" HTTP/1.1\r\n") || out.ends_with(b" HTTP/1.0\r\n");
+        if after_request_line
+            && rest.len() >= LEN
+            && rest.starts_with(b"traceparent: 00-")
+            && is_hex(&rest[16..48])
+            && rest[48] == b'-'
+            && is_hex(&rest[49..65])
+            && &rest[65..LEN] == b"-01\r\n"
+            && rest[16..48].iter().any(|&c| c != b'0')
+            && rest[49..65].iter().any(|&c| c != b'0')
+        {
+            found += 1;
+            i += LEN;
+            continue;
+        }
+        out.push(received[i]);
+        i += 1;
+    }
+    (out, found)
+}
+
+#[test]
+fn corpus_arrives_byte_for_byte_with_exactly_the_expected_headers() {
+    if !require_root() {
+        return;
+    }
+    let env = [("SEAM_CONTEXT_PROPAGATION".to_string(), "headers".to_string())];
+    let cases = run_corpus(&env, |_| {});
+    assert!(cases.len() >= 15, "the whole corpus ran");
+    for c in &cases {
+        let (stripped, added) = without_injected(&c.received);
+        assert_eq!(
+            added,
+            c.expected_headers,
+            "{}: headers added; received starts {:?}",
+            c.name,
+            String::from_utf8_lossy(&c.received[..c.received.len().min(300)])
+        );
+        assert!(
+            stripped == c.sent,
+            "{}: {} bytes sent, {} received ({} after removing the added headers)",
+            c.name,
+            c.sent.len(),
+            c.received.len(),
+            stripped.len()
+        );
+    }
+}
+
+#[test]
+fn nothing_is_modified_when_propagation_is_disabled_or_ctxprop_is_stopped() {
+    if !require_root() {
+        return;
+    }
+    let disabled = [("SEAM_CONTEXT_PROPAGATION".to_string(), "disabled".to_string())];
+    let enabled_then_stopped = [("SEAM_CONTEXT_PROPAGATION".to_string(), "headers".to_string())];
+    let runs = [
+        ("disabled", run_corpus(&disabled, |_| {})),
+        (
+            "ctxprop stopped",
+            run_corpus(&enabled_then_stopped, |stack| {
+                let pid = stack.pid_of("ctxprop").expect("ctxprop runs");
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")),
+                    nix::sys::signal::Signal::SIGTERM,
+                )
+                .expect("signal ctxprop");
+                stack
+                    .wait_log("ctxprop", "detaching; propagation counters", Duration::from_secs(10))
+                    .expect("ctxprop detached");
+                for _ in 0..100 {
+                    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }),
+        ),
+    ];
+    for (how, cases) in runs {
+        for c in &cases {
+            assert!(
+                c.received == c.sent,
+                "{how}: {}: {} bytes sent, {} received",
+                c.name,
+                c.sent.len(),
+                c.received.len()
+            );
+        }
+    }
+}
+
+/// The sockhash problem: after a large upload and shutdown(SHUT_WR), a blocking recv() on a
+/// socket in a sockhash returned EAGAIN when the FIN's ACK woke it. seam takes each socket out
+/// of the sockhash as it leaves ESTABLISHED, so the application never sees that.
+#[test]
+fn a_large_upload_then_shutdown_and_blocking_recv_never_sees_eagain() {
+    if !require_root() {
+        return;
+    }
+    const SIZE: u64 = 1 << 30;
+    const ROUNDS: u32 = 20;
+    let port = seam_tests::free_port();
+    let _sink = seam_tests::start_server("python3", "sink.py", port, "sink").expect("sink");
+    let client = GatedShell::new(&format!(
+        "timeout 600 python3 {} {port} {SIZE} {ROUNDS}",
+        seam_tests::fixture("upload.py").display()
+    ))
+    .expect("client");
+    let mut env = selector_env(&[], &[client.pid()]);
+    env.push(("SEAM_CONTEXT_PROPAGATION".into(), "headers".into()));
+    let stack = Stack::start(&env).expect("stack");
+    stack.wait_target(client.pid()).expect("targeted");
+    let out = client.run().expect("uploads ran");
+    let head = "POST /upload HTTP/1.1\r\nHost: sink\r\nContent-Length: 1073741824\r\n\r\n".len();
+    // the server counted the body, the head and the one header seam added
+    let expected = SIZE + head as u64 + 70;
+    assert!(
+        out.trim().starts_with(&format!("rounds={ROUNDS} eagain=0 bytes={expected} ")),
+        "{out}\n{}",
+        stack.all_logs()
+    );
+    drop(stack);
+    eprintln!("upload: {}", out.trim());
+}
