@@ -1,6 +1,7 @@
 //! Test harness for seam's privileged tests: the five real daemons, a collector, and target processes.
 
 pub mod chain;
+pub mod netns;
 pub mod otlp;
 
 use std::fs::File;

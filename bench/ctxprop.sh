@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# What header injection costs, in one run: nginx (CPU 0) under wrk (CPU 1), with wrk itself
+# instrumented so every request it sends goes through ctxprop's sk_msg program. Each round runs
+# three phases: no seam; seam instrumenting nginx and wrk with context_propagation=disabled; the
+# same with context_propagation=headers. Then bulk upload throughput (1 GiB HTTP POSTs to a sink,
+# shutdown, blocking recv) from an instrumented client with and without the sockhash.
+# Prints medians and per-round figures.
+#   bench/ctxprop.sh [seconds per phase, default 8] [rounds, default 3]
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
+secs=${1:-8}
+rounds=${2:-3}
+bench_prepare
+port=18490
+upload_port=18491
+bench_nginx "$port"
+stack=
+sinkpid=
+cleanup() {
+  [ -n "$stack" ] && kill -TERM "$stack" 2>/dev/null && wait "$stack" 2>/dev/null
+  [ -n "$sinkpid" ] && kill "$sinkpid" 2>/dev/null
+  bench_stop_nginx
+}
+trap cleanup EXIT
+export SEAM_TRACE_PRINTER=disabled SEAM_RUN_DIR=/run/seam-bench SEAM_PIN_DIR=/sys/fs/bpf/seam-bench
+
+# gated CMD…: a shell that waits on a fifo, then execs CMD (same pid, so it can be a target before
+# its first connection). Sets `gate` (the pid) and `gate_fifo`.
+gated() {
+  gate_fifo="$work/go.$RANDOM"
+  mkfifo "$gate_fifo"
+  sh -c 'read x < "$0"; shift; exec "$@"' "$gate_fifo" "$@" > "$work/gated.out" & gate=$!
+}
+# with_seam MODE PID: the stack instrumenting nginx and PID with context_propagation=MODE.
+with_seam() {
+  : > "$work/daemons.log"
+  SEAM_CONTEXT_PROPAGATION=$1 SEAM_OPEN_PORT=$port SEAM_TARGET_PID=$2 \
+    "$here/../scripts/run" 2>>"$work/daemons.log" & stack=$!
+  for _ in $(seq 150); do
+    grep -q "target added pid=$2" "$work/daemons.log" 2>/dev/null \
+      && grep -q "ready role=ctxprop" "$work/daemons.log" && break
+    sleep 0.1
+  done
+}
+stop_seam() {
+  kill -TERM "$stack"; wait "$stack" 2>/dev/null || true; stack=
+}
+# wrk_phase LABEL MODE: MODE "none" runs without seam. Appends "LABEL rps p50 p99".
+wrk_phase() {
+  gated taskset -c 1 wrk -t1 -c32 -d"${secs}s" --latency "http://127.0.0.1:$port/index.html"
+  [ "$2" = none ] || with_seam "$2" "$gate"
+  echo > "$gate_fifo"
+  wait "$gate"
+  [ "$2" = none ] || { grep -o "propagation counters.*" "$work/daemons.log" > "$work/counters.$1" || true; stop_seam; grep -o "propagation counters.*" "$work/daemons.log" >> "$work/counters.txt" || true; }
+  python3 - "$work/gated.out" "$1" >> "$work/rounds.txt" <<'PY'
+import re, sys
+t = open(sys.argv[1]).read()
+def lat(p):
+    m = re.search(r"\s%s%%\s+([\d.]+)(us|ms|s)" % p, t)
+    return float(m.group(1)) * {"us": 1, "ms": 1000, "s": 1e6}[m.group(2)]
+print(sys.argv[2], re.search(r"Requests/sec:\s+([\d.]+)", t).group(1), lat(50), lat(99))
+PY
+  rm -f "$gate_fifo"
+}
+: > "$work/rounds.txt"
+: > "$work/counters.txt"
+for r in $(seq "$rounds"); do
+  echo "round $r/$rounds" >&2
+  wrk_phase none none
+  wrk_phase disabled disabled
+  wrk_phase headers headers
+done
+
+python3 "$here/../tests/fixtures/sink.py" "$upload_port" & sinkpid=$!
+bench_wait_port "$upload_port"
+upload_phase() { # MODE: five 1 GiB uploads from an instrumented client
+  gated python3 "$here/../tests/fixtures/upload.py" "$upload_port" $((1 << 30)) 5
+  with_seam "$1" "$gate"
+  echo > "$gate_fifo"
+  wait "$gate"
+  stop_seam
+  echo "upload-$1 $(cat "$work/gated.out")" >> "$work/uploads.txt"
+  rm -f "$gate_fifo"
+}
+: > "$work/uploads.txt"
+for r in $(seq "$rounds"); do
+  upload_phase disabled
+  upload_phase headers
+done
+
+python3 - "$work/rounds.txt" "$work/uploads.txt" "$secs" "$rounds" <<'PY'
+import re, statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+by = {}
+for label, rps, p50, p99 in rows:
+    by.setdefault(label, []).append((float(rps), float(p50), float(p99)))
+print(f"nginx + wrk (wrk instrumented), {sys.argv[3]} s phases, {sys.argv[4]} rounds")
+for label in ("none", "disabled", "headers"):
+    v = by[label]
+    print(f"  {label:9s} throughput {statistics.median(x[0] for x in v):8.0f} req/s  "
+          f"p50 {statistics.median(x[1] for x in v):6.0f} us  p99 {statistics.median(x[2] for x in v):6.0f} us"
+          f"  rounds {' '.join(f'{x[0]:.0f}' for x in v)}")
+n = len(by["none"])
+loss = [1 - by["headers"][i][0] / by["disabled"][i][0] for i in range(n)]
+seam = [1 - by["disabled"][i][0] / by["none"][i][0] for i in range(n)]
+print(f"  ctxprop loss (headers vs disabled): median {100 * statistics.median(loss):.1f} %  per round "
+      + " ".join(f"{100 * x:.1f}" for x in loss))
+print(f"  seam loss (disabled vs none):       median {100 * statistics.median(seam):.1f} %")
+ups = {}
+for line in open(sys.argv[2]):
+    label = line.split()[0]
+    secs = float(re.search(r"seconds=([\d.]+)", line).group(1))
+    eag = re.search(r"eagain=(\d+)", line).group(1)
+    ups.setdefault(label, []).append((5 / secs, eag))
+for label, v in ups.items():
+    print(f"  {label:16s} {statistics.median(x[0] for x in v):.2f} GiB/s  rounds "
+          + " ".join(f"{x[0]:.2f}" for x in v) + f"  eagain {' '.join(x[1] for x in v)}")
+PY
+grep -o "counters=.*" "$work/counters.txt" | tail -1 | sed 's/^/  last headers phase: /'

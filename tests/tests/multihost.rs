@@ -1,0 +1,298 @@
+//! Traces across hosts: each "host" is a network namespace with its own seam stack scoped to its
+//! own processes, joined to the others by veth on a bridge; same-host black-box linking is off,
+//! so every link between hosts comes from the `traceparent` ctxprop injected.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use seam_tests::chain::{hex, request_id, service_log};
+use seam_tests::netns::Hosts;
+use seam_tests::otlp::{OtlpReceiver, ReceivedSpan};
+use seam_tests::{require_root, selector_env, GatedShell, Proc, Stack};
+
+const MIDDLE_PORT: u16 = 18000;
+const BACK_PORT: u16 = 18001;
+
+/// One hop (`hop.py` in thread mode, or `hop.js`) on `host`, listening on its address.
+fn hop_on(hosts: &Hosts, host: usize, file: &str, port: u16, next: &str, log: &Path) -> Proc {
+    let interpreter = if file.ends_with(".js") { "node" } else { "python3" };
+    let mut cmd = hosts.command(host, interpreter);
+    cmd.arg(seam_tests::fixture(file))
+        .args([port.to_string(), next.to_string()]);
+    if !file.ends_with(".js") {
+        cmd.arg("thread");
+    }
+    let child = cmd
+        .arg(log)
+        .env("HOP_BIND", hosts.addr(host))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("hop starts");
+    Proc { child }
+}
+
+/// A seam stack for one host: its own pids only, headers on, no black-box links.
+fn stack_for(pids: &[u32], rx: &OtlpReceiver) -> Stack {
+    let mut env = selector_env(&[], pids);
+    env.extend(rx.exporter_env("grpc"));
+    env.push(("SEAM_DISABLE_BLACK_BOX".into(), "1".into()));
+    env.push(("SEAM_CONTEXT_PROPAGATION".into(), "headers".into()));
+    let stack = Stack::start(&env).expect("stack");
+    for &pid in pids {
+        stack.wait_target(pid).expect("targeted");
+    }
+    stack
+}
+
+struct Outcome {
+    complete: usize,
+    wrong_parents: usize,
+    total: usize,
+}
+
+/// Host A (a Python client, `CONCURRENCY` keep-alive connections) → host B (`middle`) → host C
+/// (Python): checks every span against the ids each hop received. Returns what linked.
+fn across_three_hosts(middle: &str) -> Outcome {
+    const TOTAL: usize = 300;
+    const CONCURRENCY: usize = 8;
+    let hosts = Hosts::create(3).expect("namespaces");
+    let dir = std::env::temp_dir().join(format!("seam-hosts-{}-{middle}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("log dir");
+    let (middle_log, back_log) = (dir.join("middle.log"), dir.join("back.log"));
+    let back = hop_on(&hosts, 2, "hop.py", BACK_PORT, "-", &back_log);
+    let next = format!("http://{}:{BACK_PORT}", hosts.addr(2));
+    let mid = hop_on(&hosts, 1, middle, MIDDLE_PORT, &next, &middle_log);
+    hosts.wait_port(2, BACK_PORT, Duration::from_secs(10)).expect("back listens");
+    hosts.wait_port(1, MIDDLE_PORT, Duration::from_secs(10)).expect("middle listens");
+    let rx = OtlpReceiver::start().expect("collector");
+    let client = GatedShell::new(&format!(
+        "CHAIN_HOST={} ip netns exec {} python3 {} {MIDDLE_PORT} {TOTAL} {CONCURRENCY}",
+        hosts.addr(1),
+        hosts.name(0),
+        seam_tests::fixture("chainclient.py").display(),
+    ))
+    .expect("client");
+    let stacks = [
+        stack_for(&[client.pid()], &rx),
+        stack_for(&[mid.pid()], &rx),
+        stack_for(&[back.pid()], &rx),
+    ];
+    assert_eq!(client.run().expect("client ran").trim(), TOTAL.to_string());
+
+    rx.wait_for(Duration::from_secs(60), |s| s.len() >= 4 * TOTAL);
+    std::thread::sleep(Duration::from_millis(1000));
+    let spans = rx.spans();
+    let logs: String = stacks.iter().map(Stack::all_logs).collect();
+    assert_eq!(spans.len(), 4 * TOTAL, "four spans per request\n{logs}");
+    // [A→B, B, B→C, C] per request id
+    let position = |s: &ReceivedSpan| -> Option<usize> {
+        let port = u16::try_from(s.attr_i64("server.port")?).ok()?;
+        let hop = [MIDDLE_PORT, BACK_PORT].iter().position(|&p| p == port)?;
+        Some(if s.is_server() { 2 * hop + 1 } else { 2 * hop })
+    };
+    let mut by_request: HashMap<String, [Option<&ReceivedSpan>; 4]> = HashMap::new();
+    for s in &spans {
+        let (Some(id), Some(pos)) = (request_id(s), position(s)) else {
+            panic!("span outside the chain: {:?}", s.span.name);
+        };
+        let slot = &mut by_request.entry(id).or_default()[pos];
+        assert!(slot.is_none(), "two spans at one position of one request");
+        *slot = Some(s);
+    }
+    assert_eq!(by_request.len(), TOTAL);
+    let owner: HashMap<&[u8], &str> = by_request
+        .iter()
+        .flat_map(|(id, chain)| chain.iter().flatten().map(move |s| (&s.span.span_id[..], id.as_str())))
+        .collect();
+    // What B and C received (hop.js does not log headers).
+    let headers = |log: &Path| -> HashMap<String, String> {
+        service_log(log)
+            .into_iter()
+            .filter(|f| f.len() >= 4 && f[2] == "1")
+            .map(|f| (f[0].clone(), f[3].clone()))
+            .collect()
+    };
+    let received = [headers(&middle_log), headers(&back_log)];
+    let (mut complete, mut wrong) = (0, 0);
+    let mut traces: HashMap<&[u8], HashSet<&str>> = HashMap::new();
+    for (id, chain) in &by_request {
+        let chain: Vec<&ReceivedSpan> = chain.iter().map(|s| s.expect("all four")).collect();
+        let mut exact = chain[0].span.parent_span_id.is_empty();
+        for pair in chain.windows(2) {
+            let (parent, child) = (pair[0], pair[1]);
+            let p = &child.span.parent_span_id[..];
+            if !p.is_empty() && owner.get(p).is_some_and(|o| o != id) {
+                wrong += 1;
+            }
+            exact &= child.span.parent_span_id == parent.span.span_id
+                && child.span.trace_id == parent.span.trace_id;
+        }
+        for s in &chain {
+            traces.entry(&s.span.trace_id).or_default().insert(id.as_str());
+        }
+        // a header a hop received is exactly its caller's client span
+        for (hop, got) in received.iter().enumerate() {
+            if let Some(h) = got.get(id.as_str()) {
+                let call = chain[2 * hop];
+                let expected = format!("00-{}-{}-01", hex(&call.span.trace_id), hex(&call.span.span_id));
+                assert_eq!(h, &expected, "{id}: header received at hop {}", hop + 1);
+            }
+        }
+        complete += usize::from(exact);
+    }
+    let shared = traces.values().filter(|ids| ids.len() > 1).count();
+    assert_eq!(shared, 0, "no two requests share a trace");
+    drop(stacks);
+    Outcome {
+        complete,
+        wrong_parents: wrong,
+        total: TOTAL,
+    }
+}
+
+#[test]
+fn three_hosts_with_a_thread_per_request_middle_are_one_trace_per_request() {
+    if !require_root() {
+        return;
+    }
+    let o = across_three_hosts("hop.py");
+    eprintln!("three hosts, Python middle: {}/{} complete", o.complete, o.total);
+    assert_eq!(o.wrong_parents, 0);
+    assert_eq!(o.complete, o.total, "every request one trace across the hosts");
+}
+
+#[test]
+fn three_hosts_with_a_node_middle_never_mislink() {
+    if !require_root() {
+        return;
+    }
+    let o = across_three_hosts("hop.js");
+    eprintln!("three hosts, Node middle: {}/{} complete", o.complete, o.total);
+    assert_eq!(o.wrong_parents, 0);
+}
+
+/// One span the SDK on host B wrote (JSON lines from `sdkhop.py`).
+#[derive(Debug)]
+struct SdkSpan {
+    name: String,
+    kind: String,
+    trace_id: String,
+    span_id: String,
+    parent_id: String,
+}
+
+fn sdk_spans(path: &Path) -> Vec<SdkSpan> {
+    let field = |line: &str, key: &str| -> String {
+        let tag = format!("\"{key}\": \"");
+        line.split_once(&tag)
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(v, _)| v.to_string())
+            .unwrap_or_default()
+    };
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| SdkSpan {
+            name: field(l, "name"),
+            kind: field(l, "kind"),
+            trace_id: field(l, "trace_id"),
+            span_id: field(l, "span_id"),
+            parent_id: field(l, "parent_id"),
+        })
+        .collect()
+}
+
+/// Host B runs the OpenTelemetry Python SDK (instrumented by hand, no seam on B): its spans
+/// continue the trace seam started on A, and seam on C continues B's.
+#[test]
+fn a_host_running_the_opentelemetry_sdk_instead_of_seam_continues_and_hands_on_the_trace() {
+    if !require_root() {
+        return;
+    }
+    const TOTAL: usize = 100;
+    let python = seam_tests::repo_root().join("target/py-otel/bin/python");
+    assert!(python.exists(), "scripts/test installs the OpenTelemetry SDK into target/py-otel");
+    let hosts = Hosts::create(3).expect("namespaces");
+    let dir = std::env::temp_dir().join(format!("seam-hosts-sdk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("log dir");
+    let (sdk_file, back_log) = (dir.join("sdk.jsonl"), dir.join("back.log"));
+    let back = hop_on(&hosts, 2, "hop.py", BACK_PORT, "-", &back_log);
+    let _sdk = Proc {
+        child: hosts
+            .command(1, &python.display().to_string())
+            .arg(seam_tests::fixture("sdkhop.py"))
+            .args([
+                MIDDLE_PORT.to_string(),
+                format!("http://{}:{BACK_PORT}", hosts.addr(2)),
+            ])
+            .env("SDK_SPAN_FILE", &sdk_file)
+            .env("HOP_BIND", hosts.addr(1))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sdk hop starts"),
+    };
+    hosts.wait_port(2, BACK_PORT, Duration::from_secs(10)).expect("back listens");
+    hosts.wait_port(1, MIDDLE_PORT, Duration::from_secs(20)).expect("sdk hop listens");
+    let rx = OtlpReceiver::start().expect("collector");
+    let client = GatedShell::new(&format!(
+        "CHAIN_HOST={} ip netns exec {} python3 {} {MIDDLE_PORT} {TOTAL} 4",
+        hosts.addr(1),
+        hosts.name(0),
+        seam_tests::fixture("chainclient.py").display(),
+    ))
+    .expect("client");
+    let stacks = [stack_for(&[client.pid()], &rx), stack_for(&[back.pid()], &rx)];
+    assert_eq!(client.run().expect("client ran").trim(), TOTAL.to_string());
+    rx.wait_for(Duration::from_secs(60), |s| s.len() >= 2 * TOTAL);
+    std::thread::sleep(Duration::from_millis(1000));
+    let spans = rx.spans();
+    let logs: String = stacks.iter().map(Stack::all_logs).collect();
+    assert_eq!(spans.len(), 2 * TOTAL, "seam: A's call and C's server span per request\n{logs}");
+    let sdk = sdk_spans(&sdk_file);
+    assert_eq!(sdk.len(), 2 * TOTAL, "the SDK's server and client span per request");
+    let calls: HashMap<String, &ReceivedSpan> = spans
+        .iter()
+        .filter(|s| !s.is_server())
+        .map(|s| (request_id(s).expect("id"), s))
+        .collect();
+    let served: HashMap<String, &ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.is_server())
+        .map(|s| (request_id(s).expect("id"), s))
+        .collect();
+    let received: HashMap<String, Vec<String>> = service_log(&back_log)
+        .into_iter()
+        .map(|f| (f[0].clone(), f))
+        .collect();
+    for (id, a) in &calls {
+        let b_server = sdk
+            .iter()
+            .find(|s| s.kind == "SERVER" && s.name == format!("GET {id}"))
+            .unwrap_or_else(|| panic!("{id}: the SDK's server span"));
+        let b_client = sdk
+            .iter()
+            .find(|s| s.kind == "CLIENT" && s.parent_id == b_server.span_id)
+            .unwrap_or_else(|| panic!("{id}: the SDK's client span"));
+        let c = served[id];
+        let trace = hex(&a.span.trace_id);
+        assert_eq!(b_server.trace_id, trace, "{id}: the SDK continues seam's trace");
+        assert_eq!(b_server.parent_id, hex(&a.span.span_id), "{id}: under seam's client span");
+        assert_eq!(b_client.trace_id, trace, "{id}");
+        assert_eq!(hex(&c.span.trace_id), trace, "{id}: seam on C continues the SDK's trace");
+        assert_eq!(hex(&c.span.parent_span_id), b_client.span_id, "{id}: under the SDK's call");
+        // C got exactly the SDK's header: seam on A added one, B's SDK replaced it with its own
+        let got = &received[id.as_str()];
+        assert_eq!(got[2], "1", "{id}: one traceparent at C");
+        assert_eq!(got[3], format!("00-{trace}-{}-01", b_client.span_id), "{id}");
+    }
+    assert_eq!(calls.len(), TOTAL);
+    drop(stacks);
+}
