@@ -31,7 +31,7 @@ export SEAM_TRACE_PRINTER=disabled SEAM_RUN_DIR=/run/seam-bench SEAM_PIN_DIR=/sy
 gated() {
   gate_fifo="$work/go.$RANDOM"
   mkfifo "$gate_fifo"
-  sh -c 'read x < "$0"; shift; exec "$@"' "$gate_fifo" "$@" > "$work/gated.out" & gate=$!
+  sh -c 'read x < "$0"; exec "$@"' "$gate_fifo" "$@" > "$work/gated.out" & gate=$!
 }
 # with_seam MODE PID: the stack instrumenting nginx and PID with context_propagation=MODE.
 with_seam() {

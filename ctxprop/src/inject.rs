@@ -96,13 +96,21 @@ impl Injector {
         Ok(injector)
     }
 
+    /// Non-zero turns the capture's serving contexts on under a new epoch; zero turns them off.
     fn set_capture_serving(&mut self, on: bool) -> Result<()> {
         let mut flag: Array<&mut MapData, u32> = self
             .ebpf
             .map_mut(names::PROP_ON)
             .context("shared flag missing")?
             .try_into()?;
-        flag.set(0, u32::from(on), 0)
+        let epoch = if on {
+            let next = next_epoch(flag.get(&1, 0).unwrap_or(0));
+            flag.set(1, next, 0).context("recording the epoch")?;
+            next
+        } else {
+            0
+        };
+        flag.set(0, epoch, 0)
             .context("telling the capture to keep serving contexts")?;
         Ok(())
     }
@@ -139,6 +147,11 @@ impl Injector {
     }
 }
 
+/// The epoch after `last`, never zero (zero means "off").
+fn next_epoch(last: u32) -> u32 {
+    last.wrapping_add(1).max(1)
+}
+
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
@@ -147,4 +160,16 @@ where
         .with_context(|| format!("program {name} missing from the propagation object"))?
         .try_into()
         .with_context(|| format!("program {name} has an unexpected type"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_run_gets_a_fresh_non_zero_epoch() {
+        assert_eq!(next_epoch(0), 1);
+        assert_eq!(next_epoch(41), 42);
+        assert_eq!(next_epoch(u32::MAX), 1);
+    }
 }

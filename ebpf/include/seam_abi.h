@@ -106,7 +106,7 @@ struct seam_serving {
 	__u8 flags;
 	__u8 state;
 	__u16 open; /* requests this thread received and not answered yet */
-	__u32 pad;
+	__u32 epoch; /* the ctxprop run that counted them (see seam_prop_on) */
 };
 
 _Static_assert(sizeof(struct seam_injected) == 32, "seam_injected layout");

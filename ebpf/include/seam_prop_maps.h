@@ -32,10 +32,12 @@ struct {
 	__type(value, __u32);
 } seam_prop_marked SEC(".maps");
 
-/* [0] is 1 while ctxprop injects: the capture keeps serving contexts only then. */
+/* [0] is non-zero while ctxprop injects: the capture keeps serving contexts only then. Each ctxprop
+ * run writes a new value (an epoch; [1] is the last one used): counts kept under an earlier run
+ * are ignored, so a request that began or ended while no ctxprop ran never skews a thread's count. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u32);
 } seam_prop_on SEC(".maps");

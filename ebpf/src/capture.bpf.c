@@ -116,6 +116,8 @@ struct conn_info {
 	__u8 open_reqs;   /* requests received here and not answered yet (while ctxprop injects) */
 	__u8 pad;
 	__u32 serving_tid; /* the thread that received the last of them */
+	__u32 epoch;       /* the ctxprop run open_reqs was counted in */
+	__u32 pad2;
 };
 
 /* Keyed by the kernel's struct sock address; an entry ends when the socket reaches TCP_CLOSE. */
@@ -413,11 +415,12 @@ static __always_inline void report_close(struct conn_info *ci, __u32 pid, __u64 
 }
 
 
-static __always_inline int propagation_on(void)
+/* The current ctxprop run, 0 when none injects. */
+static __always_inline __u32 propagation_epoch(void)
 {
 	__u32 zero = 0;
 	__u32 *on = bpf_map_lookup_elem(&seam_prop_on, &zero);
-	return on && *on;
+	return on ? *on : 0;
 }
 
 #define PMASK (SEAM_MAX_CAPTURE * 2 - 1)
@@ -531,15 +534,19 @@ static __always_inline void incoming_context(struct scratch *s, __u32 len, struc
 
 /* A request arrived on ci for thread tid: the thread now works for it, alone or among others. */
 static __always_inline void serving_begin(struct conn_info *ci, __u32 tid, struct scratch *s,
-					  __u32 captured)
+					  __u32 captured, __u32 epoch)
 {
+	if (ci->epoch != epoch) {
+		ci->epoch = epoch;
+		ci->open_reqs = 0;
+	}
 	struct seam_serving *sv = bpf_map_lookup_elem(&seam_serving, &tid);
-	if (sv && sv->open > 0) {
+	if (sv && sv->epoch == epoch && sv->open > 0) {
 		if (sv->open < 0xffff)
 			sv->open++;
 		sv->state = SEAM_CTX_AMBIGUOUS;
 	} else {
-		struct seam_serving fresh = {.open = 1};
+		struct seam_serving fresh = {.open = 1, .epoch = epoch};
 		incoming_context(s, captured, &fresh);
 		bpf_map_update_elem(&seam_serving, &tid, &fresh, BPF_ANY);
 	}
@@ -549,15 +556,17 @@ static __always_inline void serving_begin(struct conn_info *ci, __u32 tid, struc
 }
 
 /* n requests on ci are answered or given up. */
-static __always_inline void serving_end(struct conn_info *ci, __u8 n)
+static __always_inline void serving_end(struct conn_info *ci, __u8 n, __u32 epoch)
 {
+	if (epoch == 0 || ci->epoch != epoch)
+		return;
 	if (n > ci->open_reqs)
 		n = ci->open_reqs;
 	if (n == 0)
 		return;
 	ci->open_reqs -= n;
 	struct seam_serving *sv = bpf_map_lookup_elem(&seam_serving, &ci->serving_tid);
-	if (sv)
+	if (sv && sv->epoch == epoch)
 		sv->open = sv->open > n ? sv->open - n : 0;
 }
 
@@ -632,12 +641,13 @@ static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 
 	if (start) {
 		ci->flags |= CONN_HTTP;
 		s->ev.flags = SEAM_DATA_HTTP_START;
-		if (propagation_on()) {
+		__u32 epoch = propagation_epoch();
+		if (epoch) {
 			int status = is_status_line(s->payload);
 			if (direction == SEAM_DIR_INGRESS && !status)
-				serving_begin(ci, (__u32)pid_tgid, s, captured);
+				serving_begin(ci, (__u32)pid_tgid, s, captured, epoch);
 			else if (direction == SEAM_DIR_EGRESS && status && s->payload[9] != '1')
-				serving_end(ci, 1); /* a final response, not "100 Continue" */
+				serving_end(ci, 1, epoch); /* a final response, not "100 Continue" */
 			else if (direction == SEAM_DIR_EGRESS && !status)
 				report_injected(ci, pid, pid_tgid);
 		}
@@ -669,7 +679,7 @@ int on_recv(__u64 *ctx)
  * ctxprop's sockops takes it into the sockhash once established. */
 static __always_inline void mark_for_injection(struct sock *sk)
 {
-	if (!is_target(bpf_get_current_pid_tgid() >> 32) || !propagation_on())
+	if (!is_target(bpf_get_current_pid_tgid() >> 32) || !propagation_epoch())
 		return;
 	__u32 *m = bpf_sk_storage_get(&seam_prop_marked, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (m)
@@ -693,7 +703,7 @@ int on_state(__u64 *ctx)
 		return 0;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	report_close(ci, pid_tgid >> 32, pid_tgid);
-	serving_end(ci, ci->open_reqs);
+	serving_end(ci, ci->open_reqs, propagation_epoch());
 	bpf_map_delete_elem(&seam_conns, &key);
 	return 0;
 }

@@ -28,7 +28,7 @@ enum prop_counter {
 	PROP_CNT_HAD_HEADER = 2, /* requests that already carried one */
 	PROP_CNT_OPAQUE = 3,     /* connections given up (not framed with certainty) */
 	PROP_CNT_FAILED = 4,     /* insertions the kernel refused */
-	PROP_CNT_RELEASED = 5,   /* connections taken out of the sockhash */
+	PROP_CNT_RELEASED = 5,   /* taken out on leaving ESTABLISHED (a close unlinks by itself) */
 	PROP_CNT_MAX = 6,
 };
 
@@ -297,7 +297,11 @@ static __always_inline char hex_digit(__u8 n)
 static __always_inline void choose_context(struct seam_injected *inj)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 zero = 0;
+	__u32 *epoch = bpf_map_lookup_elem(&seam_prop_on, &zero);
 	struct seam_serving *sv = bpf_map_lookup_elem(&seam_serving, &tid);
+	if (sv && (!epoch || sv->epoch != *epoch))
+		sv = NULL; /* counted by an earlier run */
 	__u32 r[6];
 #pragma unroll
 	for (int i = 0; i < 6; i++)
@@ -391,6 +395,14 @@ __attribute__((noinline)) int put_word(__u32 at, __u64 word)
 	return 1;
 }
 
+/* What this thread injected before is reported with its next request: drop it when this send
+ * carries a request seam leaves alone. */
+static __always_inline void forget_injection(void)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	bpf_map_delete_elem(&seam_injected, &tid);
+}
+
 /* Copies the first len (≤ SCAN_MAX) bytes of the message into buf->head. Packet pointers take
  * only constant offsets without CAP_PERFMON, which ctxprop does not hold: whole words at
  * unrolled offsets, then the last eight bytes through a second pull that starts there. */
@@ -463,6 +475,7 @@ int on_msg(struct sk_msg_md *msg)
 		/* not HTTP/1.x, or a head split over sends or longer than SCAN_MAX */
 		f->opaque = 1;
 		count(PROP_CNT_OPAQUE);
+		forget_injection();
 		return SK_PASS;
 	}
 	__u64 body_here = size - t->head_len;
@@ -475,6 +488,7 @@ int on_msg(struct sk_msg_md *msg)
 	}
 	if (t->traceparents) {
 		count(PROP_CNT_HAD_HEADER);
+		forget_injection(); /* an earlier send that failed must not lend this request its ids */
 		return SK_PASS;
 	}
 	if (inject(msg, buf, t->request_line, t->head_len))

@@ -137,7 +137,7 @@ pub struct Serving {
     pub flags: u8,
     pub state: u8,
     pub open: u16,
-    pub pad: u32,
+    pub epoch: u32,
 }
 
 const _: () = assert!(size_of::<Injected>() == 32);
