@@ -107,17 +107,22 @@ fn injected_headers_carry_each_request_through_the_chain_as_one_trace() {
     drop(logs);
 }
 
-/// One corpus case as sent and as the server received it.
+/// One corpus case as sent, as the server received it, and as a packet capture saw it go.
 struct Case {
     name: String,
     expected_headers: usize,
     sent: Vec<u8>,
     received: Vec<u8>,
+    /// Client-to-server TCP payload in capture order, and the TCP option kinds it carried.
+    on_the_wire: Vec<u8>,
+    tcp_options: std::collections::BTreeSet<String>,
 }
 
-/// Runs `corpus.py` (instrumented) against `recorder.py` (not instrumented) under a stack
-/// started with `env`; `before` runs once the stack is up, before the first byte is sent.
-fn run_corpus(env: &[(String, String)], before: impl FnOnce(&Stack)) -> Vec<Case> {
+/// Runs `corpus.py` (instrumented when there is a stack) against `recorder.py` (never
+/// instrumented) under a stack started with `env`, or with no seam at all for `None`; `before`
+/// runs once the stack is up, before the first byte is sent. A packet capture on the loopback
+/// interface records what went to the recorder.
+fn run_corpus(env: Option<&[(String, String)]>, before: impl FnOnce(&Stack)) -> Vec<Case> {
     let dir = std::env::temp_dir().join(format!(
         "seam-corpus-{}-{}",
         std::process::id(),
@@ -142,12 +147,33 @@ fn run_corpus(env: &[(String, String)], before: impl FnOnce(&Stack)) -> Vec<Case
         dir.display()
     ))
     .expect("client");
-    let mut env = env.to_vec();
-    env.extend(selector_env(&[], &[client.pid()]));
-    let stack = Stack::start(&env).expect("stack");
-    stack.wait_target(client.pid()).expect("targeted");
-    before(&stack);
-    assert_eq!(client.run().expect("corpus ran").trim(), "done", "{}", stack.all_logs());
+    let capture = dir.join("capture.txt");
+    let mut sniffer = std::process::Command::new("python3")
+        .arg(seam_tests::fixture("sniff.py"))
+        .arg(port.to_string())
+        .arg(&capture)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("packet capture starts");
+    {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let stdout = sniffer.stdout.take().expect("piped");
+        std::io::BufReader::new(stdout).read_line(&mut line).expect("capture ready");
+        assert_eq!(line.trim(), "ready");
+    }
+    let _sniffer = Proc { child: sniffer };
+    let stack = env.map(|env| {
+        let mut env = env.to_vec();
+        env.extend(selector_env(&[], &[client.pid()]));
+        let stack = Stack::start(&env).expect("stack");
+        stack.wait_target(client.pid()).expect("targeted");
+        before(&stack);
+        stack
+    });
+    let logs = stack.as_ref().map(Stack::all_logs).unwrap_or_default();
+    assert_eq!(client.run().expect("corpus ran").trim(), "done", "{logs}");
     let cases: Vec<(String, usize, String)> = std::fs::read_to_string(dir.join("cases"))
         .expect("case list")
         .lines()
@@ -166,14 +192,36 @@ fn run_corpus(env: &[(String, String)], before: impl FnOnce(&Stack)) -> Vec<Case
         }
         panic!("the recorder never wrote {}", path.display());
     };
+    let received: Vec<Vec<u8>> = cases.iter().map(|c| received(&c.2)).collect();
+    std::thread::sleep(Duration::from_millis(300)); // the capture drains its socket
+    let mut wire: HashMap<String, (Vec<u8>, std::collections::BTreeSet<String>)> = HashMap::new();
+    for line in std::fs::read_to_string(&capture).expect("capture").lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let entry = wire.entry(f[0].to_string()).or_default();
+        if f[1] != "-" {
+            entry.1.extend(f[1].split(',').map(str::to_string));
+        }
+        if f[2] != "-" {
+            let bytes = (0..f[2].len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&f[2][i..i + 2], 16).expect("hex"));
+            entry.0.extend(bytes);
+        }
+    }
     let out = cases
         .into_iter()
+        .zip(received)
         .enumerate()
-        .map(|(n, (name, expected_headers, port))| Case {
-            name,
-            expected_headers,
-            sent: std::fs::read(dir.join(format!("case-{n}.bin"))).expect("sent bytes"),
-            received: received(&port),
+        .map(|(n, ((name, expected_headers, port), received))| {
+            let (on_the_wire, tcp_options) = wire.remove(&port).unwrap_or_default();
+            Case {
+                name,
+                expected_headers,
+                sent: std::fs::read(dir.join(format!("case-{n}.bin"))).expect("sent bytes"),
+                received,
+                on_the_wire,
+                tcp_options,
+            }
         })
         .collect();
     drop(stack);
@@ -219,7 +267,7 @@ fn corpus_arrives_byte_for_byte_with_exactly_the_expected_headers() {
         return;
     }
     let env = [("SEAM_CONTEXT_PROPAGATION".to_string(), "headers".to_string())];
-    let cases = run_corpus(&env, |_| {});
+    let cases = run_corpus(Some(&env), |_| {});
     assert!(cases.len() >= 15, "the whole corpus ran");
     for c in &cases {
         let (stripped, added) = without_injected(&c.received);
@@ -238,21 +286,26 @@ fn corpus_arrives_byte_for_byte_with_exactly_the_expected_headers() {
             c.received.len(),
             stripped.len()
         );
+        // the packet capture saw the same: the headers were added on the wire, nothing else
+        let (captured, added_on_wire) = without_injected(&c.on_the_wire);
+        assert_eq!(added_on_wire, c.expected_headers, "{}: headers in the capture", c.name);
+        assert!(captured == c.sent, "{}: capture differs beyond the headers", c.name);
     }
 }
 
 #[test]
-fn nothing_is_modified_when_propagation_is_disabled_or_ctxprop_is_stopped() {
+fn the_wire_is_as_without_seam_when_propagation_is_disabled_or_ctxprop_is_stopped() {
     if !require_root() {
         return;
     }
     let disabled = [("SEAM_CONTEXT_PROPAGATION".to_string(), "disabled".to_string())];
     let enabled_then_stopped = [("SEAM_CONTEXT_PROPAGATION".to_string(), "headers".to_string())];
     let runs = [
-        ("disabled", run_corpus(&disabled, |_| {})),
+        ("no seam", run_corpus(None, |_| {})),
+        ("disabled", run_corpus(Some(&disabled), |_| {})),
         (
             "ctxprop stopped",
-            run_corpus(&enabled_then_stopped, |stack| {
+            run_corpus(Some(&enabled_then_stopped), |stack| {
                 let pid = stack.pid_of("ctxprop").expect("ctxprop runs");
                 nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")),
@@ -271,15 +324,24 @@ fn nothing_is_modified_when_propagation_is_disabled_or_ctxprop_is_stopped() {
             }),
         ),
     ];
-    for (how, cases) in runs {
-        for c in &cases {
+    // The capture of a run without seam is the reference: the same bytes went on the wire, with
+    // the same TCP options (kernel defaults: MSS, SACK, timestamps, window scale), and nothing else.
+    let reference: HashMap<String, std::collections::BTreeSet<String>> = runs[0]
+        .1
+        .iter()
+        .map(|c| (c.name.clone(), c.tcp_options.clone()))
+        .collect();
+    for (how, cases) in &runs {
+        for c in cases {
             assert!(
-                c.received == c.sent,
-                "{how}: {}: {} bytes sent, {} received",
+                c.received == c.sent && c.on_the_wire == c.sent,
+                "{how}: {}: {} bytes sent, {} received, {} captured",
                 c.name,
                 c.sent.len(),
-                c.received.len()
+                c.received.len(),
+                c.on_the_wire.len()
             );
+            assert_eq!(c.tcp_options, reference[&c.name], "{how}: {}: TCP options", c.name);
         }
     }
 }
