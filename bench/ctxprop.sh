@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# What header injection costs, in one run: nginx (CPU 0) under wrk (CPU 1), with wrk itself
+# What context propagation costs, in one run: nginx (CPU 0) under wrk (CPU 1), with wrk itself
 # instrumented so every request it sends goes through ctxprop's sk_msg program. Each round runs
-# three phases: no seam; seam instrumenting nginx and wrk with context_propagation=disabled; the
-# same with context_propagation=headers. Then bulk upload throughput (1 GiB HTTP POSTs to a sink,
+# four phases: no seam; seam instrumenting nginx and wrk with context_propagation=disabled; the
+# same with context_propagation=headers; and with context_propagation=tcp. Then bulk upload throughput (1 GiB HTTP POSTs to a sink,
 # shutdown, blocking recv) from an instrumented client with and without the sockhash.
 # Prints medians and per-round figures.
 #   bench/ctxprop.sh [seconds per phase, default 8] [rounds, default 3]
@@ -71,6 +71,7 @@ for r in $(seq "$rounds"); do
   wrk_phase none none
   wrk_phase disabled disabled
   wrk_phase headers headers
+  wrk_phase tcp tcp
 done
 
 python3 "$here/../tests/fixtures/sink.py" "$upload_port" & sinkpid=$!
@@ -97,7 +98,7 @@ by = {}
 for label, rps, p50, p99 in rows:
     by.setdefault(label, []).append((float(rps), float(p50), float(p99)))
 print(f"nginx + wrk (wrk instrumented), {sys.argv[3]} s phases, {sys.argv[4]} rounds")
-for label in ("none", "disabled", "headers"):
+for label in ("none", "disabled", "headers", "tcp"):
     v = by[label]
     print(f"  {label:9s} throughput {statistics.median(x[0] for x in v):8.0f} req/s  "
           f"p50 {statistics.median(x[1] for x in v):6.0f} us  p99 {statistics.median(x[2] for x in v):6.0f} us"
@@ -107,6 +108,9 @@ loss = [1 - by["headers"][i][0] / by["disabled"][i][0] for i in range(n)]
 seam = [1 - by["disabled"][i][0] / by["none"][i][0] for i in range(n)]
 print(f"  ctxprop loss (headers vs disabled): median {100 * statistics.median(loss):.1f} %  per round "
       + " ".join(f"{100 * x:.1f}" for x in loss))
+tloss = [1 - by["tcp"][i][0] / by["disabled"][i][0] for i in range(n)]
+print(f"  ctxprop loss (tcp vs disabled):     median {100 * statistics.median(tloss):.1f} %  per round "
+      + " ".join(f"{100 * x:.1f}" for x in tloss))
 print(f"  seam loss (disabled vs none):       median {100 * statistics.median(seam):.1f} %")
 ups = {}
 for line in open(sys.argv[2]):
@@ -118,4 +122,4 @@ for label, v in ups.items():
     print(f"  {label:16s} {statistics.median(x[0] for x in v):.2f} GiB/s  rounds "
           + " ".join(f"{x[0]:.2f}" for x in v) + f"  eagain {' '.join(x[1] for x in v)}")
 PY
-grep -o "counters=.*" "$work/counters.txt" | tail -1 | sed 's/^/  last headers phase: /'
+grep -o "counters=.*" "$work/counters.txt" | tail -2 | sed "s/^/  last round (headers, then tcp): /"

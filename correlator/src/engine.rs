@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use seam_abi::{
     Event, Injected, Tuple, AF_INET, DIR_INGRESS, EV_CLOSE, EV_DATA, EV_EXEC, EV_EXIT, EV_INJECTED,
-    EV_SPAWN, INJ_CHILD,
+    EV_SPAWN, EV_TCP_CONTEXT, INJ_CHILD,
 };
 use seam_proto::msg::SpanRecord;
 
@@ -30,6 +30,8 @@ pub struct EngineCounters {
     pub expired_responses: u64,
     /// Client spans whose ids ctxprop put on the wire.
     pub injected_spans: u64,
+    /// Server requests whose incoming context came in a peer's TCP option.
+    pub option_contexts: u64,
     /// Of those, ones the kernel made children of a server request this engine could not match
     /// (kept as their own trace: the ids on the wire cannot change).
     pub injected_unlinked: u64,
@@ -256,6 +258,8 @@ pub struct Engine {
     handoffs: Handoffs,
     /// What ctxprop injected into the next request on a connection, reported just before it.
     injected: IdMap<u64, Injected>,
+    /// The context a peer's TCP option brought for the next request on a connection.
+    option_ctx: IdMap<u64, TraceContext>,
     pub counters: EngineCounters,
 }
 
@@ -287,6 +291,7 @@ impl Engine {
             handed: IdMap::default(),
             handoffs: Handoffs::default(),
             injected: IdMap::default(),
+            option_ctx: IdMap::default(),
             counters: EngineCounters::default(),
         }
     }
@@ -341,13 +346,27 @@ impl Engine {
                     self.on_started(ev.conn_id, st);
                 }
                 self.started = started;
-                // an injection is reported right before its request's event: never later
+                // a context is reported right before its request's event: never later
                 self.injected.remove(&ev.conn_id);
+                self.option_ctx.remove(&ev.conn_id);
                 self.finish_exchanges(ev.conn_id, out);
             }
             EV_INJECTED => match Injected::parse(payload) {
                 Some(inj) => {
                     self.injected.insert(ev.conn_id, inj);
+                }
+                None => self.counters.malformed_records += 1,
+            },
+            EV_TCP_CONTEXT => match Injected::parse(payload) {
+                Some(opt) => {
+                    self.option_ctx.insert(
+                        ev.conn_id,
+                        TraceContext {
+                            trace_id: opt.trace_id,
+                            parent_id: opt.span_id,
+                            flags: opt.flags,
+                        },
+                    );
                 }
                 None => self.counters.malformed_records += 1,
             },
@@ -384,7 +403,13 @@ impl Engine {
             return;
         };
         let flow = Flow::outbound(&entry.ends);
-        let header = context::from_headers(&st.traceparent, &st.tracestate);
+        // A header wins over the TCP option (the kernel reports the option only without one).
+        let option = self.option_ctx.remove(&conn_id);
+        let header = context::from_headers(&st.traceparent, &st.tracestate).or_else(|| {
+            let ctx = option.filter(|_| st.side == Side::Server)?;
+            self.counters.option_contexts += 1;
+            Some((ctx, String::new()))
+        });
         let ctx = match st.side {
             Side::Server => {
                 let item = (conn_id, st.seq);
@@ -872,6 +897,102 @@ mod tests {
 
     const REQ: &[u8] = b"GET /x HTTP/1.1\r\n\r\n";
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+    /// A context record (EV_INJECTED or EV_TCP_CONTEXT) for connection `conn`.
+    fn context_record(conn: u64, kind: u8, ctx: Injected) -> (Event, Vec<u8>) {
+        let e = Event {
+            conn_id: conn,
+            kind,
+            captured: size_of::<Injected>() as u32,
+            ..Event::default()
+        };
+        // SAFETY: Injected is plain old data with no padding bytes left undefined (pad is a field).
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&ctx as *const Injected).cast::<u8>(),
+                size_of::<Injected>(),
+            )
+        };
+        (e, bytes.to_vec())
+    }
+
+    #[test]
+    fn a_tcp_option_context_is_the_server_spans_parent_unless_a_header_is_there() {
+        let opt = Injected {
+            trace_id: [7; 16],
+            span_id: [8; 8],
+            flags: 1,
+            kind: seam_abi::INJ_REMOTE,
+            ..Injected::default()
+        };
+        let mut engine = Engine::default();
+        let mut out = Vec::new();
+        let (c, pc) = context_record(1, EV_TCP_CONTEXT, opt);
+        engine.on_event(&c, &pc, &mut out);
+        out.extend(play(
+            &mut engine,
+            &[
+                (1, 2, 22, DIR_INGRESS, (80, 5000), REQ, 10),
+                (1, 2, 22, DIR_EGRESS, (80, 5000), OK, 20),
+            ],
+        ));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1.trace_id, [7; 16]);
+        assert_eq!(out[0].1.parent_span_id, Some([8; 8]));
+        assert_eq!(engine.counters.option_contexts, 1);
+
+        let with_header: &[u8] =
+            b"GET /x HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
+        let (c, pc) = context_record(3, EV_TCP_CONTEXT, opt);
+        engine.on_event(&c, &pc, &mut out);
+        out.extend(play(
+            &mut engine,
+            &[
+                (3, 2, 22, DIR_INGRESS, (80, 5001), with_header, 30),
+                (3, 2, 22, DIR_EGRESS, (80, 5001), OK, 40),
+            ],
+        ));
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].1.trace_id[..2], [0x4b, 0xf9], "the header wins");
+    }
+
+    #[test]
+    fn an_injected_call_carries_the_wire_ids_under_its_server_request() {
+        let inj = Injected {
+            trace_id: [5; 16],
+            span_id: [6; 8],
+            flags: 1,
+            kind: INJ_CHILD,
+            ..Injected::default()
+        };
+        let mut engine = Engine::default();
+        let mut out = play(&mut engine, &[(1, 2, 22, DIR_INGRESS, (80, 5000), REQ, 10)]);
+        let (c, pc) = context_record(2, EV_INJECTED, inj);
+        engine.on_event(&c, &pc, &mut out);
+        out.extend(play(
+            &mut engine,
+            &[
+                (2, 2, 22, DIR_EGRESS, (6000, 9090), REQ, 20),
+                (2, 2, 22, DIR_INGRESS, (6000, 9090), OK, 30),
+                (1, 2, 22, DIR_EGRESS, (80, 5000), OK, 40),
+            ],
+        ));
+        assert_eq!(out.len(), 2);
+        let client = &out[0].1;
+        let server = &out[1].1;
+        assert_eq!(
+            (client.trace_id, client.span_id),
+            ([5; 16], [6; 8]),
+            "the ids on the wire"
+        );
+        assert_eq!(
+            server.trace_id, [5; 16],
+            "the request without context took the call's trace"
+        );
+        assert_eq!(client.parent_span_id, Some(server.span_id));
+        assert_eq!(engine.counters.injected_spans, 1);
+        assert_eq!(engine.counters.injected_unlinked, 0);
+    }
 
     fn span_for(
         out: &[(u32, SpanRecord)],

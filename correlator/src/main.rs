@@ -161,6 +161,7 @@ fn run(args: Args, links: LinkConfig) -> Result<()> {
         expired_responses = e.expired_responses,
         injected_spans = e.injected_spans,
         injected_unlinked = e.injected_unlinked,
+        option_contexts = e.option_contexts,
         "final counters"
     );
     drop(consumer);

@@ -9,20 +9,30 @@ use serde::Deserialize;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// Every carrier seam has (today: the HTTP header).
+    /// Every carrier: the header and the TCP option.
     All,
     /// `traceparent` in plaintext HTTP/1.x requests.
     Headers,
-    /// The TCP-option carrier (not built yet: modifies nothing).
+    /// The context in a TCP option (kind 25) on the request's first data segment.
     Tcp,
     /// Nothing is ever modified (the default, as with peers: injection is opted into).
     #[default]
     Disabled,
 }
 
+/// Bits of the propagation object's `carriers` global.
+pub const CARRIER_HEADER: u32 = 1;
+pub const CARRIER_TCP_OPTION: u32 = 2;
+
 impl Mode {
-    pub fn injects_headers(self) -> bool {
-        matches!(self, Mode::All | Mode::Headers)
+    /// The carriers this mode writes; none for `disabled`.
+    pub fn carriers(self) -> u32 {
+        match self {
+            Mode::All => CARRIER_HEADER | CARRIER_TCP_OPTION,
+            Mode::Headers => CARRIER_HEADER,
+            Mode::Tcp => CARRIER_TCP_OPTION,
+            Mode::Disabled => 0,
+        }
     }
 }
 
@@ -85,8 +95,10 @@ mod tests {
         assert_eq!(" disabled ".parse::<Mode>().ok(), Some(Mode::Disabled));
         assert!("Headers".parse::<Mode>().is_err());
         assert!("on".parse::<Mode>().is_err());
-        assert!(Mode::All.injects_headers() && Mode::Headers.injects_headers());
-        assert!(!Mode::Tcp.injects_headers() && !Mode::Disabled.injects_headers());
+        assert_eq!(Mode::All.carriers(), CARRIER_HEADER | CARRIER_TCP_OPTION);
+        assert_eq!(Mode::Headers.carriers(), CARRIER_HEADER);
+        assert_eq!(Mode::Tcp.carriers(), CARRIER_TCP_OPTION);
+        assert_eq!(Mode::Disabled.carriers(), 0);
     }
 
     #[test]
@@ -96,7 +108,10 @@ mod tests {
         let p = dir.join("seam.yaml");
         std::fs::write(&p, "context_propagation: headers\ncorrelator: {}\n").expect("write");
         assert_eq!(resolve(None, Some(&p)).ok(), Some(Mode::Headers));
-        assert_eq!(resolve(Some("disabled"), Some(&p)).ok(), Some(Mode::Disabled));
+        assert_eq!(
+            resolve(Some("disabled"), Some(&p)).ok(),
+            Some(Mode::Disabled)
+        );
         assert_eq!(resolve(None, None).ok(), Some(Mode::Disabled));
         std::fs::write(&p, "context_propagation: sometimes\n").expect("write");
         assert!(resolve(None, Some(&p)).is_err());

@@ -19,6 +19,7 @@ const SHARED: &[(&str, &str)] = &[
     (names::INJECTED, "injected"),
     (names::PROP_ON, "prop_on"),
     (names::PROP_MARKED, "marked"),
+    (names::REMOTE_CTX, "remote_ctx"),
 ];
 
 /// What the programs counted (indexes of `enum prop_counter`).
@@ -29,6 +30,8 @@ const COUNTER_NAMES: &[&str] = &[
     "opaque",
     "insert_failed",
     "released",
+    "options_sent",
+    "options_received",
 ];
 
 #[derive(Debug)]
@@ -56,7 +59,7 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
 impl Injector {
     /// Loads and attaches everything; the sk_msg program is on the sockhash before sockops can
     /// put a socket there, and the capture is told to keep serving contexts last.
-    pub fn start(pin_dir: &Path, cgroup: &Path, pin_wait: Duration) -> Result<Self> {
+    pub fn start(pin_dir: &Path, cgroup: &Path, pin_wait: Duration, carriers: u32) -> Result<Self> {
         let pins: Vec<PathBuf> = SHARED.iter().map(|(_, f)| pin_dir.join(f)).collect();
         if !seam_proto::lifecycle::wait_for_paths(&pins, pin_wait) {
             bail!(
@@ -66,9 +69,10 @@ impl Injector {
         }
         let mut loader = EbpfLoader::new();
         for ((name, _), path) in SHARED.iter().zip(&pins) {
-            loader.map_pin_path(*name, path.as_path());
+            loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader
+            .override_global(names::CARRIERS, &carriers, true)
             .load(objects::CTXPROP)
             .context("loading the propagation object (needs CAP_BPF and CAP_NET_ADMIN)")?;
 
@@ -77,7 +81,10 @@ impl Injector {
             .context("sockhash missing from the propagation object")?
             .try_into()
             .context("the sockhash is not a SOCKHASH")?;
-        let socks_fd = socks.fd().try_clone().context("duplicating the sockhash fd")?;
+        let socks_fd = socks
+            .fd()
+            .try_clone()
+            .context("duplicating the sockhash fd")?;
         let msg: &mut SkMsg = program(&mut ebpf, "on_msg")?;
         msg.load().context("verifier rejected on_msg")?;
         msg.attach(&socks_fd)

@@ -1,4 +1,4 @@
-//! seam-ctxprop: the only daemon that modifies traffic — it adds `traceparent` to instrumented processes' outgoing HTTP/1.x requests when configured to.
+//! seam-ctxprop: the only daemon that modifies traffic — it adds trace context (a `traceparent` header, a TCP option) to instrumented processes' outgoing HTTP/1.x requests when configured to.
 
 mod config;
 mod inject;
@@ -16,7 +16,7 @@ use seam_proto::{ipc, msg::CtxpropRequest, privilege, role, Role};
 #[command(
     name = "seam-ctxprop",
     version,
-    about = "Context propagation for seam: adds traceparent to instrumented processes' outgoing HTTP/1.x requests"
+    about = "Context propagation for seam: adds traceparent (header or TCP option) to instrumented processes' outgoing HTTP/1.x requests"
 )]
 struct Args {
     /// all | headers | tcp | disabled (default disabled: no traffic is ever modified).
@@ -59,18 +59,20 @@ struct State {
 fn run(args: &Args, mode: Mode) -> Result<()> {
     privilege::enter_and_log(Role::Ctxprop)?;
     let state: Arc<Mutex<State>> = Arc::default();
-    if mode.injects_headers() {
+    if mode.carriers() != 0 {
         let pin_dir = args.pin_dir.clone().unwrap_or_else(role::pin_dir);
         let cgroup = match &args.cgroup {
             Some(c) => c.clone(),
             None => inject::cgroup2_mount()?,
         };
-        let injector =
-            inject::Injector::start(&pin_dir, &cgroup, Duration::from_secs(args.pin_wait))?;
-        tracing::info!(mode = ?mode, cgroup = %cgroup.display(), "injecting traceparent into instrumented processes' outgoing HTTP/1.x requests");
+        let injector = inject::Injector::start(
+            &pin_dir,
+            &cgroup,
+            Duration::from_secs(args.pin_wait),
+            mode.carriers(),
+        )?;
+        tracing::info!(mode = ?mode, cgroup = %cgroup.display(), "propagating context in instrumented processes' outgoing HTTP/1.x requests");
         lock(&state).injector = Some(injector);
-    } else if mode == Mode::Tcp {
-        tracing::warn!("context_propagation=tcp: the TCP-option carrier is not built yet; no traffic is modified");
     } else {
         tracing::info!("context propagation disabled: no traffic is modified");
     }
@@ -91,7 +93,11 @@ fn run(args: &Args, mode: Mode) -> Result<()> {
             };
             // The kernel side follows the loader's target set (forks included) through the
             // socket marks; this set is what discover asked for, kept for the log.
-            tracing::debug!(targets = targets.len(), injecting = injector.is_some(), "target set changed");
+            tracing::debug!(
+                targets = targets.len(),
+                injecting = injector.is_some(),
+                "target set changed"
+            );
         });
         seam_proto::lifecycle::ready(Role::Ctxprop);
         tokio::select! {

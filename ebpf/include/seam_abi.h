@@ -18,6 +18,8 @@ enum seam_event_kind {
 	SEAM_EV_EXIT = 5,  /* a target's thread (tid) exited */
 	SEAM_EV_INJECTED = 6, /* the request that follows on conn_id went out with this context
 			       * (payload: struct seam_injected) */
+	SEAM_EV_TCP_CONTEXT = 7, /* the request that follows on conn_id came with this context in a
+				  * TCP option (payload: struct seam_injected, span_id = the caller's) */
 };
 
 enum seam_direction {
@@ -82,7 +84,14 @@ enum seam_counter {
 enum seam_injected_kind {
 	SEAM_INJ_CHILD = 1, /* child of the one server request the sending thread works for */
 	SEAM_INJ_ROOT = 2,  /* the thread works for no request, or for several: a new trace */
+	SEAM_INJ_REMOTE = 3, /* read from a peer's TCP option */
 };
+
+/* The TCP-option carrier (the layout OBI uses): kind 25, then 16 bytes of trace id and 8 of span
+ * id; sampled is implied, and a 27-byte form adds a flags byte for an unsampled context. */
+#define SEAM_TCP_OPT_KIND 25
+#define SEAM_TCP_OPT_LEN 26
+#define SEAM_TCP_OPT_LEN_FLAGS 27
 
 struct seam_injected {
 	__u8 trace_id[16];

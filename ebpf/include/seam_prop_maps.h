@@ -23,6 +23,15 @@ struct {
 	__type(value, struct seam_injected);
 } seam_injected SEC(".maps");
 
+/* Connection (as the receiving host's capture names it) → the context the peer's last TCP
+ * option carried; written by ctxprop's sockops, taken by the capture when a request starts. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct seam_tuple);
+	__type(value, struct seam_injected);
+} seam_remote_ctx SEC(".maps");
+
 /* Set on TCP sockets an instrumented process connects (by the capture, which knows the target
  * set and its forks); ctxprop's sockops puts only these in its sockhash. */
 struct {

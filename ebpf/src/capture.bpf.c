@@ -532,13 +532,64 @@ static __always_inline void incoming_context(struct scratch *s, __u32 len, struc
 	out->state = SEAM_CTX_HEADER;
 }
 
+/* A context record just before the request's own event: what went out with it (EV_INJECTED) or
+ * what came with it in a TCP option (EV_TCP_CONTEXT). */
+static __always_inline void report_context(struct conn_info *ci, __u32 pid, __u32 tid, __u8 kind,
+					   struct seam_injected *ctx)
+{
+	__u32 zero = 0;
+	struct injected_record *r = bpf_map_lookup_elem(&seam_injected_scratch, &zero);
+	if (!r)
+		return;
+	__builtin_memset(&r->ev, 0, sizeof(r->ev));
+	r->ev.kind = kind;
+	r->ev.conn_id = ci->conn_id;
+	r->ev.pid = pid;
+	r->ev.tid = tid;
+	r->ev.start_ns = r->ev.end_ns = bpf_ktime_get_ns();
+	r->ev.tuple = ci->tuple;
+	r->ev.captured = sizeof(r->inj);
+	r->inj = *ctx;
+	if (bpf_ringbuf_output(&seam_events, r, sizeof(*r), submit_flags()) == 0)
+		count(SEAM_CNT_EVENTS);
+	else
+		count(SEAM_CNT_RINGBUF_FULL);
+}
+
+/* Reports what ctxprop injected into the request this thread is sending on ci, so user space
+ * gives the client span exactly the ids on the wire. */
+static __always_inline void report_injected(struct conn_info *ci, __u32 pid, __u64 pid_tgid)
+{
+	__u32 tid = (__u32)pid_tgid;
+	struct seam_injected *inj = bpf_map_lookup_elem(&seam_injected, &tid);
+	if (!inj)
+		return;
+	if (inj->local_port == ci->tuple.local_port)
+		report_context(ci, pid, tid, SEAM_EV_INJECTED, inj);
+	bpf_map_delete_elem(&seam_injected, &tid);
+}
+
 /* A request arrived on ci for thread tid: the thread now works for it, alone or among others. */
-static __always_inline void serving_begin(struct conn_info *ci, __u32 tid, struct scratch *s,
-					  __u32 captured, __u32 epoch)
+static __always_inline void serving_begin(struct conn_info *ci, __u32 pid, __u32 tid,
+					  struct scratch *s, __u32 captured, __u32 epoch)
 {
 	if (ci->epoch != epoch) {
 		ci->epoch = epoch;
 		ci->open_reqs = 0;
+	}
+	struct seam_serving fresh = {.open = 1, .epoch = epoch};
+	incoming_context(s, captured, &fresh);
+	/* The peer's TCP option, taken whether used or not: a later request without one must never
+	 * find it. The header wins when both are there. */
+	struct seam_injected *opt = bpf_map_lookup_elem(&seam_remote_ctx, &ci->tuple);
+	if (opt) {
+		if (fresh.state == SEAM_CTX_NONE) {
+			__builtin_memcpy(fresh.trace_id, opt->trace_id, 16);
+			fresh.flags = opt->flags;
+			fresh.state = SEAM_CTX_HEADER;
+			report_context(ci, pid, tid, SEAM_EV_TCP_CONTEXT, opt);
+		}
+		bpf_map_delete_elem(&seam_remote_ctx, &ci->tuple);
 	}
 	struct seam_serving *sv = bpf_map_lookup_elem(&seam_serving, &tid);
 	if (sv && sv->epoch == epoch && sv->open > 0) {
@@ -546,8 +597,6 @@ static __always_inline void serving_begin(struct conn_info *ci, __u32 tid, struc
 			sv->open++;
 		sv->state = SEAM_CTX_AMBIGUOUS;
 	} else {
-		struct seam_serving fresh = {.open = 1, .epoch = epoch};
-		incoming_context(s, captured, &fresh);
 		bpf_map_update_elem(&seam_serving, &tid, &fresh, BPF_ANY);
 	}
 	if (ci->open_reqs < 0xff)
@@ -568,34 +617,6 @@ static __always_inline void serving_end(struct conn_info *ci, __u8 n, __u32 epoc
 	struct seam_serving *sv = bpf_map_lookup_elem(&seam_serving, &ci->serving_tid);
 	if (sv && sv->epoch == epoch)
 		sv->open = sv->open > n ? sv->open - n : 0;
-}
-
-/* Reports what ctxprop injected into the request this thread is sending on ci, just before the
- * request's own event, so user space gives the client span exactly the ids on the wire. */
-static __always_inline void report_injected(struct conn_info *ci, __u32 pid, __u64 pid_tgid)
-{
-	__u32 tid = (__u32)pid_tgid;
-	struct seam_injected *inj = bpf_map_lookup_elem(&seam_injected, &tid);
-	if (!inj)
-		return;
-	__u32 zero = 0;
-	struct injected_record *r = bpf_map_lookup_elem(&seam_injected_scratch, &zero);
-	if (r && inj->local_port == ci->tuple.local_port) {
-		__builtin_memset(&r->ev, 0, sizeof(r->ev));
-		r->ev.kind = SEAM_EV_INJECTED;
-		r->ev.conn_id = ci->conn_id;
-		r->ev.pid = pid;
-		r->ev.tid = tid;
-		r->ev.start_ns = r->ev.end_ns = bpf_ktime_get_ns();
-		r->ev.tuple = ci->tuple;
-		r->ev.captured = sizeof(r->inj);
-		r->inj = *inj;
-		if (bpf_ringbuf_output(&seam_events, r, sizeof(*r), submit_flags()) == 0)
-			count(SEAM_CNT_EVENTS);
-		else
-			count(SEAM_CNT_RINGBUF_FULL);
-	}
-	bpf_map_delete_elem(&seam_injected, &tid);
 }
 
 static __always_inline int is_status_line(const __u8 *p)
@@ -645,7 +666,7 @@ static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 
 		if (epoch) {
 			int status = is_status_line(s->payload);
 			if (direction == SEAM_DIR_INGRESS && !status)
-				serving_begin(ci, (__u32)pid_tgid, s, captured, epoch);
+				serving_begin(ci, pid, (__u32)pid_tgid, s, captured, epoch);
 			else if (direction == SEAM_DIR_EGRESS && status && s->payload[9] != '1')
 				serving_end(ci, 1, epoch); /* a final response, not "100 Continue" */
 			else if (direction == SEAM_DIR_EGRESS && !status)

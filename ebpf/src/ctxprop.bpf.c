@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Header injection for plaintext HTTP/1.x. A TCP connection an instrumented process opens is
+/* Context propagation for plaintext HTTP/1.x: a `traceparent` header and/or a TCP option. A TCP connection an instrumented process opens is
  * marked at connect() by the capture, put in a sockhash once established and taken out when it leaves
  * ESTABLISHED; an sk_msg program then adds `traceparent` after the request line of each outgoing
  * request that has none, carrying the client span's context, and tells the capture which ids it
@@ -15,6 +15,12 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define SK_PASS 1
 #define TCP_ESTABLISHED 1
+#define TCPHDR_SYN 0x02
+
+/* Which carriers ctxprop writes (set before load). */
+#define CARRIER_HEADER 1
+#define CARRIER_TCP_OPTION 2
+const volatile __u32 carriers = CARRIER_HEADER;
 
 /* Longest header block looked at; a longer one is passed on untouched. */
 #define SCAN_MAX 4096
@@ -24,12 +30,14 @@ char LICENSE[] SEC("license") = "GPL";
 /* Counters for the daemon's log (indexes into seam_prop_counters). */
 enum prop_counter {
 	PROP_CNT_SOCKETS = 0,    /* connections put in the sockhash */
-	PROP_CNT_INJECTED = 1,   /* requests that got a traceparent */
+	PROP_CNT_INJECTED = 1,   /* requests given a context (header and/or TCP option) */
 	PROP_CNT_HAD_HEADER = 2, /* requests that already carried one */
 	PROP_CNT_OPAQUE = 3,     /* connections given up (not framed with certainty) */
 	PROP_CNT_FAILED = 4,     /* insertions the kernel refused */
 	PROP_CNT_RELEASED = 5,   /* taken out on leaving ESTABLISHED (a close unlinks by itself) */
-	PROP_CNT_MAX = 6,
+	PROP_CNT_OPTIONS_SENT = 6,     /* TCP options written */
+	PROP_CNT_OPTIONS_RECEIVED = 7, /* TCP options read from peers */
+	PROP_CNT_MAX = 8,
 };
 
 struct flow_key {
@@ -61,6 +69,23 @@ struct {
 	__type(value, struct framing);
 } seam_prop_framing SEC(".maps");
 
+/* The context the next data segment of a connection carries in its TCP option: set per request
+ * by sk_msg, written once (on the segment that takes the request's first bytes) and dropped. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct flow_key);
+	__type(value, struct seam_injected);
+} seam_prop_option SEC(".maps");
+
+struct tcp_ctx_opt {
+	__u8 kind;
+	__u8 len;
+	__u8 trace_id[16];
+	__u8 span_id[8];
+	__u8 flags; /* only in the 27-byte form, for an unsampled context */
+} __attribute__((packed));
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, PROP_CNT_MAX);
@@ -83,6 +108,7 @@ struct head_scan {
 };
 
 struct scan_buf {
+	struct seam_injected ctx; /* the request's context, off the 512-byte stack */
 	struct head_scan t;
 	__u8 head[SCAN_MAX];
 	__u8 header[TP_HEADER_LEN + 2];
@@ -142,6 +168,68 @@ static __always_inline void key_of_msg(struct sk_msg_md *msg, struct flow_key *k
 	}
 }
 
+/* The connection as the capture names it (struct seam_tuple), from a sockops context. */
+static __always_inline void tuple_of_ops(struct bpf_sock_ops *ops, struct seam_tuple *t)
+{
+	t->family = ops->family;
+	t->local_port = ops->local_port;
+	/* network byte order, in the upper half on kernels that shift it there */
+	__u32 rp = ops->remote_port;
+	if (rp > 0xffff)
+		rp >>= 16;
+	t->remote_port = __builtin_bswap16((__u16)rp);
+	if (ops->family == 2) {
+		__u32 l = ops->local_ip4, r = ops->remote_ip4;
+		__builtin_memcpy(t->local_addr, &l, 4);
+		__builtin_memcpy(t->remote_addr, &r, 4);
+	} else {
+		/* one 4-byte load each: the context allows no wider access */
+#define CTX32(f) (*(volatile __u32 *)&(f))
+		__u32 l[4] = {CTX32(ops->local_ip6[0]), CTX32(ops->local_ip6[1]),
+			      CTX32(ops->local_ip6[2]), CTX32(ops->local_ip6[3])};
+		__u32 r[4] = {CTX32(ops->remote_ip6[0]), CTX32(ops->remote_ip6[1]),
+			      CTX32(ops->remote_ip6[2]), CTX32(ops->remote_ip6[3])};
+#undef CTX32
+		__builtin_memcpy(t->local_addr, l, 16);
+		__builtin_memcpy(t->remote_addr, r, 16);
+	}
+}
+
+/* Kind 25 on the segment that takes a request's first bytes, then the context is dropped: a
+ * later request without one must not lend it. */
+static __always_inline void write_option(struct bpf_sock_ops *ops, struct flow_key *k)
+{
+	struct seam_injected *ctx = bpf_map_lookup_elem(&seam_prop_option, k);
+	if (!ctx)
+		return;
+	struct tcp_ctx_opt opt = {.kind = SEAM_TCP_OPT_KIND};
+	__builtin_memcpy(opt.trace_id, ctx->trace_id, 16);
+	__builtin_memcpy(opt.span_id, ctx->span_id, 8);
+	opt.flags = ctx->flags;
+	opt.len = (ctx->flags & 1) ? SEAM_TCP_OPT_LEN : SEAM_TCP_OPT_LEN_FLAGS;
+	if (bpf_store_hdr_opt(ops, &opt, opt.len, 0) == 0)
+		count(PROP_CNT_OPTIONS_SENT);
+	bpf_map_delete_elem(&seam_prop_option, k);
+}
+
+/* A peer's kind-25 option becomes the incoming context of the request these bytes start; the
+ * capture takes it (a header in the request wins). */
+static __always_inline void read_option(struct bpf_sock_ops *ops)
+{
+	struct tcp_ctx_opt opt = {.kind = SEAM_TCP_OPT_KIND};
+	long n = bpf_load_hdr_opt(ops, &opt, sizeof(opt), 0);
+	if (n != SEAM_TCP_OPT_LEN && n != SEAM_TCP_OPT_LEN_FLAGS)
+		return;
+	struct seam_injected ctx = {.kind = SEAM_INJ_REMOTE};
+	__builtin_memcpy(ctx.trace_id, opt.trace_id, 16);
+	__builtin_memcpy(ctx.span_id, opt.span_id, 8);
+	ctx.flags = n == SEAM_TCP_OPT_LEN_FLAGS ? opt.flags : 0x01;
+	struct seam_tuple t = {};
+	tuple_of_ops(ops, &t);
+	bpf_map_update_elem(&seam_remote_ctx, &t, &ctx, BPF_ANY);
+	count(PROP_CNT_OPTIONS_RECEIVED);
+}
+
 /* A marked connection joins the sockhash when established and leaves it as soon as it stops being
  * ESTABLISHED: after shutdown(SHUT_WR) a socket in a sockhash makes a blocking recv() return
  * EAGAIN when the FIN's ACK wakes it (tcp_bpf_recvmsg waits once), and a connection that is
@@ -160,7 +248,10 @@ int on_sockops(struct bpf_sock_ops *ops)
 		bpf_map_update_elem(&seam_prop_framing, &k, &fresh, BPF_ANY);
 		if (bpf_sock_hash_update(ops, &seam_prop_socks, &k, BPF_NOEXIST) == 0) {
 			count(PROP_CNT_SOCKETS);
-			bpf_sock_ops_cb_flags_set(ops, BPF_SOCK_OPS_STATE_CB_FLAG);
+			__u32 flags = BPF_SOCK_OPS_STATE_CB_FLAG;
+			if (carriers & CARRIER_TCP_OPTION)
+				flags |= BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
+			bpf_sock_ops_cb_flags_set(ops, flags);
 		} else {
 			count(PROP_CNT_FAILED);
 		}
@@ -173,6 +264,35 @@ int on_sockops(struct bpf_sock_ops *ops)
 		if (bpf_map_delete_elem(&seam_prop_socks, &k) == 0)
 			count(PROP_CNT_RELEASED);
 		bpf_map_delete_elem(&seam_prop_framing, &k);
+		bpf_map_delete_elem(&seam_prop_option, &k);
+		return 1;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		/* Reading options touches nothing: every accepted connection may bring a context. Only
+		 * segments with an option the kernel does not know run the program. */
+		if (carriers & CARRIER_TCP_OPTION)
+			bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags |
+							   BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG);
+		return 1;
+	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
+		/* Room for the option: always when the kernel sizes the MSS (so a segment with it still
+		 * fits), else only on a data segment that has a context to carry. */
+		if (!(ops->args[0] & BPF_WRITE_HDR_TCP_CURRENT_MSS)) {
+			if (ops->skb_len == 0 || (ops->skb_tcp_flags & TCPHDR_SYN))
+				return 1;
+			key_of_ops(ops, &k);
+			if (!bpf_map_lookup_elem(&seam_prop_option, &k))
+				return 1;
+		}
+		bpf_reserve_hdr_opt(ops, SEAM_TCP_OPT_LEN_FLAGS, 0);
+		return 1;
+	case BPF_SOCK_OPS_WRITE_HDR_OPT_CB:
+		if (ops->skb_len == 0 || (ops->skb_tcp_flags & TCPHDR_SYN))
+			return 1;
+		key_of_ops(ops, &k);
+		write_option(ops, &k);
+		return 1;
+	case BPF_SOCK_OPS_PARSE_HDR_OPT_CB:
+		read_option(ops);
 		return 1;
 	}
 	return 1;
@@ -330,29 +450,28 @@ static __always_inline void choose_context(struct seam_injected *inj)
 }
 
 /* Adds the header right after the request line. */
-static __always_inline int inject(struct sk_msg_md *msg, struct scan_buf *buf, __u32 at,
-				  __u32 head_len)
+static __always_inline int insert_header(struct sk_msg_md *msg, struct scan_buf *buf, __u32 at,
+					 __u32 head_len)
 {
-	struct seam_injected inj = {};
-	choose_context(&inj);
+	struct seam_injected *inj = &buf->ctx;
 	__u8 *h = buf->header;
 	h[0] = 't', h[1] = 'r', h[2] = 'a', h[3] = 'c', h[4] = 'e', h[5] = 'p', h[6] = 'a', h[7] = 'r';
 	h[8] = 'e', h[9] = 'n', h[10] = 't', h[11] = ':', h[12] = ' ', h[13] = '0', h[14] = '0';
 	h[15] = '-';
 #pragma unroll
 	for (int i = 0; i < 16; i++) {
-		h[16 + 2 * i] = hex_digit(inj.trace_id[i] >> 4);
-		h[17 + 2 * i] = hex_digit(inj.trace_id[i] & 15);
+		h[16 + 2 * i] = hex_digit(inj->trace_id[i] >> 4);
+		h[17 + 2 * i] = hex_digit(inj->trace_id[i] & 15);
 	}
 	h[48] = '-';
 #pragma unroll
 	for (int i = 0; i < 8; i++) {
-		h[49 + 2 * i] = hex_digit(inj.span_id[i] >> 4);
-		h[50 + 2 * i] = hex_digit(inj.span_id[i] & 15);
+		h[49 + 2 * i] = hex_digit(inj->span_id[i] >> 4);
+		h[50 + 2 * i] = hex_digit(inj->span_id[i] & 15);
 	}
 	h[65] = '-';
-	h[66] = hex_digit(inj.flags >> 4);
-	h[67] = hex_digit(inj.flags & 15);
+	h[66] = hex_digit(inj->flags >> 4);
+	h[67] = hex_digit(inj->flags & 15);
 	h[68] = '\r';
 	h[69] = '\n';
 	if (bpf_msg_push_data(msg, at, TP_HEADER_LEN, 0) != 0)
@@ -374,9 +493,28 @@ static __always_inline int inject(struct sk_msg_md *msg, struct scan_buf *buf, _
 	 * separate tcp_sendmsg: with TCP_NODELAY the head would leave as three segments, and a server
 	 * could read the request line alone. One element for the whole head keeps it one segment. */
 	bpf_msg_pull_data(msg, 0, head_len + TP_HEADER_LEN, 0);
-	inj.local_port = (__u16)msg->local_port;
+	return 1;
+}
+
+/* Gives the request a context on every configured carrier and tells the capture which. */
+static __always_inline int carry(struct sk_msg_md *msg, struct scan_buf *buf, struct flow_key *k,
+				 __u32 at, __u32 head_len)
+{
+	struct seam_injected *inj = &buf->ctx;
+	__builtin_memset(inj, 0, sizeof(*inj));
+	choose_context(inj);
+	inj->local_port = (__u16)msg->local_port;
+	int carried = 0;
+	if (carriers & CARRIER_HEADER)
+		carried = insert_header(msg, buf, at, head_len);
+	if (carriers & CARRIER_TCP_OPTION)
+		carried |= bpf_map_update_elem(&seam_prop_option, k, inj, BPF_ANY) == 0;
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	bpf_map_update_elem(&seam_injected, &tid, &inj, BPF_ANY);
+	if (!carried) {
+		bpf_map_delete_elem(&seam_injected, &tid);
+		return 0;
+	}
+	bpf_map_update_elem(&seam_injected, &tid, inj, BPF_ANY);
 	return 1;
 }
 
@@ -489,9 +627,10 @@ int on_msg(struct sk_msg_md *msg)
 	if (t->traceparents) {
 		count(PROP_CNT_HAD_HEADER);
 		forget_injection(); /* an earlier send that failed must not lend this request its ids */
+		bpf_map_delete_elem(&seam_prop_option, &k);
 		return SK_PASS;
 	}
-	if (inject(msg, buf, t->request_line, t->head_len))
+	if (carry(msg, buf, &k, t->request_line, t->head_len))
 		count(PROP_CNT_INJECTED);
 	return SK_PASS;
 }

@@ -19,6 +19,7 @@ pub const PINS: &[(&str, &str, u32)] = &[
     (names::INJECTED, "injected", 0o660),
     (names::PROP_ON, "prop_on", 0o660),
     (names::PROP_MARKED, "marked", 0o660),
+    (names::REMOTE_CTX, "remote_ctx", 0o660),
 ];
 
 fn is_bpffs(path: &Path) -> bool {

@@ -96,4 +96,3 @@ pub fn request_id(s: &ReceivedSpan) -> Option<String> {
     let after_scheme = full.split_once("://")?.1;
     Some(after_scheme[after_scheme.find('/')?..].to_string())
 }
-

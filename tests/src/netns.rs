@@ -51,7 +51,17 @@ impl Hosts {
             ip(&["netns", "add", ns])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
             ip(&[
-                "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns",
+                "-n",
+                ns,
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
                 &hosts.switch,
             ])?;
             ip(&["-n", ns, "addr", "add", &addr, "dev", "eth0"])?;

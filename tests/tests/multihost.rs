@@ -17,7 +17,11 @@ const BACK_PORT: u16 = 18001;
 
 /// One hop (`hop.py` in thread mode, or `hop.js`) on `host`, listening on its address.
 fn hop_on(hosts: &Hosts, host: usize, file: &str, port: u16, next: &str, log: &Path) -> Proc {
-    let interpreter = if file.ends_with(".js") { "node" } else { "python3" };
+    let interpreter = if file.ends_with(".js") {
+        "node"
+    } else {
+        "python3"
+    };
     let mut cmd = hosts.command(host, interpreter);
     cmd.arg(seam_tests::fixture(file))
         .args([port.to_string(), next.to_string()]);
@@ -35,12 +39,13 @@ fn hop_on(hosts: &Hosts, host: usize, file: &str, port: u16, next: &str, log: &P
     Proc { child }
 }
 
-/// A seam stack for one host: its own pids only, headers on, no black-box links.
-fn stack_for(pids: &[u32], rx: &OtlpReceiver) -> Stack {
+/// A seam stack for one host: its own pids only, `context_propagation` = `mode`, no black-box
+/// links.
+fn stack_for(pids: &[u32], rx: &OtlpReceiver, mode: &str) -> Stack {
     let mut env = selector_env(&[], pids);
     env.extend(rx.exporter_env("grpc"));
     env.push(("SEAM_DISABLE_BLACK_BOX".into(), "1".into()));
-    env.push(("SEAM_CONTEXT_PROPAGATION".into(), "headers".into()));
+    env.push(("SEAM_CONTEXT_PROPAGATION".into(), mode.into()));
     let stack = Stack::start(&env).expect("stack");
     for &pid in pids {
         stack.wait_target(pid).expect("targeted");
@@ -56,19 +61,24 @@ struct Outcome {
 
 /// Host A (a Python client, `CONCURRENCY` keep-alive connections) → host B (`middle`) → host C
 /// (Python): checks every span against the ids each hop received. Returns what linked.
-fn across_three_hosts(middle: &str) -> Outcome {
+fn across_three_hosts(middle: &str, mode: &str) -> Outcome {
     const TOTAL: usize = 300;
     const CONCURRENCY: usize = 8;
     let hosts = Hosts::create(3).expect("namespaces");
-    let dir = std::env::temp_dir().join(format!("seam-hosts-{}-{middle}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("seam-hosts-{}-{middle}-{mode}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("log dir");
     let (middle_log, back_log) = (dir.join("middle.log"), dir.join("back.log"));
     let back = hop_on(&hosts, 2, "hop.py", BACK_PORT, "-", &back_log);
     let next = format!("http://{}:{BACK_PORT}", hosts.addr(2));
     let mid = hop_on(&hosts, 1, middle, MIDDLE_PORT, &next, &middle_log);
-    hosts.wait_port(2, BACK_PORT, Duration::from_secs(10)).expect("back listens");
-    hosts.wait_port(1, MIDDLE_PORT, Duration::from_secs(10)).expect("middle listens");
+    hosts
+        .wait_port(2, BACK_PORT, Duration::from_secs(10))
+        .expect("back listens");
+    hosts
+        .wait_port(1, MIDDLE_PORT, Duration::from_secs(10))
+        .expect("middle listens");
     let rx = OtlpReceiver::start().expect("collector");
     let client = GatedShell::new(&format!(
         "CHAIN_HOST={} ip netns exec {} python3 {} {MIDDLE_PORT} {TOTAL} {CONCURRENCY}",
@@ -78,9 +88,9 @@ fn across_three_hosts(middle: &str) -> Outcome {
     ))
     .expect("client");
     let stacks = [
-        stack_for(&[client.pid()], &rx),
-        stack_for(&[mid.pid()], &rx),
-        stack_for(&[back.pid()], &rx),
+        stack_for(&[client.pid()], &rx, mode),
+        stack_for(&[mid.pid()], &rx, mode),
+        stack_for(&[back.pid()], &rx, mode),
     ];
     assert_eq!(client.run().expect("client ran").trim(), TOTAL.to_string());
 
@@ -107,7 +117,12 @@ fn across_three_hosts(middle: &str) -> Outcome {
     assert_eq!(by_request.len(), TOTAL);
     let owner: HashMap<&[u8], &str> = by_request
         .iter()
-        .flat_map(|(id, chain)| chain.iter().flatten().map(move |s| (&s.span.span_id[..], id.as_str())))
+        .flat_map(|(id, chain)| {
+            chain
+                .iter()
+                .flatten()
+                .map(move |s| (&s.span.span_id[..], id.as_str()))
+        })
         .collect();
     // What B and C received (hop.js does not log headers).
     let headers = |log: &Path| -> HashMap<String, String> {
@@ -118,6 +133,16 @@ fn across_three_hosts(middle: &str) -> Outcome {
             .collect()
     };
     let received = [headers(&middle_log), headers(&back_log)];
+    if mode == "tcp" {
+        // the option alone carried the context: no hop saw a header
+        for log in [&middle_log, &back_log] {
+            assert!(
+                service_log(log).iter().all(|f| f.len() < 3 || f[2] == "0"),
+                "{} received a traceparent header",
+                log.display()
+            );
+        }
+    }
     let (mut complete, mut wrong) = (0, 0);
     let mut traces: HashMap<&[u8], HashSet<&str>> = HashMap::new();
     for (id, chain) in &by_request {
@@ -133,13 +158,20 @@ fn across_three_hosts(middle: &str) -> Outcome {
                 && child.span.trace_id == parent.span.trace_id;
         }
         for s in &chain {
-            traces.entry(&s.span.trace_id).or_default().insert(id.as_str());
+            traces
+                .entry(&s.span.trace_id)
+                .or_default()
+                .insert(id.as_str());
         }
         // a header a hop received is exactly its caller's client span
         for (hop, got) in received.iter().enumerate() {
             if let Some(h) = got.get(id.as_str()) {
                 let call = chain[2 * hop];
-                let expected = format!("00-{}-{}-01", hex(&call.span.trace_id), hex(&call.span.span_id));
+                let expected = format!(
+                    "00-{}-{}-01",
+                    hex(&call.span.trace_id),
+                    hex(&call.span.span_id)
+                );
                 assert_eq!(h, &expected, "{id}: header received at hop {}", hop + 1);
             }
         }
@@ -160,10 +192,35 @@ fn three_hosts_with_a_thread_per_request_middle_are_one_trace_per_request() {
     if !require_root() {
         return;
     }
-    let o = across_three_hosts("hop.py");
-    eprintln!("three hosts, Python middle: {}/{} complete", o.complete, o.total);
+    let o = across_three_hosts("hop.py", "headers");
+    eprintln!(
+        "three hosts, Python middle: {}/{} complete",
+        o.complete, o.total
+    );
     assert_eq!(o.wrong_parents, 0);
-    assert_eq!(o.complete, o.total, "every request one trace across the hosts");
+    assert_eq!(
+        o.complete, o.total,
+        "every request one trace across the hosts"
+    );
+}
+
+/// The TCP-option carrier alone (`context_propagation: tcp`; it carries what a header cannot,
+/// e.g. TLS, which seam does not capture yet): the same chain, no header anywhere.
+#[test]
+fn three_hosts_linked_by_the_tcp_option_alone_are_one_trace_per_request() {
+    if !require_root() {
+        return;
+    }
+    let o = across_three_hosts("hop.py", "tcp");
+    eprintln!(
+        "three hosts, TCP option only: {}/{} complete",
+        o.complete, o.total
+    );
+    assert_eq!(o.wrong_parents, 0);
+    assert_eq!(
+        o.complete, o.total,
+        "every request one trace across the hosts"
+    );
 }
 
 #[test]
@@ -171,8 +228,11 @@ fn three_hosts_with_a_node_middle_never_mislink() {
     if !require_root() {
         return;
     }
-    let o = across_three_hosts("hop.js");
-    eprintln!("three hosts, Node middle: {}/{} complete", o.complete, o.total);
+    let o = across_three_hosts("hop.js", "headers");
+    eprintln!(
+        "three hosts, Node middle: {}/{} complete",
+        o.complete, o.total
+    );
     assert_eq!(o.wrong_parents, 0);
 }
 
@@ -216,7 +276,10 @@ fn a_host_running_the_opentelemetry_sdk_instead_of_seam_continues_and_hands_on_t
     }
     const TOTAL: usize = 100;
     let python = seam_tests::repo_root().join("target/py-otel/bin/python");
-    assert!(python.exists(), "scripts/test installs the OpenTelemetry SDK into target/py-otel");
+    assert!(
+        python.exists(),
+        "scripts/test installs the OpenTelemetry SDK into target/py-otel"
+    );
     let hosts = Hosts::create(3).expect("namespaces");
     let dir = std::env::temp_dir().join(format!("seam-hosts-sdk-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -239,8 +302,12 @@ fn a_host_running_the_opentelemetry_sdk_instead_of_seam_continues_and_hands_on_t
             .spawn()
             .expect("sdk hop starts"),
     };
-    hosts.wait_port(2, BACK_PORT, Duration::from_secs(10)).expect("back listens");
-    hosts.wait_port(1, MIDDLE_PORT, Duration::from_secs(20)).expect("sdk hop listens");
+    hosts
+        .wait_port(2, BACK_PORT, Duration::from_secs(10))
+        .expect("back listens");
+    hosts
+        .wait_port(1, MIDDLE_PORT, Duration::from_secs(20))
+        .expect("sdk hop listens");
     let rx = OtlpReceiver::start().expect("collector");
     let client = GatedShell::new(&format!(
         "CHAIN_HOST={} ip netns exec {} python3 {} {MIDDLE_PORT} {TOTAL} 4",
@@ -249,15 +316,26 @@ fn a_host_running_the_opentelemetry_sdk_instead_of_seam_continues_and_hands_on_t
         seam_tests::fixture("chainclient.py").display(),
     ))
     .expect("client");
-    let stacks = [stack_for(&[client.pid()], &rx), stack_for(&[back.pid()], &rx)];
+    let stacks = [
+        stack_for(&[client.pid()], &rx, "headers"),
+        stack_for(&[back.pid()], &rx, "headers"),
+    ];
     assert_eq!(client.run().expect("client ran").trim(), TOTAL.to_string());
     rx.wait_for(Duration::from_secs(60), |s| s.len() >= 2 * TOTAL);
     std::thread::sleep(Duration::from_millis(1000));
     let spans = rx.spans();
     let logs: String = stacks.iter().map(Stack::all_logs).collect();
-    assert_eq!(spans.len(), 2 * TOTAL, "seam: A's call and C's server span per request\n{logs}");
+    assert_eq!(
+        spans.len(),
+        2 * TOTAL,
+        "seam: A's call and C's server span per request\n{logs}"
+    );
     let sdk = sdk_spans(&sdk_file);
-    assert_eq!(sdk.len(), 2 * TOTAL, "the SDK's server and client span per request");
+    assert_eq!(
+        sdk.len(),
+        2 * TOTAL,
+        "the SDK's server and client span per request"
+    );
     let calls: HashMap<String, &ReceivedSpan> = spans
         .iter()
         .filter(|s| !s.is_server())
@@ -283,15 +361,34 @@ fn a_host_running_the_opentelemetry_sdk_instead_of_seam_continues_and_hands_on_t
             .unwrap_or_else(|| panic!("{id}: the SDK's client span"));
         let c = served[id];
         let trace = hex(&a.span.trace_id);
-        assert_eq!(b_server.trace_id, trace, "{id}: the SDK continues seam's trace");
-        assert_eq!(b_server.parent_id, hex(&a.span.span_id), "{id}: under seam's client span");
+        assert_eq!(
+            b_server.trace_id, trace,
+            "{id}: the SDK continues seam's trace"
+        );
+        assert_eq!(
+            b_server.parent_id,
+            hex(&a.span.span_id),
+            "{id}: under seam's client span"
+        );
         assert_eq!(b_client.trace_id, trace, "{id}");
-        assert_eq!(hex(&c.span.trace_id), trace, "{id}: seam on C continues the SDK's trace");
-        assert_eq!(hex(&c.span.parent_span_id), b_client.span_id, "{id}: under the SDK's call");
+        assert_eq!(
+            hex(&c.span.trace_id),
+            trace,
+            "{id}: seam on C continues the SDK's trace"
+        );
+        assert_eq!(
+            hex(&c.span.parent_span_id),
+            b_client.span_id,
+            "{id}: under the SDK's call"
+        );
         // C got exactly the SDK's header: seam on A added one, B's SDK replaced it with its own
         let got = &received[id.as_str()];
         assert_eq!(got[2], "1", "{id}: one traceparent at C");
-        assert_eq!(got[3], format!("00-{trace}-{}-01", b_client.span_id), "{id}");
+        assert_eq!(
+            got[3],
+            format!("00-{trace}-{}-01", b_client.span_id),
+            "{id}"
+        );
     }
     assert_eq!(calls.len(), TOTAL);
     drop(stacks);

@@ -42,11 +42,21 @@ fn injected_headers_carry_each_request_through_the_chain_as_one_trace() {
     let received: Vec<HashMap<String, String>> = logs
         .iter()
         .map(|log| {
-            assert_eq!(ground_truth(log).len(), TOTAL, "{} saw every request", log.display());
+            assert_eq!(
+                ground_truth(log).len(),
+                TOTAL,
+                "{} saw every request",
+                log.display()
+            );
             service_log(log)
                 .into_iter()
                 .map(|f| {
-                    assert_eq!(f[2], "1", "{}: one traceparent per request: {f:?}", log.display());
+                    assert_eq!(
+                        f[2],
+                        "1",
+                        "{}: one traceparent per request: {f:?}",
+                        log.display()
+                    );
                     (f[0].clone(), f[3].clone())
                 })
                 .collect()
@@ -56,7 +66,12 @@ fn injected_headers_carry_each_request_through_the_chain_as_one_trace() {
     rx.wait_for(Duration::from_secs(60), |s| s.len() >= 6 * TOTAL);
     std::thread::sleep(Duration::from_millis(500));
     let spans = rx.spans();
-    assert_eq!(spans.len(), 6 * TOTAL, "six spans per request\n{}", stack.all_logs());
+    assert_eq!(
+        spans.len(),
+        6 * TOTAL,
+        "six spans per request\n{}",
+        stack.all_logs()
+    );
     // [client→front, front, front→middle, middle, middle→back, back] per request id
     let position = |s: &ReceivedSpan| -> Option<usize> {
         let port = u16::try_from(s.attr_i64("server.port")?).ok()?;
@@ -75,16 +90,21 @@ fn injected_headers_carry_each_request_through_the_chain_as_one_trace() {
     let mut trace_owner: HashMap<&[u8], &str> = HashMap::new();
     for (id, chain) in &by_request {
         let chain: Vec<&ReceivedSpan> = chain.iter().map(|s| s.expect("all six")).collect();
-        assert!(chain[0].span.parent_span_id.is_empty(), "{id}: the client's call is the root");
+        assert!(
+            chain[0].span.parent_span_id.is_empty(),
+            "{id}: the client's call is the root"
+        );
         for (k, pair) in chain.windows(2).enumerate() {
             let (parent, child) = (pair[0], pair[1]);
             assert_eq!(
-                child.span.trace_id, parent.span.trace_id,
+                child.span.trace_id,
+                parent.span.trace_id,
                 "{id}: positions {k} and {} share the trace",
                 k + 1
             );
             assert_eq!(
-                child.span.parent_span_id, parent.span.span_id,
+                child.span.parent_span_id,
+                parent.span.span_id,
                 "{id}: position {} is the child of {k}",
                 k + 1
             );
@@ -97,9 +117,15 @@ fn injected_headers_carry_each_request_through_the_chain_as_one_trace() {
                 hex(&call.span.trace_id),
                 hex(&call.span.span_id)
             );
-            assert_eq!(received[hop][id.as_str()], expected, "{id}: header at hop {hop}");
+            assert_eq!(
+                received[hop][id.as_str()],
+                expected,
+                "{id}: header at hop {hop}"
+            );
         }
-        let owner = trace_owner.entry(&chain[0].span.trace_id).or_insert(id.as_str());
+        let owner = trace_owner
+            .entry(&chain[0].span.trace_id)
+            .or_insert(id.as_str());
         assert_eq!(*owner, id.as_str(), "two requests share a trace");
     }
     assert_eq!(by_request.len(), TOTAL);
@@ -160,7 +186,9 @@ fn run_corpus(env: Option<&[(String, String)]>, before: impl FnOnce(&Stack)) -> 
         use std::io::BufRead;
         let mut line = String::new();
         let stdout = sniffer.stdout.take().expect("piped");
-        std::io::BufReader::new(stdout).read_line(&mut line).expect("capture ready");
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("capture ready");
         assert_eq!(line.trim(), "ready");
     }
     let _sniffer = Proc { child: sniffer };
@@ -179,7 +207,11 @@ fn run_corpus(env: Option<&[(String, String)]>, before: impl FnOnce(&Stack)) -> 
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
-            (f[0].to_string(), f[1].parse().expect("count"), f[2].to_string())
+            (
+                f[0].to_string(),
+                f[1].parse().expect("count"),
+                f[2].to_string(),
+            )
         })
         .collect();
     let received = |port: &str| {
@@ -235,7 +267,10 @@ static CORPUS_RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsi
 /// is `traceparent: 00-<32 hex>-<16 hex>-01` right after a request line.
 fn without_injected(received: &[u8]) -> (Vec<u8>, usize) {
     const LEN: usize = 70;
-    let is_hex = |b: &[u8]| b.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+    let is_hex = |b: &[u8]| {
+        b.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
     let mut out = Vec::with_capacity(received.len());
     let (mut i, mut found) = (0, 0);
     while i < received.len() {
@@ -262,11 +297,12 @@ fn without_injected(received: &[u8]) -> (Vec<u8>, usize) {
 }
 
 #[test]
-fn corpus_arrives_byte_for_byte_with_exactly_the_expected_headers() {
+fn corpus_arrives_byte_for_byte_with_exactly_the_expected_headers_and_options() {
     if !require_root() {
         return;
     }
-    let env = [("SEAM_CONTEXT_PROPAGATION".to_string(), "headers".to_string())];
+    // both carriers: the header in the bytes, the TCP option beside them
+    let env = [("SEAM_CONTEXT_PROPAGATION".to_string(), "all".to_string())];
     let cases = run_corpus(Some(&env), |_| {});
     assert!(cases.len() >= 15, "the whole corpus ran");
     for c in &cases {
@@ -288,8 +324,24 @@ fn corpus_arrives_byte_for_byte_with_exactly_the_expected_headers() {
         );
         // the packet capture saw the same: the headers were added on the wire, nothing else
         let (captured, added_on_wire) = without_injected(&c.on_the_wire);
-        assert_eq!(added_on_wire, c.expected_headers, "{}: headers in the capture", c.name);
-        assert!(captured == c.sent, "{}: capture differs beyond the headers", c.name);
+        assert_eq!(
+            added_on_wire, c.expected_headers,
+            "{}: headers in the capture",
+            c.name
+        );
+        assert!(
+            captured == c.sent,
+            "{}: capture differs beyond the headers",
+            c.name
+        );
+        // a request given a context also carried it in a kind-25 option; one left alone did not
+        assert_eq!(
+            c.tcp_options.contains("25"),
+            c.expected_headers > 0,
+            "{}: TCP options {:?}",
+            c.name,
+            c.tcp_options
+        );
     }
 }
 
@@ -298,8 +350,14 @@ fn the_wire_is_as_without_seam_when_propagation_is_disabled_or_ctxprop_is_stoppe
     if !require_root() {
         return;
     }
-    let disabled = [("SEAM_CONTEXT_PROPAGATION".to_string(), "disabled".to_string())];
-    let enabled_then_stopped = [("SEAM_CONTEXT_PROPAGATION".to_string(), "headers".to_string())];
+    let disabled = [(
+        "SEAM_CONTEXT_PROPAGATION".to_string(),
+        "disabled".to_string(),
+    )];
+    let enabled_then_stopped = [(
+        "SEAM_CONTEXT_PROPAGATION".to_string(),
+        "headers".to_string(),
+    )];
     let runs = [
         ("no seam", run_corpus(None, |_| {})),
         ("disabled", run_corpus(Some(&disabled), |_| {})),
@@ -313,7 +371,11 @@ fn the_wire_is_as_without_seam_when_propagation_is_disabled_or_ctxprop_is_stoppe
                 )
                 .expect("signal ctxprop");
                 stack
-                    .wait_log("ctxprop", "detaching; propagation counters", Duration::from_secs(10))
+                    .wait_log(
+                        "ctxprop",
+                        "detaching; propagation counters",
+                        Duration::from_secs(10),
+                    )
                     .expect("ctxprop detached");
                 for _ in 0..100 {
                     if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
@@ -341,7 +403,11 @@ fn the_wire_is_as_without_seam_when_propagation_is_disabled_or_ctxprop_is_stoppe
                 c.received.len(),
                 c.on_the_wire.len()
             );
-            assert_eq!(c.tcp_options, reference[&c.name], "{how}: {}: TCP options", c.name);
+            assert_eq!(
+                c.tcp_options, reference[&c.name],
+                "{how}: {}: TCP options",
+                c.name
+            );
         }
     }
 }
@@ -372,7 +438,8 @@ fn a_large_upload_then_shutdown_and_blocking_recv_never_sees_eagain() {
     // the server counted the body, the head and the one header seam added
     let expected = SIZE + head as u64 + 70;
     assert!(
-        out.trim().starts_with(&format!("rounds={ROUNDS} eagain=0 bytes={expected} ")),
+        out.trim()
+            .starts_with(&format!("rounds={ROUNDS} eagain=0 bytes={expected} ")),
         "{out}\n{}",
         stack.all_logs()
     );

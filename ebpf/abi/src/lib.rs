@@ -16,6 +16,9 @@ pub const EV_EXIT: u8 = 5;
 /// The request that follows on the same connection went out with the context in the payload
 /// (an [`Injected`]).
 pub const EV_INJECTED: u8 = 6;
+/// The request that follows on the same connection came with this context in a TCP option (an
+/// [`Injected`] whose span id is the caller's).
+pub const EV_TCP_CONTEXT: u8 = 7;
 pub const COMM_LEN: usize = 16;
 
 pub const DIR_INGRESS: u8 = 0;
@@ -39,6 +42,7 @@ pub const AF_INET6: u16 = 10;
 
 pub const INJ_CHILD: u8 = 1;
 pub const INJ_ROOT: u8 = 2;
+pub const INJ_REMOTE: u8 = 3;
 
 /// The compiled eBPF objects, embedded: daemons load only these, never bytecode they are sent.
 pub mod objects {
@@ -65,6 +69,9 @@ pub mod names {
     pub const INJECTED: &str = "seam_injected";
     pub const PROP_ON: &str = "seam_prop_on";
     pub const PROP_MARKED: &str = "seam_prop_marked";
+    pub const REMOTE_CTX: &str = "seam_remote_ctx";
+    /// ctxprop's carriers, set at load (bit 0 header, bit 1 TCP option).
+    pub const CARRIERS: &str = "carriers";
     /// ctxprop's own.
     pub const PROP_SOCKS: &str = "seam_prop_socks";
     pub const PROP_COUNTERS: &str = "seam_prop_counters";
