@@ -433,12 +433,11 @@ struct tp_scan {
 	__u32 value;
 };
 
-/* One byte of the header block: a line starting with "traceparent:" (any case) is counted. */
-static long tp_scan_step(__u64 i, void *ctx)
+/* Byte i of the header block: a line starting with "traceparent:" (any case) is counted.
+ * Returns 1 at the end of the headers (or of the bytes). */
+static __always_inline int tp_scan_byte(struct scratch *s, __u32 len, __u64 i)
 {
-	struct tp_scan *t = ctx;
-	struct scratch *s = t->s;
-	if (!s || i + 13 > t->len)
+	if (i + 13 > len)
 		return 1;
 	if (PB(s, i) != '\n')
 		return 0;
@@ -452,6 +451,26 @@ static long tp_scan_step(__u64 i, void *ctx)
 			s->tp_value = o + 12;
 		s->tp_found++;
 	}
+	return 0;
+}
+
+/* Eight bytes of the header block at a time: only a word holding a '\n' is looked at byte by
+ * byte (this runs for every request a server receives while ctxprop propagates). */
+static long tp_scan_step(__u64 w, void *ctx)
+{
+	struct tp_scan *t = ctx;
+	struct scratch *s = t->s;
+	__u64 base = w * 8;
+	if (!s || base + 13 > t->len)
+		return 1;
+	__u64 v = *(__u64 *)&s->payload[base & (PMASK & ~7ULL)];
+	__u64 x = v ^ 0x0a0a0a0a0a0a0a0aULL;
+	if (!((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL))
+		return 0; /* no '\n' in this word */
+#pragma unroll
+	for (int k = 0; k < 8; k++)
+		if (tp_scan_byte(s, t->len, base + k))
+			return 1;
 	return 0;
 }
 
@@ -491,7 +510,7 @@ static __always_inline void incoming_context(struct scratch *s, __u32 len, struc
 	struct tp_scan t = {.s = s, .len = len};
 	s->tp_found = 0;
 	s->tp_value = 0;
-	bpf_loop(len, tp_scan_step, &t, 0);
+	bpf_loop((len + 7) / 8, tp_scan_step, &t, 0);
 	if (s->tp_found != 1)
 		return;
 	__u32 v = s->tp_value;

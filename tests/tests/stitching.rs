@@ -656,9 +656,25 @@ fn an_sdk_instrumented_hop_and_seam_form_one_connected_trace() {
 
 #[test]
 fn incoming_traceparent_is_continued_when_valid_and_replaced_when_invalid() {
+    traceparent_classes(&[]);
+}
+
+/// The same with header propagation on and no black-box links: every link past the front now
+/// comes from the context the kernel chose (its own parse of the incoming header), so the
+/// kernel's rules must agree with the correlator's for each class.
+#[test]
+fn the_kernel_judges_incoming_traceparents_like_the_correlator() {
+    traceparent_classes(&[
+        ("SEAM_CONTEXT_PROPAGATION".into(), "headers".into()),
+        ("SEAM_DISABLE_BLACK_BOX".into(), "1".into()),
+    ]);
+}
+
+fn traceparent_classes(extra_env: &[(String, String)]) {
     if !require_root() {
         return;
     }
+    let black_box = !extra_env.iter().any(|(k, _)| k == "SEAM_DISABLE_BLACK_BOX");
     const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const PARENT: &str = "00f067aa0ba902b7";
     // (header values sent by curl, whether the chain must continue TRACE)
@@ -708,6 +724,7 @@ fn incoming_traceparent_is_continued_when_valid_and_replaced_when_invalid() {
     let client = GatedShell::new(&script).expect("client");
     let mut env = selector_env(&ports, &[client.pid()]);
     env.extend(rx.exporter_env("grpc"));
+    env.extend(extra_env.iter().cloned());
     let stack = Stack::start(&env).expect("stack");
     for pid in apps.iter().map(Proc::pid).chain([client.pid()]) {
         stack.wait_target(pid).expect("targeted");
@@ -722,15 +739,22 @@ fn incoming_traceparent_is_continued_when_valid_and_replaced_when_invalid() {
             .filter(|s| request_id(s).as_deref() == Some(id.as_str()))
             .collect();
         assert_eq!(of.len(), 6, "{headers:?}: six spans");
-        let trace = hex(&of[0].span.trace_id);
-        assert!(
-            of.iter().all(|s| hex(&s.span.trace_id) == trace),
-            "{headers:?}: one trace"
-        );
         let front = of
             .iter()
             .find(|s| s.is_server() && s.service() == "front")
             .expect("front server span");
+        let trace = hex(&front.span.trace_id);
+        // Without black-box links curl's own span can join only through a valid header (seam
+        // adds none to a request that has one): with an invalid one it stays a trace of its own.
+        let in_trace: Vec<&&ReceivedSpan> = of
+            .iter()
+            .filter(|s| black_box || *valid || s.is_server() || s.service() != "curl")
+            .collect();
+        assert_eq!(in_trace.len(), if black_box || *valid { 6 } else { 5 });
+        assert!(
+            in_trace.iter().all(|s| hex(&s.span.trace_id) == trace),
+            "{headers:?}: one trace"
+        );
         if *valid {
             assert_eq!(trace, TRACE, "{headers:?} continues the caller's trace");
             assert_eq!(hex(&front.span.parent_span_id), PARENT, "{headers:?}");
