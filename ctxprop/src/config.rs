@@ -1,60 +1,18 @@
 //! How ctxprop propagates context: the `context_propagation` mode from flags, environment or seam's YAML file.
 
 use std::path::Path;
-use std::str::FromStr;
 
 use serde::Deserialize;
 
-/// Which carriers ctxprop writes into outgoing traffic.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Every carrier: the header and the TCP option.
-    All,
-    /// `traceparent` in plaintext HTTP/1.x requests.
-    Headers,
-    /// The context in a TCP option (kind 25) on the request's first data segment.
-    Tcp,
-    /// Nothing is ever modified (the default, as with peers: injection is opted into).
-    #[default]
-    Disabled,
-}
-
-/// Bits of the propagation object's `carriers` global.
-pub const CARRIER_HEADER: u32 = 1;
-pub const CARRIER_TCP_OPTION: u32 = 2;
-
-impl Mode {
-    /// The carriers this mode writes; none for `disabled`.
-    pub fn carriers(self) -> u32 {
-        match self {
-            Mode::All => CARRIER_HEADER | CARRIER_TCP_OPTION,
-            Mode::Headers => CARRIER_HEADER,
-            Mode::Tcp => CARRIER_TCP_OPTION,
-            Mode::Disabled => 0,
-        }
-    }
-}
+/// `context_propagation`, shared with discover (a selector may override it).
+pub use seam_proto::msg::Propagation as Mode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("context_propagation must be all, headers, tcp or disabled, got {0:?}")]
-    BadMode(String),
+    #[error(transparent)]
+    BadMode(#[from] seam_proto::msg::BadPropagation),
     #[error("cannot use {path}: {reason}")]
     File { path: String, reason: String },
-}
-
-impl FromStr for Mode {
-    type Err = ConfigError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim() {
-            "all" => Ok(Mode::All),
-            "headers" => Ok(Mode::Headers),
-            "tcp" => Ok(Mode::Tcp),
-            "disabled" => Ok(Mode::Disabled),
-            other => Err(ConfigError::BadMode(other.to_string())),
-        }
-    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -76,7 +34,7 @@ pub fn mode_in_file(path: &Path) -> Result<Option<Mode>, ConfigError> {
 /// Flag or environment over the file over the default.
 pub fn resolve(given: Option<&str>, file: Option<&Path>) -> Result<Mode, ConfigError> {
     if let Some(v) = given {
-        return v.parse();
+        return Ok(v.parse()?);
     }
     Ok(match file {
         Some(p) => mode_in_file(p)?.unwrap_or_default(),
@@ -95,6 +53,7 @@ mod tests {
         assert_eq!(" disabled ".parse::<Mode>().ok(), Some(Mode::Disabled));
         assert!("Headers".parse::<Mode>().is_err());
         assert!("on".parse::<Mode>().is_err());
+        use seam_proto::msg::{CARRIER_HEADER, CARRIER_TCP_OPTION};
         assert_eq!(Mode::All.carriers(), CARRIER_HEADER | CARRIER_TCP_OPTION);
         assert_eq!(Mode::Headers.carriers(), CARRIER_HEADER);
         assert_eq!(Mode::Tcp.carriers(), CARRIER_TCP_OPTION);

@@ -3,6 +3,7 @@
 mod config;
 mod inject;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,33 +50,86 @@ fn main() -> std::process::ExitCode {
     seam_proto::lifecycle::exit_code(Role::Ctxprop, run(&args, mode))
 }
 
-/// The target set, and the injector that acts on it when injection is on.
-#[derive(Debug, Default)]
+/// Where the injector's programs go and what they default to.
+#[derive(Debug, Clone)]
+struct Plan {
+    pin_dir: PathBuf,
+    cgroup: Option<PathBuf>,
+    pin_wait: Duration,
+    default_carriers: u32,
+}
+
+impl Plan {
+    fn start(&self) -> Result<inject::Injector> {
+        let cgroup = match &self.cgroup {
+            Some(c) => c.clone(),
+            None => inject::cgroup2_mount()?,
+        };
+        let injector =
+            inject::Injector::start(&self.pin_dir, &cgroup, self.pin_wait, self.default_carriers)?;
+        tracing::info!(carriers = self.default_carriers, cgroup = %cgroup.display(), "propagating context in instrumented processes' outgoing HTTP/1.x requests");
+        Ok(injector)
+    }
+}
+
+/// The target set, each target's own carriers where its selector overrides the default, and
+/// the injector — started at once when the default propagates, else at the first override that
+/// does (nothing is loaded while nothing may be modified). A target added before the programs
+/// are loaded keeps its connections untouched (only sockets connected later are marked).
+#[derive(Debug)]
 struct State {
-    targets: std::collections::BTreeSet<u32>,
+    plan: Plan,
+    targets: BTreeSet<u32>,
+    overrides: BTreeMap<u32, u32>,
     injector: Option<inject::Injector>,
+}
+
+impl State {
+    /// A target, with its selector's override if any: the kernel side reads the override from
+    /// the loader's target set (so forked children keep it); here it only decides whether the
+    /// programs must be loaded at all.
+    fn add(&mut self, pid: u32, propagation: Option<Mode>) -> Result<()> {
+        self.targets.insert(pid);
+        let Some(mode) = propagation else {
+            return Ok(());
+        };
+        let own = mode.carriers();
+        self.overrides.insert(pid, own);
+        if self.injector.is_none() && own != 0 {
+            self.injector = Some(self.plan.start()?);
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, pid: u32) -> Result<()> {
+        self.targets.remove(&pid);
+        self.overrides.remove(&pid);
+        Ok(())
+    }
 }
 
 fn run(args: &Args, mode: Mode) -> Result<()> {
     privilege::enter_and_log(Role::Ctxprop)?;
-    let state: Arc<Mutex<State>> = Arc::default();
-    if mode.carriers() != 0 {
-        let pin_dir = args.pin_dir.clone().unwrap_or_else(role::pin_dir);
-        let cgroup = match &args.cgroup {
-            Some(c) => c.clone(),
-            None => inject::cgroup2_mount()?,
-        };
-        let injector = inject::Injector::start(
-            &pin_dir,
-            &cgroup,
-            Duration::from_secs(args.pin_wait),
-            mode.carriers(),
-        )?;
-        tracing::info!(mode = ?mode, cgroup = %cgroup.display(), "propagating context in instrumented processes' outgoing HTTP/1.x requests");
-        lock(&state).injector = Some(injector);
+    let plan = Plan {
+        pin_dir: args.pin_dir.clone().unwrap_or_else(role::pin_dir),
+        cgroup: args.cgroup.clone(),
+        pin_wait: Duration::from_secs(args.pin_wait),
+        default_carriers: mode.carriers(),
+    };
+    let injector = if plan.default_carriers != 0 {
+        Some(plan.start()?)
     } else {
-        tracing::info!("context propagation disabled: no traffic is modified");
-    }
+        tracing::info!(
+            "context propagation disabled: no traffic is modified unless a selector turns it on"
+        );
+        None
+    };
+    let state = Arc::new(Mutex::new(State {
+        plan,
+        targets: BTreeSet::new(),
+        overrides: BTreeMap::new(),
+        injector,
+    }));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -86,18 +140,14 @@ fn run(args: &Args, mode: Mode) -> Result<()> {
         let shared = state.clone();
         let server = ipc::serve::<CtxpropRequest, _>(listener, policy, move |_, req| {
             let mut st = lock(&shared);
-            let State { targets, injector } = &mut *st;
-            match req {
-                CtxpropRequest::AddTarget { pid } => targets.insert(pid),
-                CtxpropRequest::RemoveTarget { pid } => targets.remove(&pid),
+            let outcome = match req {
+                CtxpropRequest::AddTarget { pid, propagation } => st.add(pid, propagation),
+                CtxpropRequest::RemoveTarget { pid } => st.remove(pid),
             };
-            // The kernel side follows the loader's target set (forks included) through the
-            // socket marks; this set is what discover asked for, kept for the log.
-            tracing::debug!(
-                targets = targets.len(),
-                injecting = injector.is_some(),
-                "target set changed"
-            );
+            if let Err(e) = outcome {
+                tracing::error!(error = %format!("{e:#}"), "a target's propagation could not be set; its traffic is left alone");
+            }
+            tracing::debug!(targets = st.targets.len(), overrides = st.overrides.len(), injecting = st.injector.is_some(), "target set changed");
         });
         seam_proto::lifecycle::ready(Role::Ctxprop);
         tokio::select! {

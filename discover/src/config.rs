@@ -27,6 +27,11 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    #[error("{key}: {source}")]
+    Propagation {
+        key: String,
+        source: seam_proto::msg::BadPropagation,
+    },
     #[error("{key}: bad pid {value:?}")]
     Pid { key: String, value: String },
     #[error("no selector: set SEAM_OPEN_PORT, SEAM_AUTO_TARGET_EXE, SEAM_TARGET_PID or discovery.instrument in the config file")]
@@ -60,6 +65,7 @@ struct FileSelector {
     open_ports: Option<String>,
     exe_path: Option<String>,
     pid: Option<u32>,
+    context_propagation: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -124,6 +130,16 @@ pub fn load(file: Option<&Path>, env: &dyn SettingSource) -> Result<DiscoveryCon
                 .transpose()?
                 .unwrap_or_default(),
             pids: s.pid.into_iter().collect(),
+            propagation: s
+                .context_propagation
+                .as_deref()
+                .map(|v| {
+                    v.parse().map_err(|source| ConfigError::Propagation {
+                        key: key.clone(),
+                        source,
+                    })
+                })
+                .transpose()?,
         });
     }
     // Environment selectors act like one more entry, as in OBI's quick settings.
@@ -246,6 +262,29 @@ mod tests {
         assert!(matches!(
             load(Some(&path), &env(&[])),
             Err(ConfigError::Yaml { .. })
+        ));
+        std::fs::write(
+            &path,
+            "discovery:\n  instrument:\n    - pid: 7\n      context_propagation: tcp\n    - pid: 8\n",
+        )
+        .expect("write");
+        let c = load(Some(&path), &env(&[])).expect("valid");
+        assert_eq!(
+            c.selectors[0].propagation,
+            Some(seam_proto::msg::Propagation::Tcp)
+        );
+        assert_eq!(
+            c.selectors[1].propagation, None,
+            "no override: ctxprop's own"
+        );
+        std::fs::write(
+            &path,
+            "discovery:\n  instrument:\n    - pid: 7\n      context_propagation: sometimes\n",
+        )
+        .expect("write");
+        assert!(matches!(
+            load(Some(&path), &env(&[])),
+            Err(ConfigError::Propagation { .. })
         ));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -92,6 +92,8 @@ impl Link {
 struct Target {
     start_time: u64,
     identity: ServiceIdentity,
+    /// Its selector's `context_propagation`, if it overrides ctxprop's.
+    propagation: Option<seam_proto::msg::Propagation>,
 }
 
 struct Discoverer {
@@ -224,6 +226,7 @@ impl Discoverer {
                 Target {
                     start_time: start,
                     identity: id.clone(),
+                    propagation: sel.propagation,
                 },
             );
             added.push(id);
@@ -303,13 +306,19 @@ async fn run(cfg: DiscoveryConfig) -> Result<()> {
         };
         let l: Vec<LoaderRequest> = loader_adds
             .into_iter()
-            .map(|pid| LoaderRequest::AddTarget { pid })
+            .map(|pid| LoaderRequest::AddTarget {
+                pid,
+                propagation: d.targets.get(&pid).and_then(|t| t.propagation),
+            })
             .chain(gone.iter().map(|&pid| LoaderRequest::RemoveTarget { pid }))
             .collect();
         loader_synced = loader.send_all(&l).await && correlator_synced;
         let c: Vec<CtxpropRequest> = adds(!ctxprop_synced)
             .into_iter()
-            .map(|pid| CtxpropRequest::AddTarget { pid })
+            .map(|pid| CtxpropRequest::AddTarget {
+                pid,
+                propagation: d.targets.get(&pid).and_then(|t| t.propagation),
+            })
             .chain(gone.iter().map(|&pid| CtxpropRequest::RemoveTarget { pid }))
             .collect();
         ctxprop_synced = ctxprop.send_all(&c).await;

@@ -10,6 +10,8 @@ pub struct Selector {
     pub exe: Option<glob::Pattern>,
     pub ports: Vec<PortRange>,
     pub pids: Vec<u32>,
+    /// Overrides ctxprop's `context_propagation` for the processes this selector picks.
+    pub propagation: Option<seam_proto::msg::Propagation>,
 }
 
 /// What discover knows of a candidate process when it matches selectors.

@@ -72,6 +72,14 @@ enum seam_target_flags {
 	SEAM_TARGET_INHERITED = 2, /* forked by a target */
 };
 
+/* Context carriers (context_propagation). A target's value may carry its selector's override in
+ * bits 8-15 as carriers + 1 (0: none, follow ctxprop's default); a forked child copies it, and
+ * the capture copies it into the mark of each socket the target connects. */
+#define SEAM_CARRIER_HEADER 1
+#define SEAM_CARRIER_TCP_OPTION 2
+#define SEAM_OVERRIDE_SHIFT 8
+#define SEAM_OVERRIDE_MASK 0xff00
+
 /* Per-CPU counters the correlator reads to report what the kernel side dropped. */
 enum seam_counter {
 	SEAM_CNT_RINGBUF_FULL = 0, /* events lost because the ring buffer was full */

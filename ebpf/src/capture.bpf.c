@@ -719,11 +719,14 @@ int on_recv(__u64 *ctx)
  * ctxprop's sockops takes it into the sockhash once established. */
 static __always_inline void mark_for_injection(struct sock *sk)
 {
-	if (!is_target(bpf_get_current_pid_tgid() >> 32) || !propagation_epoch())
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	__u32 *target = bpf_map_lookup_elem(&seam_targets, &pid);
+	if (!target || !propagation_epoch())
 		return;
+	__u32 value = 1 | (*target & SEAM_OVERRIDE_MASK); /* with its selector's override */
 	__u32 *m = bpf_sk_storage_get(&seam_prop_marked, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (m)
-		*m = 1;
+		*m = value;
 }
 
 /* tp_btf arguments: (const struct sock *sk, int oldstate, int newstate). A socket reaching

@@ -18,8 +18,9 @@ char LICENSE[] SEC("license") = "GPL";
 #define TCPHDR_SYN 0x02
 
 /* Which carriers ctxprop writes (set before load). */
-#define CARRIER_HEADER 1
-#define CARRIER_TCP_OPTION 2
+#define CARRIER_HEADER SEAM_CARRIER_HEADER
+#define CARRIER_TCP_OPTION SEAM_CARRIER_TCP_OPTION
+/* The default; a target's selector may override it (carried in its socket's mark). */
 const volatile __u32 carriers = CARRIER_HEADER;
 
 /* Longest header block looked at; a longer one is passed on untouched. */
@@ -57,9 +58,9 @@ struct {
 
 /* Where the next outgoing bytes of a connection are in its request stream. */
 struct framing {
-	__u64 skip;   /* body bytes of the current request still to pass */
-	__u32 opaque; /* never touch this connection again */
-	__u32 pad;
+	__u64 skip;    /* body bytes of the current request still to pass */
+	__u32 opaque;  /* never touch this connection again */
+	__u32 use;     /* the carriers this connection's requests get */
 };
 
 struct {
@@ -241,15 +242,22 @@ int on_sockops(struct bpf_sock_ops *ops)
 	switch (ops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
 		struct bpf_sock *sk = ops->sk;
-		if (!sk || !bpf_sk_storage_get(&seam_prop_marked, sk, 0, 0))
+		if (!sk)
 			return 1;
+		__u32 *mark = bpf_sk_storage_get(&seam_prop_marked, sk, 0, 0);
+		if (!mark)
+			return 1;
+		__u32 own = (*mark & SEAM_OVERRIDE_MASK) >> SEAM_OVERRIDE_SHIFT;
+		__u32 use = own ? own - 1 : carriers;
+		if (!use)
+			return 1; /* its selector turned propagation off: the socket is never touched */
 		key_of_ops(ops, &k);
-		struct framing fresh = {};
+		struct framing fresh = {.use = use};
 		bpf_map_update_elem(&seam_prop_framing, &k, &fresh, BPF_ANY);
 		if (bpf_sock_hash_update(ops, &seam_prop_socks, &k, BPF_NOEXIST) == 0) {
 			count(PROP_CNT_SOCKETS);
 			__u32 flags = BPF_SOCK_OPS_STATE_CB_FLAG;
-			if (carriers & CARRIER_TCP_OPTION)
+			if (use & CARRIER_TCP_OPTION)
 				flags |= BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
 			bpf_sock_ops_cb_flags_set(ops, flags);
 		} else {
@@ -267,11 +275,11 @@ int on_sockops(struct bpf_sock_ops *ops)
 		bpf_map_delete_elem(&seam_prop_option, &k);
 		return 1;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		/* Reading options touches nothing: every accepted connection may bring a context. Only
-		 * segments with an option the kernel does not know run the program. */
-		if (carriers & CARRIER_TCP_OPTION)
-			bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags |
-							   BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG);
+		/* Reading options touches nothing, and any peer may send one whatever this host writes:
+		 * every accepted connection may bring a context. Only segments with an option the kernel
+		 * does not know run the program. */
+		bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags |
+						   BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG);
 		return 1;
 	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
 		/* Room for the option: always when the kernel sizes the MSS (so a segment with it still
@@ -498,16 +506,16 @@ static __always_inline int insert_header(struct sk_msg_md *msg, struct scan_buf 
 
 /* Gives the request a context on every configured carrier and tells the capture which. */
 static __always_inline int carry(struct sk_msg_md *msg, struct scan_buf *buf, struct flow_key *k,
-				 __u32 at, __u32 head_len)
+				 __u32 at, __u32 head_len, __u32 use)
 {
 	struct seam_injected *inj = &buf->ctx;
 	__builtin_memset(inj, 0, sizeof(*inj));
 	choose_context(inj);
 	inj->local_port = (__u16)msg->local_port;
 	int carried = 0;
-	if (carriers & CARRIER_HEADER)
+	if (use & CARRIER_HEADER)
 		carried = insert_header(msg, buf, at, head_len);
-	if (carriers & CARRIER_TCP_OPTION)
+	if (use & CARRIER_TCP_OPTION)
 		carried |= bpf_map_update_elem(&seam_prop_option, k, inj, BPF_ANY) == 0;
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	if (!carried) {
@@ -581,8 +589,9 @@ int on_msg(struct sk_msg_md *msg)
 	struct flow_key k = {};
 	key_of_msg(msg, &k);
 	struct framing *f = bpf_map_lookup_elem(&seam_prop_framing, &k);
-	if (!f || f->opaque)
+	if (!f || f->opaque || !f->use)
 		return SK_PASS;
+	__u32 use = f->use;
 	__u32 size = msg->size;
 	if (f->skip >= size) {
 		f->skip -= size;
@@ -630,7 +639,7 @@ int on_msg(struct sk_msg_md *msg)
 		bpf_map_delete_elem(&seam_prop_option, &k);
 		return SK_PASS;
 	}
-	if (carry(msg, buf, &k, t->request_line, t->head_len))
+	if (carry(msg, buf, &k, t->request_line, t->head_len, use))
 		count(PROP_CNT_INJECTED);
 	return SK_PASS;
 }

@@ -26,10 +26,14 @@ impl Targets {
 
     pub fn apply(&mut self, req: LoaderRequest) {
         match req {
-            LoaderRequest::AddTarget { pid } => match self.refusal(pid) {
+            LoaderRequest::AddTarget { pid, propagation } => match self.refusal(pid) {
                 Some(why) => tracing::warn!(pid, reason = why, "target refused"),
-                None => match self.map.insert(pid, seam_abi::TARGET_SELECTED, 0) {
-                    Ok(()) => tracing::info!(pid, "target added"),
+                None => match self.map.insert(
+                    pid,
+                    seam_abi::target_value(propagation.map(|p| p.carriers())),
+                    0,
+                ) {
+                    Ok(()) => tracing::info!(pid, ?propagation, "target added"),
                     Err(e) => tracing::warn!(pid, error = %e, "target map full or failing"),
                 },
             },

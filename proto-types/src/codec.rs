@@ -67,7 +67,10 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let m = LoaderRequest::AddTarget { pid: 42 };
+        let m = LoaderRequest::AddTarget {
+            pid: 42,
+            propagation: None,
+        };
         let b = encode(&m, 1024).expect("encodes");
         assert_eq!(decode::<LoaderRequest>(&b).expect("decodes"), m);
     }
@@ -75,7 +78,10 @@ mod tests {
     #[test]
     fn encoding_past_the_limit_fails_and_leaves_the_buffer_as_it_was() {
         let mut out = vec![9u8];
-        let big = LoaderRequest::AddTarget { pid: u32::MAX };
+        let big = LoaderRequest::AddTarget {
+            pid: u32::MAX,
+            propagation: None,
+        };
         assert!(encode_into(&big, 2, &mut out).is_err());
         assert_eq!(out, vec![9u8]);
         assert!(encode_into(&big, 64, &mut out).is_ok());

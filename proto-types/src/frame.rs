@@ -88,15 +88,27 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip_back_to_back() {
         let (mut a, mut b) = tokio::io::duplex(1024);
-        write_frame(&mut a, &LoaderRequest::AddTarget { pid: 1 })
-            .await
-            .expect("write");
+        write_frame(
+            &mut a,
+            &LoaderRequest::AddTarget {
+                pid: 1,
+                propagation: None,
+            },
+        )
+        .await
+        .expect("write");
         write_frame(&mut a, &LoaderRequest::RemoveTarget { pid: 2 })
             .await
             .expect("write");
         let x: LoaderRequest = read_frame(&mut b).await.expect("read");
         let y: LoaderRequest = read_frame(&mut b).await.expect("read");
-        assert_eq!(x, LoaderRequest::AddTarget { pid: 1 });
+        assert_eq!(
+            x,
+            LoaderRequest::AddTarget {
+                pid: 1,
+                propagation: None
+            }
+        );
         assert_eq!(y, LoaderRequest::RemoveTarget { pid: 2 });
     }
 

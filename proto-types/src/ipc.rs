@@ -337,9 +337,12 @@ mod tests {
         let mut c = Client::connect_at(Role::Discover, Role::Loader, &path)
             .await
             .expect("good peer");
-        c.send(&LoaderRequest::AddTarget { pid: 5 })
-            .await
-            .expect("send");
+        c.send(&LoaderRequest::AddTarget {
+            pid: 5,
+            propagation: None,
+        })
+        .await
+        .expect("send");
         c.stream
             .write_all(&(crate::frame::MAX_FRAME + 1).to_le_bytes())
             .await
@@ -360,7 +363,10 @@ mod tests {
         assert_eq!(
             *seen.lock().expect("lock"),
             vec![
-                LoaderRequest::AddTarget { pid: 5 },
+                LoaderRequest::AddTarget {
+                    pid: 5,
+                    propagation: None
+                },
                 LoaderRequest::RemoveTarget { pid: 5 }
             ]
         );

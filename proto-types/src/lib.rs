@@ -12,4 +12,4 @@ pub mod telemetry;
 pub use role::Role;
 
 /// Bumped whenever a message layout changes; peers with another version are refused.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;

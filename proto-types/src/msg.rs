@@ -17,18 +17,78 @@ pub enum HelloReply {
     Accepted { version: u32 },
 }
 
-/// discover → loader.
+/// discover → loader. `propagation` is the target's selector override of `context_propagation`:
+/// the loader keeps it with the target, so processes the target forks inherit it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LoaderRequest {
-    AddTarget { pid: u32 },
-    RemoveTarget { pid: u32 },
+    AddTarget {
+        pid: u32,
+        propagation: Option<Propagation>,
+    },
+    RemoveTarget {
+        pid: u32,
+    },
 }
 
-/// discover → ctxprop.
+/// discover → ctxprop. A target's `propagation` is its selector's override of ctxprop's own
+/// `context_propagation`; `None` keeps ctxprop's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CtxpropRequest {
-    AddTarget { pid: u32 },
-    RemoveTarget { pid: u32 },
+    AddTarget {
+        pid: u32,
+        propagation: Option<Propagation>,
+    },
+    RemoveTarget {
+        pid: u32,
+    },
+}
+
+/// `context_propagation`: which carriers give a request its context.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Propagation {
+    /// The header and the TCP option.
+    All,
+    /// A `traceparent` header in plaintext HTTP/1.x requests.
+    Headers,
+    /// A TCP option (kind 25) on the request's first data segment.
+    Tcp,
+    /// Nothing is modified (the default: injection is opted into).
+    #[default]
+    Disabled,
+}
+
+/// Bits of a carrier set (the eBPF side's `SEAM_CARRIER_*`).
+pub const CARRIER_HEADER: u32 = 1;
+pub const CARRIER_TCP_OPTION: u32 = 2;
+
+impl Propagation {
+    /// The carriers this setting writes; none for `disabled`.
+    pub fn carriers(self) -> u32 {
+        match self {
+            Propagation::All => CARRIER_HEADER | CARRIER_TCP_OPTION,
+            Propagation::Headers => CARRIER_HEADER,
+            Propagation::Tcp => CARRIER_TCP_OPTION,
+            Propagation::Disabled => 0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("context_propagation must be all, headers, tcp or disabled, got {0:?}")]
+pub struct BadPropagation(pub String);
+
+impl std::str::FromStr for Propagation {
+    type Err = BadPropagation;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "all" => Ok(Propagation::All),
+            "headers" => Ok(Propagation::Headers),
+            "tcp" => Ok(Propagation::Tcp),
+            "disabled" => Ok(Propagation::Disabled),
+            other => Err(BadPropagation(other.to_string())),
+        }
+    }
 }
 
 /// Who a target process is, as discover resolved it from the process itself.

@@ -167,9 +167,12 @@ fn bad_peers_lose_their_connection_and_spans_keep_flowing() {
         let mut c = Client::connect_at(Role::Correlator, Role::Exporter, &stack.socket("exporter"))
             .await
             .expect("correlator role accepted");
-        c.send(&LoaderRequest::AddTarget { pid: 1 })
-            .await
-            .expect("send");
+        c.send(&LoaderRequest::AddTarget {
+            pid: 1,
+            propagation: None,
+        })
+        .await
+        .expect("send");
     });
     for role in ["loader", "correlator", "exporter", "ctxprop"] {
         assert!(

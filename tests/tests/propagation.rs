@@ -146,9 +146,14 @@ struct Case {
 
 /// Runs `corpus.py` (instrumented when there is a stack) against `recorder.py` (never
 /// instrumented) under a stack started with `env`, or with no seam at all for `None`; `before`
-/// runs once the stack is up, before the first byte is sent. A packet capture on the loopback
-/// interface records what went to the recorder.
-fn run_corpus(env: Option<&[(String, String)]>, before: impl FnOnce(&Stack)) -> Vec<Case> {
+/// runs once the stack is up, before the first byte is sent. With `selector_propagation` the
+/// client is selected by a config-file selector carrying that `context_propagation` override. A
+/// packet capture on the loopback interface records what went to the recorder.
+fn run_corpus(
+    env: Option<&[(String, String)]>,
+    selector_propagation: Option<&str>,
+    before: impl FnOnce(&Stack),
+) -> Vec<Case> {
     let dir = std::env::temp_dir().join(format!(
         "seam-corpus-{}-{}",
         std::process::id(),
@@ -194,7 +199,21 @@ fn run_corpus(env: Option<&[(String, String)]>, before: impl FnOnce(&Stack)) -> 
     let _sniffer = Proc { child: sniffer };
     let stack = env.map(|env| {
         let mut env = env.to_vec();
-        env.extend(selector_env(&[], &[client.pid()]));
+        match selector_propagation {
+            Some(mode) => {
+                let config = dir.join("seam.yaml");
+                std::fs::write(
+                    &config,
+                    format!(
+                        "discovery:\n  instrument:\n    - pid: {}\n      context_propagation: {mode}\n",
+                        client.pid()
+                    ),
+                )
+                .expect("config");
+                env.push(("SEAM_CONFIG".into(), config.display().to_string()));
+            }
+            None => env.extend(selector_env(&[], &[client.pid()])),
+        }
         let stack = Stack::start(&env).expect("stack");
         stack.wait_target(client.pid()).expect("targeted");
         before(&stack);
@@ -303,7 +322,7 @@ fn corpus_arrives_byte_for_byte_with_exactly_the_expected_headers_and_options() 
     }
     // both carriers: the header in the bytes, the TCP option beside them
     let env = [("SEAM_CONTEXT_PROPAGATION".to_string(), "all".to_string())];
-    let cases = run_corpus(Some(&env), |_| {});
+    let cases = run_corpus(Some(&env), None, |_| {});
     assert!(cases.len() >= 15, "the whole corpus ran");
     for c in &cases {
         let (stripped, added) = without_injected(&c.received);
@@ -359,11 +378,11 @@ fn the_wire_is_as_without_seam_when_propagation_is_disabled_or_ctxprop_is_stoppe
         "headers".to_string(),
     )];
     let runs = [
-        ("no seam", run_corpus(None, |_| {})),
-        ("disabled", run_corpus(Some(&disabled), |_| {})),
+        ("no seam", run_corpus(None, None, |_| {})),
+        ("disabled", run_corpus(Some(&disabled), None, |_| {})),
         (
             "ctxprop stopped",
-            run_corpus(Some(&enabled_then_stopped), |stack| {
+            run_corpus(Some(&enabled_then_stopped), None, |stack| {
                 let pid = stack.pid_of("ctxprop").expect("ctxprop runs");
                 nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")),
@@ -445,4 +464,37 @@ fn a_large_upload_then_shutdown_and_blocking_recv_never_sees_eagain() {
     );
     drop(stack);
     eprintln!("upload: {}", out.trim());
+}
+
+/// `context_propagation` on a selector wins over ctxprop's own, both ways: a selector can keep
+/// its processes' traffic untouched while the rest is propagated, or propagate for its processes
+/// alone while the default is `disabled`.
+#[test]
+fn a_selector_overrides_context_propagation_both_ways() {
+    if !require_root() {
+        return;
+    }
+    let on = [(
+        "SEAM_CONTEXT_PROPAGATION".to_string(),
+        "headers".to_string(),
+    )];
+    for c in run_corpus(Some(&on), Some("disabled"), |_| {}) {
+        assert!(
+            c.received == c.sent,
+            "override disabled: {} was modified",
+            c.name
+        );
+        assert!(!c.tcp_options.contains("25"), "{}", c.name);
+    }
+    let off = [(
+        "SEAM_CONTEXT_PROPAGATION".to_string(),
+        "disabled".to_string(),
+    )];
+    let cases = run_corpus(Some(&off), Some("headers"), |_| {});
+    for c in &cases {
+        let (stripped, added) = without_injected(&c.received);
+        assert_eq!(added, c.expected_headers, "override headers: {}", c.name);
+        assert!(stripped == c.sent, "override headers: {}", c.name);
+    }
+    assert!(cases.iter().map(|c| c.expected_headers).sum::<usize>() > 0);
 }

@@ -32,6 +32,13 @@ pub const DATA_HTTP_START: u8 = 1;
 
 pub const TARGET_SELECTED: u32 = 1;
 pub const TARGET_INHERITED: u32 = 2;
+/// A target value's selector override of the carriers, stored as carriers + 1 in these bits.
+pub const OVERRIDE_SHIFT: u32 = 8;
+
+/// The targets-map value for a selected target with an optional carrier override.
+pub fn target_value(override_carriers: Option<u32>) -> u32 {
+    TARGET_SELECTED | override_carriers.map_or(0, |c| ((c & 0x7f) + 1) << OVERRIDE_SHIFT)
+}
 
 pub const CNT_RINGBUF_FULL: u32 = 0;
 pub const CNT_EVENTS: u32 = 1;
@@ -190,6 +197,17 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_carrier_override_is_kept_beside_the_target_flags() {
+        assert_eq!(target_value(None), TARGET_SELECTED);
+        assert_eq!(
+            target_value(Some(0)),
+            TARGET_SELECTED | (1 << 8),
+            "disabled is an override"
+        );
+        assert_eq!(target_value(Some(3)) >> OVERRIDE_SHIFT, 4);
+    }
 
     #[test]
     fn tail_comes_from_the_kernel_or_a_whole_payload() {
