@@ -137,109 +137,17 @@ mod tests {
     }
 }
 
-/// The OpenTelemetry samplers, as `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` name them.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Sampler {
-    AlwaysOn,
-    AlwaysOff,
-    TraceIdRatio(f64),
-    /// Follow a parent's sampled flag; decide roots with the inner sampler.
-    ParentBased(RootSampler),
-}
+pub use seam_proto::sampling::{RootSampler, Sampler, SamplerError, SAMPLED};
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum RootSampler {
-    AlwaysOn,
-    AlwaysOff,
-    TraceIdRatio(f64),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SamplerError {
-    #[error("OTEL_TRACES_SAMPLER={0:?} is not one of always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio")]
-    Unknown(String),
-    #[error("OTEL_TRACES_SAMPLER_ARG={0:?} is not a ratio between 0 and 1")]
-    Ratio(String),
-}
-
-const SAMPLED: u8 = 0x01;
-
-/// Same answer for the same trace id everywhere: the low 8 bytes against the ratio's share.
-fn ratio_keeps(trace_id: &[u8; 16], ratio: f64) -> bool {
-    if ratio >= 1.0 {
-        return true;
-    }
-    if ratio <= 0.0 {
-        return false;
-    }
-    let mut low = [0u8; 8];
-    low.copy_from_slice(&trace_id[8..]);
-    let x = u64::from_be_bytes(low) >> 1; // 63 bits, as OpenTelemetry SDKs compare
-    (x as f64) < ratio * (1u64 << 63) as f64
-}
-
-impl RootSampler {
-    fn keeps(self, trace_id: &[u8; 16]) -> bool {
-        match self {
-            RootSampler::AlwaysOn => true,
-            RootSampler::AlwaysOff => false,
-            RootSampler::TraceIdRatio(r) => ratio_keeps(trace_id, r),
-        }
-    }
-}
-
-impl Default for Sampler {
-    /// The specification's default.
-    fn default() -> Self {
-        Sampler::ParentBased(RootSampler::AlwaysOn)
-    }
-}
-
-impl Sampler {
-    /// Reads the standard variables (absent → parentbased_always_on; ratio default 1.0).
-    pub fn from_env(sampler: Option<&str>, arg: Option<&str>) -> Result<Self, SamplerError> {
-        let ratio = || -> Result<f64, SamplerError> {
-            match arg.map(str::trim).filter(|a| !a.is_empty()) {
-                None => Ok(1.0),
-                Some(a) => a
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|r| (0.0..=1.0).contains(r))
-                    .ok_or_else(|| SamplerError::Ratio(a.to_string())),
-            }
-        };
-        Ok(
-            match sampler.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
-                None | Some("") | Some("parentbased_always_on") => {
-                    Sampler::ParentBased(RootSampler::AlwaysOn)
-                }
-                Some("always_on") => Sampler::AlwaysOn,
-                Some("always_off") => Sampler::AlwaysOff,
-                Some("traceidratio") => Sampler::TraceIdRatio(ratio()?),
-                Some("parentbased_always_off") => Sampler::ParentBased(RootSampler::AlwaysOff),
-                Some("parentbased_traceidratio") => {
-                    Sampler::ParentBased(RootSampler::TraceIdRatio(ratio()?))
-                }
-                Some(other) => return Err(SamplerError::Unknown(other.to_string())),
-            },
-        )
-    }
-
-    /// The sampled bit for a trace entering this host: a new root (`parent` None) or a
-    /// remote parent's flags.
-    fn decide(&self, trace_id: &[u8; 16], parent_flags: Option<u8>) -> bool {
-        match (*self, parent_flags) {
-            (Sampler::AlwaysOn, _) => true,
-            (Sampler::AlwaysOff, _) => false,
-            (Sampler::TraceIdRatio(r), _) => ratio_keeps(trace_id, r),
-            (Sampler::ParentBased(_), Some(flags)) => flags & SAMPLED != 0,
-            (Sampler::ParentBased(root), None) => root.keeps(trace_id),
-        }
-    }
-
+/// Sampling applied to a span's context (the decision itself is `Sampler::decide`).
+pub trait ApplySampling {
     /// Applies the decision to a context that starts or enters a trace here; other flag bits
     /// (the Level 2 random flag) are kept as received.
-    pub fn apply(&self, ctx: &mut SpanCtx, parent_flags: Option<u8>) {
+    fn apply(&self, ctx: &mut SpanCtx, parent_flags: Option<u8>);
+}
+
+impl ApplySampling for Sampler {
+    fn apply(&self, ctx: &mut SpanCtx, parent_flags: Option<u8>) {
         let keep = self.decide(&ctx.trace_id, parent_flags);
         ctx.flags = if keep {
             ctx.flags | SAMPLED

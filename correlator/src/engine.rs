@@ -10,7 +10,7 @@ use seam_abi::{
 use seam_proto::msg::SpanRecord;
 
 use crate::conn::{Chunk, Conn, Dir, Exchange, Side, Started};
-use crate::context::{self, Sampler, SpanCtx};
+use crate::context::{self, ApplySampling, Sampler, SpanCtx};
 use crate::handoff::{Handoffs, RequestKey};
 use crate::idhash::IdMap;
 use crate::span::{self, unmapped, Clock, Endpoints};
@@ -499,16 +499,19 @@ impl Engine {
     /// Settles a server request whose trace the kernel already started for one of its calls: a
     /// request with no context of its own becomes that trace's root.
     fn resolve_in_trace(&mut self, conn_id: u64, seq: u64, trace_id: [u8; 16]) -> SpanCtx {
+        let sampler = self.links.sampler;
         if let Some(req) = self
             .conns
             .get_mut(&conn_id)
             .and_then(|e| e.reqs.get_mut(&seq))
         {
             if req.ctx.is_none() && req.header.is_none() {
-                let ctx = SpanCtx {
+                let mut ctx = SpanCtx {
                     trace_id,
                     ..SpanCtx::root()
                 };
+                // the kernel decided the wire's flag by the same rule (Sampler::kernel_rule)
+                sampler.apply(&mut ctx, None);
                 req.ctx = Some(ctx.clone());
                 return ctx;
             }

@@ -10,7 +10,7 @@
 
 use seam_proto::msg::SpanRecord;
 
-use crate::context::{Sampler, SpanCtx};
+use crate::context::{ApplySampling, Sampler, SpanCtx};
 use crate::idhash::IdMap;
 
 /// How long after its request ends a created thread may still exit and count as dedicated to it.

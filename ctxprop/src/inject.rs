@@ -9,6 +9,7 @@ use aya::maps::{Array, MapData, PerCpuArray, SockHash};
 use aya::programs::{CgroupAttachMode, SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use seam_abi::{names, objects};
+use seam_proto::sampling::KernelRule;
 
 /// Bytes of the sockhash key (`struct flow_key`: family, two 16-byte addresses, two ports).
 const FLOW_KEY_LEN: usize = 44;
@@ -59,7 +60,13 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
 impl Injector {
     /// Loads and attaches everything; the sk_msg program is on the sockhash before sockops can
     /// put a socket there, and the capture is told to keep serving contexts last.
-    pub fn start(pin_dir: &Path, cgroup: &Path, pin_wait: Duration, carriers: u32) -> Result<Self> {
+    pub fn start(
+        pin_dir: &Path,
+        cgroup: &Path,
+        pin_wait: Duration,
+        carriers: u32,
+        sampling: KernelRule,
+    ) -> Result<Self> {
         let pins: Vec<PathBuf> = SHARED.iter().map(|(_, f)| pin_dir.join(f)).collect();
         if !seam_proto::lifecycle::wait_for_paths(&pins, pin_wait) {
             bail!(
@@ -73,6 +80,12 @@ impl Injector {
         }
         let mut ebpf = loader
             .override_global(names::CARRIERS, &carriers, true)
+            .override_global(names::SAMPLE_THRESHOLD, &sampling.threshold, true)
+            .override_global(
+                names::SAMPLE_FOLLOW_PARENT,
+                &u32::from(sampling.follow_parent),
+                true,
+            )
             .load(objects::CTXPROP)
             .context("loading the propagation object (needs CAP_BPF and CAP_NET_ADMIN)")?;
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Parser;
 use config::Mode;
+use seam_proto::sampling::{KernelRule, Sampler};
 use seam_proto::{ipc, msg::CtxpropRequest, privilege, role, Role};
 
 #[derive(Debug, Parser)]
@@ -47,7 +48,16 @@ fn main() -> std::process::ExitCode {
         Ok(m) => m,
         Err(e) => return seam_proto::lifecycle::bad_config(&e),
     };
-    seam_proto::lifecycle::exit_code(Role::Ctxprop, run(&args, mode))
+    // The same variables as the correlator: a trace started here is sent with the flag the
+    // correlator's sampler gives it.
+    let sampler = match Sampler::from_env(
+        std::env::var("OTEL_TRACES_SAMPLER").ok().as_deref(),
+        std::env::var("OTEL_TRACES_SAMPLER_ARG").ok().as_deref(),
+    ) {
+        Ok(s) => s,
+        Err(e) => return seam_proto::lifecycle::bad_config(&e),
+    };
+    seam_proto::lifecycle::exit_code(Role::Ctxprop, run(&args, mode, sampler.kernel_rule()))
 }
 
 /// Where the injector's programs go and what they default to.
@@ -57,6 +67,7 @@ struct Plan {
     cgroup: Option<PathBuf>,
     pin_wait: Duration,
     default_carriers: u32,
+    sampling: KernelRule,
 }
 
 impl Plan {
@@ -65,8 +76,13 @@ impl Plan {
             Some(c) => c.clone(),
             None => inject::cgroup2_mount()?,
         };
-        let injector =
-            inject::Injector::start(&self.pin_dir, &cgroup, self.pin_wait, self.default_carriers)?;
+        let injector = inject::Injector::start(
+            &self.pin_dir,
+            &cgroup,
+            self.pin_wait,
+            self.default_carriers,
+            self.sampling,
+        )?;
         tracing::info!(carriers = self.default_carriers, cgroup = %cgroup.display(), "propagating context in instrumented processes' outgoing HTTP/1.x requests");
         Ok(injector)
     }
@@ -108,13 +124,14 @@ impl State {
     }
 }
 
-fn run(args: &Args, mode: Mode) -> Result<()> {
+fn run(args: &Args, mode: Mode, sampling: KernelRule) -> Result<()> {
     privilege::enter_and_log(Role::Ctxprop)?;
     let plan = Plan {
         pin_dir: args.pin_dir.clone().unwrap_or_else(role::pin_dir),
         cgroup: args.cgroup.clone(),
         pin_wait: Duration::from_secs(args.pin_wait),
         default_carriers: mode.carriers(),
+        sampling,
     };
     let injector = if plan.default_carriers != 0 {
         Some(plan.start()?)

@@ -22,6 +22,11 @@ char LICENSE[] SEC("license") = "GPL";
 #define CARRIER_TCP_OPTION SEAM_CARRIER_TCP_OPTION
 /* The default; a target's selector may override it (carried in its socket's mark). */
 const volatile __u32 carriers = CARRIER_HEADER;
+/* OTEL_TRACES_SAMPLER as a rule on the trace id (the correlator's Sampler::kernel_rule): keep when
+ * the low 8 bytes, big-endian, shifted right by one are below the threshold; a parent-based
+ * sampler follows a header's sampled flag instead. */
+const volatile __u64 sample_threshold = ~0ULL;
+const volatile __u32 sample_follow_parent = 1;
 
 /* Longest header block looked at; a longer one is passed on untouched. */
 #define SCAN_MAX 4096
@@ -421,6 +426,13 @@ static __always_inline char hex_digit(__u8 n)
 	return n < 10 ? '0' + n : 'a' + (n - 10);
 }
 
+static __always_inline __u8 sampled(const __u8 *trace_id)
+{
+	__u64 low;
+	__builtin_memcpy(&low, trace_id + 8, 8);
+	return (__builtin_bswap64(low) >> 1) < sample_threshold ? 0x01 : 0x00;
+}
+
 /* The context this request carries: the thread's one server request's trace, or a new trace. */
 static __always_inline void choose_context(struct seam_injected *inj)
 {
@@ -440,16 +452,18 @@ static __always_inline void choose_context(struct seam_injected *inj)
 	    (sv->state == SEAM_CTX_HEADER || sv->state == SEAM_CTX_GENERATED)) {
 		__builtin_memcpy(inj->trace_id, sv->trace_id, 16);
 		inj->flags = sv->flags;
+		if (sv->state == SEAM_CTX_HEADER && !sample_follow_parent)
+			inj->flags = (sv->flags & ~0x01) | sampled(inj->trace_id);
 		inj->kind = SEAM_INJ_CHILD;
 		return;
 	}
 	r[3] |= 1; /* never an all-zero trace id */
 	__builtin_memcpy(inj->trace_id, r, 16);
-	inj->flags = 0x01;
+	inj->flags = sampled(inj->trace_id);
 	if (sv && sv->open == 1 && sv->state == SEAM_CTX_NONE) {
 		/* the request's trace starts here: its later calls join it */
 		__builtin_memcpy(sv->trace_id, r, 16);
-		sv->flags = 0x01;
+		sv->flags = inj->flags;
 		sv->state = SEAM_CTX_GENERATED;
 		inj->kind = SEAM_INJ_CHILD;
 		return;

@@ -7,6 +7,7 @@ pub mod lifecycle;
 pub mod msg;
 pub mod privilege;
 pub mod role;
+pub mod sampling;
 pub mod telemetry;
 
 pub use role::Role;

@@ -245,18 +245,24 @@ fn run_corpus(
     };
     let received: Vec<Vec<u8>> = cases.iter().map(|c| received(&c.2)).collect();
     std::thread::sleep(Duration::from_millis(300)); // the capture drains its socket
+                                                    // Payload placed by sequence number: a retransmitted segment lands where it was first.
     let mut wire: HashMap<String, (Vec<u8>, std::collections::BTreeSet<String>)> = HashMap::new();
     for line in std::fs::read_to_string(&capture).expect("capture").lines() {
         let f: Vec<&str> = line.split(' ').collect();
         let entry = wire.entry(f[0].to_string()).or_default();
-        if f[1] != "-" {
-            entry.1.extend(f[1].split(',').map(str::to_string));
-        }
         if f[2] != "-" {
-            let bytes = (0..f[2].len())
+            entry.1.extend(f[2].split(',').map(str::to_string));
+        }
+        if f[3] != "-" {
+            let at = f[1].parse::<usize>().expect("seq") - 1;
+            let bytes: Vec<u8> = (0..f[3].len())
                 .step_by(2)
-                .map(|i| u8::from_str_radix(&f[2][i..i + 2], 16).expect("hex"));
-            entry.0.extend(bytes);
+                .map(|i| u8::from_str_radix(&f[3][i..i + 2], 16).expect("hex"))
+                .collect();
+            if entry.0.len() < at + bytes.len() {
+                entry.0.resize(at + bytes.len(), 0);
+            }
+            entry.0[at..at + bytes.len()].copy_from_slice(&bytes);
         }
     }
     let out = cases

@@ -179,6 +179,21 @@ fn black_box_off_leaves_processes_unlinked() {
 
 #[test]
 fn parent_based_ratio_sampling_is_per_trace_and_honours_remote_parents() {
+    ratio_sampling(&[]);
+}
+
+/// The same with header propagation on and no black-box links: each trace's sampled flag is
+/// decided where the kernel starts it (curl's call) and carried on the wire, and every host part
+/// of it agrees — still whole or not at all, still about half the roots.
+#[test]
+fn ratio_sampling_decided_in_the_kernel_agrees_with_the_correlator() {
+    ratio_sampling(&[
+        ("SEAM_CONTEXT_PROPAGATION".into(), "headers".into()),
+        ("SEAM_DISABLE_BLACK_BOX".into(), "1".into()),
+    ]);
+}
+
+fn ratio_sampling(extra_env: &[(String, String)]) {
     if !require_root() {
         return;
     }
@@ -205,6 +220,7 @@ fn parent_based_ratio_sampling_is_per_trace_and_honours_remote_parents() {
         "parentbased_traceidratio".into(),
     ));
     env.push(("OTEL_TRACES_SAMPLER_ARG".into(), "0.5".into()));
+    env.extend(extra_env.iter().cloned());
     let stack = Stack::start(&env).expect("stack");
     for pid in chain.pids.iter().chain([client.pid()].iter()) {
         stack.wait_target(*pid).expect("targeted");

@@ -79,6 +79,8 @@ pub mod names {
     pub const REMOTE_CTX: &str = "seam_remote_ctx";
     /// ctxprop's carriers, set at load (bit 0 header, bit 1 TCP option).
     pub const CARRIERS: &str = "carriers";
+    pub const SAMPLE_THRESHOLD: &str = "sample_threshold";
+    pub const SAMPLE_FOLLOW_PARENT: &str = "sample_follow_parent";
     /// ctxprop's own.
     pub const PROP_SOCKS: &str = "seam_prop_socks";
     pub const PROP_COUNTERS: &str = "seam_prop_counters";
