@@ -53,15 +53,12 @@ wrk_phase() {
   [ "$2" = none ] || with_seam "$2" "$gate"
   echo > "$gate_fifo"
   wait "$gate"
-  [ "$2" = none ] || { grep -o "propagation counters.*" "$work/daemons.log" > "$work/counters.$1" || true; stop_seam; grep -o "propagation counters.*" "$work/daemons.log" >> "$work/counters.txt" || true; }
-  python3 - "$work/gated.out" "$1" >> "$work/rounds.txt" <<'PY'
-import re, sys
-t = open(sys.argv[1]).read()
-def lat(p):
-    m = re.search(r"\s%s%%\s+([\d.]+)(us|ms|s)" % p, t)
-    return float(m.group(1)) * {"us": 1, "ms": 1000, "s": 1e6}[m.group(2)]
-print(sys.argv[2], re.search(r"Requests/sec:\s+([\d.]+)", t).group(1), lat(50), lat(99))
-PY
+  if [ "$2" != none ]; then
+    stop_seam # ctxprop logs its counters as it stops
+    grep -o "propagation counters.*" "$work/daemons.log" >> "$work/counters.txt" || true
+  fi
+  read -r _ rps p50 p99 < <(bench_wrk_figures "$work/gated.out")
+  echo "$1 $rps $p50 $p99" >> "$work/rounds.txt"
   rm -f "$gate_fifo"
 }
 : > "$work/rounds.txt"

@@ -64,6 +64,20 @@ bench_wait_port() {
   done
 }
 
+# bench_wrk_figures FILE: "requests req/s p50_us p99_us" from the output of wrk --latency.
+bench_wrk_figures() {
+  python3 - "$1" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+def lat(p):
+    m = re.search(r"\s%s%%\s+([\d.]+)(us|ms|s)" % p, text)
+    return float(m.group(1)) * {"us": 1, "ms": 1000, "s": 1e6}[m.group(2)]
+reqs = int(re.search(r"(\d+) requests in", text).group(1))
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+print(reqs, rps, lat(50), lat(99))
+PY
+}
+
 bench_stop_sink() {
   [ -n "${sink:-}" ] && kill "$sink" 2>/dev/null || true
 }

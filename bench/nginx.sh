@@ -43,17 +43,7 @@ run_wrk() { # label, extra args…; prints "requests rps p50 p99 nginx_ticks dae
   out=$(taskset -c 1 wrk -t1 -c32 -d"${secs}s" --latency "$@" "http://127.0.0.1:$port/index.html")
   na=$(cpu_ticks "$worker"); da=$(cpu_ticks $daemons)
   echo "$out" > "$work/wrk-$label.txt"
-  python3 - "$work/wrk-$label.txt" $((na - nb)) $((da - db)) <<'PY'
-import re, sys
-text = open(sys.argv[1]).read()
-def lat(p):
-    m = re.search(r"\s%s%%\s+([\d.]+)(us|ms|s)" % p, text)
-    v, u = float(m.group(1)), m.group(2)
-    return v * {"us": 1, "ms": 1000, "s": 1e6}[u]
-reqs = int(re.search(r"(\d+) requests in", text).group(1))
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-print(reqs, rps, lat(50), lat(99), sys.argv[2], sys.argv[3])
-PY
+  echo "$(bench_wrk_figures "$work/wrk-$label.txt") $((na - nb)) $((da - db))"
 }
 
 export SEAM_TRACE_PRINTER=disabled

@@ -37,6 +37,15 @@ pub struct EngineCounters {
     pub injected_unlinked: u64,
 }
 
+/// A context the kernel reported for the request that follows on a connection.
+#[derive(Clone, Debug)]
+enum WireCtx {
+    /// ctxprop sent this with an outgoing request (header or TCP option).
+    Sent(Injected),
+    /// A peer's TCP option brought this with an incoming request.
+    Received(TraceContext),
+}
+
 /// Trace context of one request of a connection, from its start until its span is built.
 #[derive(Debug)]
 struct ReqCtx {
@@ -256,10 +265,8 @@ pub struct Engine {
     handed: IdMap<u32, Handoff>,
     /// Calls by such threads, held until the thread proves dedicated to its request.
     handoffs: Handoffs,
-    /// What ctxprop injected into the next request on a connection, reported just before it.
-    injected: IdMap<u64, Injected>,
-    /// The context a peer's TCP option brought for the next request on a connection.
-    option_ctx: IdMap<u64, TraceContext>,
+    /// The context the kernel reported for the next request on a connection, just before it.
+    wire: IdMap<u64, WireCtx>,
     pub counters: EngineCounters,
 }
 
@@ -290,8 +297,7 @@ impl Engine {
             started: Vec::new(),
             handed: IdMap::default(),
             handoffs: Handoffs::default(),
-            injected: IdMap::default(),
-            option_ctx: IdMap::default(),
+            wire: IdMap::default(),
             counters: EngineCounters::default(),
         }
     }
@@ -347,26 +353,20 @@ impl Engine {
                 }
                 self.started = started;
                 // a context is reported right before its request's event: never later
-                self.injected.remove(&ev.conn_id);
-                self.option_ctx.remove(&ev.conn_id);
+                self.take_wire(ev.conn_id);
                 self.finish_exchanges(ev.conn_id, out);
             }
-            EV_INJECTED => match Injected::parse(payload) {
-                Some(inj) => {
-                    self.injected.insert(ev.conn_id, inj);
+            EV_INJECTED | EV_TCP_CONTEXT => match Injected::parse(payload) {
+                Some(c) if ev.kind == EV_INJECTED => {
+                    self.wire.insert(ev.conn_id, WireCtx::Sent(c));
                 }
-                None => self.counters.malformed_records += 1,
-            },
-            EV_TCP_CONTEXT => match Injected::parse(payload) {
-                Some(opt) => {
-                    self.option_ctx.insert(
-                        ev.conn_id,
-                        TraceContext {
-                            trace_id: opt.trace_id,
-                            parent_id: opt.span_id,
-                            flags: opt.flags,
-                        },
-                    );
+                Some(c) => {
+                    let ctx = TraceContext {
+                        trace_id: c.trace_id,
+                        parent_id: c.span_id,
+                        flags: c.flags,
+                    };
+                    self.wire.insert(ev.conn_id, WireCtx::Received(ctx));
                 }
                 None => self.counters.malformed_records += 1,
             },
@@ -403,10 +403,14 @@ impl Engine {
             return;
         };
         let flow = Flow::outbound(&entry.ends);
+        let (received, injected) = match self.take_wire(conn_id) {
+            Some(WireCtx::Received(ctx)) => (Some(ctx), None),
+            Some(WireCtx::Sent(inj)) => (None, Some(inj)),
+            None => (None, None),
+        };
         // A header wins over the TCP option (the kernel reports the option only without one).
-        let option = self.option_ctx.remove(&conn_id);
         let header = context::from_headers(&st.traceparent, &st.tracestate).or_else(|| {
-            let ctx = option.filter(|_| st.side == Side::Server)?;
+            let ctx = received.filter(|_| st.side == Side::Server)?;
             self.counters.option_contexts += 1;
             Some((ctx, String::new()))
         });
@@ -418,7 +422,6 @@ impl Engine {
             }
             Side::Client => {
                 // The app's own header carries the app's decision; a child inherits its parent's.
-                let injected = self.injected.remove(&conn_id);
                 let ctx = match (&header, injected) {
                     (Some((h, state)), _) => SpanCtx::adopting(h, state.clone()),
                     (None, Some(inj)) => self.as_injected(st.tid, st.start_ns, &inj),
@@ -462,6 +465,15 @@ impl Engine {
                 },
             );
         }
+    }
+
+    /// The context reported for a connection's next request, if any (most hosts have none: no
+    /// lookup then).
+    fn take_wire(&mut self, conn_id: u64) -> Option<WireCtx> {
+        if self.wire.is_empty() {
+            return None;
+        }
+        self.wire.remove(&conn_id)
     }
 
     /// A client span whose context is already on the wire: its ids, trace and sampling are the

@@ -3,7 +3,7 @@
 mod config;
 mod inject;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -88,38 +88,24 @@ impl Plan {
     }
 }
 
-/// The target set, each target's own carriers where its selector overrides the default, and
-/// the injector — started at once when the default propagates, else at the first override that
-/// does (nothing is loaded while nothing may be modified). A target added before the programs
-/// are loaded keeps its connections untouched (only sockets connected later are marked).
+/// The target set (for the log) and the injector — started at once when the default propagates,
+/// else at the first target whose selector turns propagation on (nothing is loaded while nothing
+/// may be modified). The kernel reads each target's override from the loader's target set, so
+/// forked children keep it; a target whose connections predate the programs is left alone.
 #[derive(Debug)]
 struct State {
     plan: Plan,
     targets: BTreeSet<u32>,
-    overrides: BTreeMap<u32, u32>,
     injector: Option<inject::Injector>,
 }
 
 impl State {
-    /// A target, with its selector's override if any: the kernel side reads the override from
-    /// the loader's target set (so forked children keep it); here it only decides whether the
-    /// programs must be loaded at all.
     fn add(&mut self, pid: u32, propagation: Option<Mode>) -> Result<()> {
         self.targets.insert(pid);
-        let Some(mode) = propagation else {
-            return Ok(());
-        };
-        let own = mode.carriers();
-        self.overrides.insert(pid, own);
-        if self.injector.is_none() && own != 0 {
+        let turns_on = propagation.is_some_and(|m| m.carriers() != 0);
+        if turns_on && self.injector.is_none() {
             self.injector = Some(self.plan.start()?);
         }
-        Ok(())
-    }
-
-    fn remove(&mut self, pid: u32) -> Result<()> {
-        self.targets.remove(&pid);
-        self.overrides.remove(&pid);
         Ok(())
     }
 }
@@ -144,7 +130,6 @@ fn run(args: &Args, mode: Mode, sampling: KernelRule) -> Result<()> {
     let state = Arc::new(Mutex::new(State {
         plan,
         targets: BTreeSet::new(),
-        overrides: BTreeMap::new(),
         injector,
     }));
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -159,12 +144,15 @@ fn run(args: &Args, mode: Mode, sampling: KernelRule) -> Result<()> {
             let mut st = lock(&shared);
             let outcome = match req {
                 CtxpropRequest::AddTarget { pid, propagation } => st.add(pid, propagation),
-                CtxpropRequest::RemoveTarget { pid } => st.remove(pid),
+                CtxpropRequest::RemoveTarget { pid } => {
+                    st.targets.remove(&pid);
+                    Ok(())
+                }
             };
             if let Err(e) = outcome {
                 tracing::error!(error = %format!("{e:#}"), "a target's propagation could not be set; its traffic is left alone");
             }
-            tracing::debug!(targets = st.targets.len(), overrides = st.overrides.len(), injecting = st.injector.is_some(), "target set changed");
+            tracing::debug!(targets = st.targets.len(), injecting = st.injector.is_some(), "target set changed");
         });
         seam_proto::lifecycle::ready(Role::Ctxprop);
         tokio::select! {

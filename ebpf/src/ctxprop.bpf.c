@@ -134,44 +134,31 @@ static __always_inline void count(__u32 which)
 		*v += 1;
 }
 
+/* sockops and sk_msg contexts name a connection's fields alike: one body for both. */
+#define FLOW_KEY_OF(ctx, k)                                                                        \
+	do {                                                                                       \
+		(k)->family = (ctx)->family;                                                       \
+		(k)->local_port = (ctx)->local_port;                                               \
+		(k)->remote_port = (ctx)->remote_port;                                             \
+		if ((ctx)->family == 2) {                                                          \
+			(k)->local_ip[0] = (ctx)->local_ip4;                                       \
+			(k)->remote_ip[0] = (ctx)->remote_ip4;                                     \
+		} else {                                                                           \
+			for (int i_ = 0; i_ < 4; i_++) {                                           \
+				(k)->local_ip[i_] = (ctx)->local_ip6[i_];                          \
+				(k)->remote_ip[i_] = (ctx)->remote_ip6[i_];                        \
+			}                                                                          \
+		}                                                                                  \
+	} while (0)
+
 static __always_inline void key_of_ops(struct bpf_sock_ops *ops, struct flow_key *k)
 {
-	k->family = ops->family;
-	k->local_port = ops->local_port;
-	k->remote_port = ops->remote_port;
-	if (ops->family == 2) {
-		k->local_ip[0] = ops->local_ip4;
-		k->remote_ip[0] = ops->remote_ip4;
-	} else {
-		k->local_ip[0] = ops->local_ip6[0];
-		k->local_ip[1] = ops->local_ip6[1];
-		k->local_ip[2] = ops->local_ip6[2];
-		k->local_ip[3] = ops->local_ip6[3];
-		k->remote_ip[0] = ops->remote_ip6[0];
-		k->remote_ip[1] = ops->remote_ip6[1];
-		k->remote_ip[2] = ops->remote_ip6[2];
-		k->remote_ip[3] = ops->remote_ip6[3];
-	}
+	FLOW_KEY_OF(ops, k);
 }
 
 static __always_inline void key_of_msg(struct sk_msg_md *msg, struct flow_key *k)
 {
-	k->family = msg->family;
-	k->local_port = msg->local_port;
-	k->remote_port = msg->remote_port;
-	if (msg->family == 2) {
-		k->local_ip[0] = msg->local_ip4;
-		k->remote_ip[0] = msg->remote_ip4;
-	} else {
-		k->local_ip[0] = msg->local_ip6[0];
-		k->local_ip[1] = msg->local_ip6[1];
-		k->local_ip[2] = msg->local_ip6[2];
-		k->local_ip[3] = msg->local_ip6[3];
-		k->remote_ip[0] = msg->remote_ip6[0];
-		k->remote_ip[1] = msg->remote_ip6[1];
-		k->remote_ip[2] = msg->remote_ip6[2];
-		k->remote_ip[3] = msg->remote_ip6[3];
-	}
+	FLOW_KEY_OF(msg, k);
 }
 
 /* The connection as the capture names it (struct seam_tuple), from a sockops context. */

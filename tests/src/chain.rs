@@ -1,5 +1,6 @@
 //! The three-hop test chain (front → middle → back) and the ground truth its services log.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -12,13 +13,32 @@ pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// What runs a hop fixture.
+pub fn interpreter(file: &str) -> &'static str {
+    if file.ends_with(".js") {
+        "node"
+    } else {
+        "python3"
+    }
+}
+
 /// One hop of the test chain (`hop.py` in `mode`, or `hop.js`), logging to `log`.
 pub fn hop(file: &str, service: &str, port: u16, next: &str, mode: &str, log: &Path) -> Proc {
-    let mut cmd = if file.ends_with(".js") {
-        Command::new("node")
-    } else {
-        Command::new("python3")
-    };
+    let mut cmd = Command::new(interpreter(file));
+    cmd.env("OTEL_SERVICE_NAME", service);
+    hop_with(cmd, file, port, next, mode, log)
+}
+
+/// A hop run by `cmd` (its interpreter, possibly inside a network namespace, with any
+/// environment the caller set).
+pub fn hop_with(
+    mut cmd: Command,
+    file: &str,
+    port: u16,
+    next: &str,
+    mode: &str,
+    log: &Path,
+) -> Proc {
     cmd.arg(crate::fixture(file))
         .args([port.to_string(), next.to_string()]);
     if !file.ends_with(".js") {
@@ -26,7 +46,6 @@ pub fn hop(file: &str, service: &str, port: u16, next: &str, mode: &str, log: &P
     }
     let child = cmd
         .arg(log)
-        .env("OTEL_SERVICE_NAME", service)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -95,4 +114,29 @@ pub fn request_id(s: &ReceivedSpan) -> Option<String> {
     let full = s.attr("url.full")?;
     let after_scheme = full.split_once("://")?.1;
     Some(after_scheme[after_scheme.find('/')?..].to_string())
+}
+
+/// A chain's spans by request id, each request's in chain order: the call into the hop listening
+/// on `ports[k]` at 2k, that hop's server span at 2k + 1 (a span and the call into it share the
+/// hop's port). Panics on a span outside the chain or two spans at one position.
+pub fn by_request<'a, const N: usize>(
+    spans: &'a [ReceivedSpan],
+    ports: &[u16],
+) -> HashMap<String, [Option<&'a ReceivedSpan>; N]> {
+    assert_eq!(N, 2 * ports.len(), "two positions per hop");
+    let position = |s: &ReceivedSpan| -> Option<usize> {
+        let port = u16::try_from(s.attr_i64("server.port")?).ok()?;
+        let hop = ports.iter().position(|&p| p == port)?;
+        Some(if s.is_server() { 2 * hop + 1 } else { 2 * hop })
+    };
+    let mut out: HashMap<String, [Option<&ReceivedSpan>; N]> = HashMap::new();
+    for s in spans {
+        let (Some(id), Some(pos)) = (request_id(s), position(s)) else {
+            panic!("span outside the chain: {:?}", s.span.name);
+        };
+        let slot = &mut out.entry(id).or_insert([None; N])[pos];
+        assert!(slot.is_none(), "two spans at one position of one request");
+        *slot = Some(s);
+    }
+    out
 }

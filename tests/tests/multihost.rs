@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use seam_tests::chain::{hex, request_id, service_log};
+use seam_tests::chain::{by_request, hex, hop_with, interpreter, request_id, service_log};
 use seam_tests::netns::Hosts;
 use seam_tests::otlp::{OtlpReceiver, ReceivedSpan};
 use seam_tests::{require_root, selector_env, GatedShell, Proc, Stack};
@@ -17,26 +17,9 @@ const BACK_PORT: u16 = 18001;
 
 /// One hop (`hop.py` in thread mode, or `hop.js`) on `host`, listening on its address.
 fn hop_on(hosts: &Hosts, host: usize, file: &str, port: u16, next: &str, log: &Path) -> Proc {
-    let interpreter = if file.ends_with(".js") {
-        "node"
-    } else {
-        "python3"
-    };
-    let mut cmd = hosts.command(host, interpreter);
-    cmd.arg(seam_tests::fixture(file))
-        .args([port.to_string(), next.to_string()]);
-    if !file.ends_with(".js") {
-        cmd.arg("thread");
-    }
-    let child = cmd
-        .arg(log)
-        .env("HOP_BIND", hosts.addr(host))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("hop starts");
-    Proc { child }
+    let mut cmd = hosts.command(host, interpreter(file));
+    cmd.env("HOP_BIND", hosts.addr(host));
+    hop_with(cmd, file, port, next, "thread", log)
 }
 
 /// A seam stack for one host: its own pids only, `context_propagation` = `mode`, no black-box
@@ -57,6 +40,17 @@ struct Outcome {
     complete: usize,
     wrong_parents: usize,
     total: usize,
+}
+
+impl Outcome {
+    /// Says what linked, and fails on any wrong parent (whatever the fraction complete).
+    fn report(&self, case: &str) {
+        eprintln!(
+            "three hosts, {case}: {}/{} complete",
+            self.complete, self.total
+        );
+        assert_eq!(self.wrong_parents, 0, "{case}: wrong parents");
+    }
 }
 
 /// Host A (a Python client, `CONCURRENCY` keep-alive connections) → host B (`middle`) → host C
@@ -100,20 +94,7 @@ fn across_three_hosts(middle: &str, mode: &str) -> Outcome {
     let logs: String = stacks.iter().map(Stack::all_logs).collect();
     assert_eq!(spans.len(), 4 * TOTAL, "four spans per request\n{logs}");
     // [A→B, B, B→C, C] per request id
-    let position = |s: &ReceivedSpan| -> Option<usize> {
-        let port = u16::try_from(s.attr_i64("server.port")?).ok()?;
-        let hop = [MIDDLE_PORT, BACK_PORT].iter().position(|&p| p == port)?;
-        Some(if s.is_server() { 2 * hop + 1 } else { 2 * hop })
-    };
-    let mut by_request: HashMap<String, [Option<&ReceivedSpan>; 4]> = HashMap::new();
-    for s in &spans {
-        let (Some(id), Some(pos)) = (request_id(s), position(s)) else {
-            panic!("span outside the chain: {:?}", s.span.name);
-        };
-        let slot = &mut by_request.entry(id).or_default()[pos];
-        assert!(slot.is_none(), "two spans at one position of one request");
-        *slot = Some(s);
-    }
+    let by_request = by_request::<4>(&spans, &[MIDDLE_PORT, BACK_PORT]);
     assert_eq!(by_request.len(), TOTAL);
     let owner: HashMap<&[u8], &str> = by_request
         .iter()
@@ -193,11 +174,7 @@ fn three_hosts_with_a_thread_per_request_middle_are_one_trace_per_request() {
         return;
     }
     let o = across_three_hosts("hop.py", "headers");
-    eprintln!(
-        "three hosts, Python middle: {}/{} complete",
-        o.complete, o.total
-    );
-    assert_eq!(o.wrong_parents, 0);
+    o.report("Python middle");
     assert_eq!(
         o.complete, o.total,
         "every request one trace across the hosts"
@@ -212,11 +189,7 @@ fn three_hosts_linked_by_the_tcp_option_alone_are_one_trace_per_request() {
         return;
     }
     let o = across_three_hosts("hop.py", "tcp");
-    eprintln!(
-        "three hosts, TCP option only: {}/{} complete",
-        o.complete, o.total
-    );
-    assert_eq!(o.wrong_parents, 0);
+    o.report("TCP option only");
     assert_eq!(
         o.complete, o.total,
         "every request one trace across the hosts"
@@ -228,12 +201,7 @@ fn three_hosts_with_a_node_middle_never_mislink() {
     if !require_root() {
         return;
     }
-    let o = across_three_hosts("hop.js", "headers");
-    eprintln!(
-        "three hosts, Node middle: {}/{} complete",
-        o.complete, o.total
-    );
-    assert_eq!(o.wrong_parents, 0);
+    across_three_hosts("hop.js", "headers").report("Node middle");
 }
 
 /// One span the SDK on host B wrote (JSON lines from `sdkhop.py`).

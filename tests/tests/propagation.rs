@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use seam_tests::chain::{ground_truth, hex, request_id, service_log, start_hops};
+use seam_tests::chain::{by_request, ground_truth, hex, service_log, start_hops};
 use seam_tests::otlp::{OtlpReceiver, ReceivedSpan};
 use seam_tests::{require_root, selector_env, GatedShell, Proc, Stack};
 
@@ -73,20 +73,7 @@ fn injected_headers_carry_each_request_through_the_chain_as_one_trace() {
         stack.all_logs()
     );
     // [client→front, front, front→middle, middle, middle→back, back] per request id
-    let position = |s: &ReceivedSpan| -> Option<usize> {
-        let port = u16::try_from(s.attr_i64("server.port")?).ok()?;
-        let hop = ports.iter().position(|&p| p == port)?;
-        Some(if s.is_server() { 2 * hop + 1 } else { 2 * hop })
-    };
-    let mut by_request: HashMap<String, [Option<&ReceivedSpan>; 6]> = HashMap::new();
-    for s in &spans {
-        let (Some(id), Some(pos)) = (request_id(s), position(s)) else {
-            panic!("span outside the chain: {:?}", s.span.name);
-        };
-        let slot = &mut by_request.entry(id).or_default()[pos];
-        assert!(slot.is_none(), "two spans at one position of one request");
-        *slot = Some(s);
-    }
+    let by_request = by_request::<6>(&spans, &ports);
     let mut trace_owner: HashMap<&[u8], &str> = HashMap::new();
     for (id, chain) in &by_request {
         let chain: Vec<&ReceivedSpan> = chain.iter().map(|s| s.expect("all six")).collect();

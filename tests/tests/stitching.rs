@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use seam_tests::chain::{ground_truth, hex, hop, request_id, service_log, start_hops};
+use seam_tests::chain::{by_request, ground_truth, hex, hop, request_id, service_log, start_hops};
 use seam_tests::otlp::{OtlpReceiver, ReceivedSpan};
 use seam_tests::{
     free_port, repo_root, require_root, selector_env, wait_port, GatedShell, Proc, Stack,
@@ -410,28 +410,17 @@ fn chain_under_load(middle_file: &str, middle_mode: &str) -> (usize, usize) {
         "six spans per request\n{}",
         stack.all_logs()
     );
-    // Hop 0 is the client's call to front; hop k's server span and the call into it share the
-    // port of the service at that hop.
-    let position = |s: &ReceivedSpan| -> Option<usize> {
-        let port = u16::try_from(s.attr_i64("server.port")?).ok()?;
-        let hop = ports.iter().position(|&p| p == port)?;
-        Some(if s.is_server() { 2 * hop + 1 } else { 2 * hop })
-    };
     // [client→front, front, front→middle, middle, middle→back, back] per request id
-    let mut by_request: HashMap<String, [Option<&ReceivedSpan>; 6]> = HashMap::new();
-    for s in &spans {
-        let (Some(id), Some(pos)) = (request_id(s), position(s)) else {
-            panic!("span outside the chain: {:?}", s.span.name);
-        };
-        // every hop's spans carry its own service.name, even the first requests' (discover's
-        // description can trail them)
-        if pos > 0 {
-            let service = ["front", "middle", "back"][(pos - 1) / 2];
-            assert_eq!(s.service(), service, "span at position {pos}");
+    let by_request = by_request::<6>(&spans, &ports);
+    // every hop's spans carry its own service.name, even the first requests' (discover's
+    // description can trail them)
+    for chain in by_request.values() {
+        for (pos, s) in chain.iter().enumerate().skip(1) {
+            if let Some(s) = s {
+                let service = ["front", "middle", "back"][(pos - 1) / 2];
+                assert_eq!(s.service(), service, "span at position {pos}");
+            }
         }
-        let slot = &mut by_request.entry(id).or_default()[pos];
-        assert!(slot.is_none(), "two spans at one hop of one request");
-        *slot = Some(s);
     }
     let mut traces: HashMap<&[u8], std::collections::HashSet<&str>> = HashMap::new();
     let (mut complete, mut wrong) = (0, 0);
