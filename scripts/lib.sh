@@ -13,7 +13,7 @@ seam_require_root() {
 }
 
 # Debian packages seam needs to build, run, test and demo; only missing ones are installed.
-SEAM_APT_PACKAGES=(clang llvm libbpf-dev bpftool iproute2 curl nodejs util-linux procps nginx wrk)
+SEAM_APT_PACKAGES=(clang llvm libbpf-dev bpftool iproute2 curl nodejs util-linux procps nginx wrk openssl)
 
 seam_install_deps() {
   local missing=()

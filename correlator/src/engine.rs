@@ -330,6 +330,7 @@ impl Engine {
                     ends: endpoints(&ev.tuple),
                     reqs: Reqs::default(),
                 });
+                entry.ends.tls |= ev.is_tls();
                 let chunk = Chunk {
                     dir: if ev.direction == DIR_INGRESS {
                         Dir::In

@@ -129,7 +129,7 @@ fn run(args: Args, links: LinkConfig) -> Result<()> {
         let listener = ipc::bind(Role::Correlator)?;
         let policy = ipc::PeerPolicy::for_role(Role::Correlator);
         let svc = services.clone();
-        tokio::spawn(ipc::serve::<CorrelatorRequest, _>(listener, policy, move |_, req| {
+        tokio::spawn(ipc::serve::<CorrelatorRequest, _>(listener, policy, move |_, req, _| {
             let mut s = svc.lock().unwrap_or_else(|p| p.into_inner());
             match req {
                 CorrelatorRequest::ServiceUp(id) => {

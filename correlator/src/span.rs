@@ -15,6 +15,8 @@ pub struct Endpoints {
     pub remote: (IpAddr, u16),
     /// The remote address as it is reported: an IPv4-mapped IPv6 address as IPv4.
     remote_ip: IpAddr,
+    /// The connection's bytes came as plaintext from its TLS library: an HTTPS connection.
+    pub tls: bool,
     local_text: String,
     remote_text: String,
 }
@@ -25,6 +27,7 @@ impl Endpoints {
             local_text: addr_string(local.0),
             remote_text: addr_string(remote.0),
             remote_ip: unmapped(remote.0),
+            tls: false,
             local,
             remote,
         }
@@ -81,7 +84,8 @@ pub fn build(ex: &Exchange, ends: &Endpoints, clock: &dyn Clock, ctx: SpanCtx) -
     if let Some(q) = ex.request.query() {
         put(AttrKey::UrlQuery, AttrValue::Str(q.to_string()));
     }
-    put(AttrKey::UrlScheme, AttrValue::Known(Known::Http));
+    let scheme = if ends.tls { Known::Https } else { Known::Http };
+    put(AttrKey::UrlScheme, AttrValue::Known(scheme));
     put(
         AttrKey::NetworkProtocolVersion,
         AttrValue::Known(if ex.request.minor_version == 0 {
@@ -119,12 +123,16 @@ pub fn build(ex: &Exchange, ends: &Endpoints, clock: &dyn Clock, ctx: SpanCtx) -
         Side::Client => put(
             AttrKey::UrlFull,
             AttrValue::Str(format!(
-                "http://{host}:{port}{}",
+                "{}://{host}:{port}{}",
+                scheme.as_str(),
                 ex.request.target_for_url()
             )),
         ),
     }
     put(AttrKey::ThreadId, AttrValue::Int(i64::from(ex.tid)));
+    if ends.tls {
+        put(AttrKey::SeamCapture, AttrValue::Known(Known::Tls));
+    }
 
     let error = match ex.side {
         Side::Server => status_code >= 500,

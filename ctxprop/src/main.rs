@@ -140,7 +140,7 @@ fn run(args: &Args, mode: Mode, sampling: KernelRule) -> Result<()> {
         let listener = ipc::bind(Role::Ctxprop)?;
         let policy = ipc::PeerPolicy::for_role(Role::Ctxprop);
         let shared = state.clone();
-        let server = ipc::serve::<CtxpropRequest, _>(listener, policy, move |_, req| {
+        let server = ipc::serve::<CtxpropRequest, _>(listener, policy, move |_, req, _| {
             let mut st = lock(&shared);
             let outcome = match req {
                 CtxpropRequest::AddTarget { pid, propagation } => st.add(pid, propagation),

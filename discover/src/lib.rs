@@ -5,3 +5,4 @@ pub mod identity;
 pub mod procfs;
 pub mod selector;
 pub mod sockdiag;
+pub mod tlsfiles;

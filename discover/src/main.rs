@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::Parser;
 use seam_discover::config::{self, DiscoveryConfig, ProcessEnv};
 use seam_discover::selector::Candidate;
-use seam_discover::{identity, procfs, sockdiag};
+use seam_discover::{identity, procfs, sockdiag, tlsfiles};
 use seam_proto::msg::{CorrelatorRequest, CtxpropRequest, LoaderRequest, ServiceIdentity};
 use seam_proto::{ipc, lifecycle, privilege, Role};
 
@@ -62,6 +62,40 @@ impl Link {
 
     /// Sends `msgs`; returns false when the peer is away (the caller re-sends state later).
     async fn send_all<T: serde::Serialize>(&mut self, msgs: &[T]) -> bool {
+        if !self.connect().await {
+            return false;
+        }
+        let Some(c) = self.client.as_mut() else {
+            return false;
+        };
+        for m in msgs {
+            if let Err(e) = c.send(m).await {
+                tracing::warn!(server = %self.server, error = %e, "lost connection");
+                self.client = None;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends `msg` with `file` open alongside it; false when the peer is away.
+    async fn send_file<T: serde::Serialize>(&mut self, msg: &T, file: &std::fs::File) -> bool {
+        use std::os::fd::AsFd;
+        if !self.connect().await {
+            return false;
+        }
+        let Some(c) = self.client.as_mut() else {
+            return false;
+        };
+        if let Err(e) = c.send_with_fd(msg, file.as_fd()).await {
+            tracing::warn!(server = %self.server, error = %e, "lost connection");
+            self.client = None;
+            return false;
+        }
+        true
+    }
+
+    async fn connect(&mut self) -> bool {
         if self.client.is_none() {
             match ipc::Client::connect(Role::Discover, self.server).await {
                 Ok(c) => {
@@ -72,16 +106,6 @@ impl Link {
                     tracing::debug!(server = %self.server, error = %e, "not reachable yet");
                     return false;
                 }
-            }
-        }
-        let Some(c) = self.client.as_mut() else {
-            return false;
-        };
-        for m in msgs {
-            if let Err(e) = c.send(m).await {
-                tracing::warn!(server = %self.server, error = %e, "lost connection");
-                self.client = None;
-                return false;
             }
         }
         true
@@ -110,6 +134,8 @@ struct Discoverer {
     inode_owner: HashMap<u64, u32>,
     /// sock_diag failed once (and said so); /proc/net/tcp is read instead.
     diag_unavailable: bool,
+    /// (pid, dev, inode) of files already handed to the loader for TLS probing.
+    tls_sent: HashSet<(u32, u64, u64)>,
 }
 
 impl Discoverer {
@@ -122,6 +148,37 @@ impl Discoverer {
         }
         let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or("");
         name.starts_with("seam-") && exe.parent() == self.seam_exe_dir.as_deref()
+    }
+
+    /// Files of targets that may hold OpenSSL and were not handed to the loader yet, opened.
+    /// Every scan looks again: Python loads libssl only when a module imports ssl.
+    fn new_tls_files(&mut self) -> Vec<(u32, tlsfiles::Mapped, std::fs::File)> {
+        self.tls_sent
+            .retain(|(pid, _, _)| self.targets.contains_key(pid));
+        let mut out = Vec::new();
+        for &pid in self.targets.keys() {
+            let dir = self.proc_root.join(pid.to_string());
+            let (Ok(maps), Ok(exe)) = (
+                std::fs::read_to_string(dir.join("maps")),
+                std::fs::read_link(dir.join("exe")),
+            ) else {
+                continue;
+            };
+            for m in tlsfiles::candidates(&maps, &exe.to_string_lossy()) {
+                if self.tls_sent.contains(&(pid, m.dev, m.inode)) {
+                    continue;
+                }
+                match tlsfiles::open(&self.proc_root, pid, &m) {
+                    Ok(f) => out.push((pid, m, f)),
+                    Err(e) => {
+                        tracing::warn!(pid, path = %m.path, error = %e, "cannot open a file that may hold OpenSSL");
+                        // said once: not tried again for this process
+                        self.tls_sent.insert((pid, m.dev, m.inode));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// One pass over /proc: returns the pids that appeared (with identities) and disappeared.
@@ -255,6 +312,7 @@ async fn run(cfg: DiscoveryConfig) -> Result<()> {
         rejected: HashSet::new(),
         inode_owner: HashMap::new(),
         diag_unavailable: false,
+        tls_sent: HashSet::new(),
     };
     let mut correlator = Link::new(Role::Correlator);
     let mut loader = Link::new(Role::Loader);
@@ -322,6 +380,20 @@ async fn run(cfg: DiscoveryConfig) -> Result<()> {
             .chain(gone.iter().map(|&pid| CtxpropRequest::RemoveTarget { pid }))
             .collect();
         ctxprop_synced = ctxprop.send_all(&c).await;
+        // After the loader knows the targets: it probes only a current target's files.
+        if loader_synced {
+            for (pid, m, file) in d.new_tls_files() {
+                let req = LoaderRequest::TlsLibrary { pid, file: m.kind };
+                if !loader.send_file(&req, &file).await {
+                    loader_synced = false;
+                    break;
+                }
+                d.tls_sent.insert((pid, m.dev, m.inode));
+            }
+        }
+        if !loader_synced {
+            d.tls_sent.clear(); // a loader that comes back is told again
+        }
     }
     Ok(())
 }

@@ -35,6 +35,7 @@ enum seam_role {
 
 enum seam_data_flags {
 	SEAM_DATA_HTTP_START = 1, /* payload begins with an HTTP/1.x request or status line */
+	SEAM_DATA_TLS = 2,        /* plaintext read at the TLS library's boundary (SSL_read/SSL_write) */
 };
 
 struct seam_tuple {

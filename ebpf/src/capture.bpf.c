@@ -2,7 +2,8 @@
 /* Capture of TCP traffic of instrumented processes at the socket layer: the sock_send_length and
  * sock_recv_length tracepoints fire inside sock_sendmsg/sock_recvmsg, in the caller's context,
  * for socket I/O only. No kprobes, and no syscall tracepoints (those put every syscall of every
- * task on the slow path). x86_64 syscall numbers identify the caller's buffers. */
+ * task on the slow path). x86_64 syscall numbers identify the caller's buffers. On TLS
+ * connections the plaintext comes from uprobes on OpenSSL's SSL_read/SSL_write instead. */
 #include <linux/types.h>
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -59,6 +60,8 @@ struct pt_regs {
 	unsigned long di;
 	unsigned long si;
 	unsigned long dx;
+	unsigned long cx;
+	unsigned long ax;
 	unsigned long orig_ax;
 } __attribute__((preserve_access_index));
 
@@ -102,6 +105,7 @@ enum conn_flags {
 	CONN_NOT_TCP = 1,
 	CONN_HTTP = 2,
 	CONN_OPAQUE = 4, /* several chunks and never an HTTP start: stop looking */
+	CONN_TLS = 8,    /* TLS records: the socket's bytes are ciphertext, never parsed */
 };
 
 /* Chunks without an HTTP start before a connection is judged opaque. More than one, so a
@@ -165,6 +169,47 @@ struct {
 	__type(key, __u32);
 	__type(value, struct injected_record);
 } seam_injected_scratch SEC(".maps");
+
+/* A TLS library call in progress on a thread (SSL_read/SSL_write and their _ex forms). */
+struct tls_call {
+	__u64 ssl;
+	__u64 buf;
+	__u64 len_out; /* the _ex forms' size_t * for the bytes moved; 0 for SSL_read/SSL_write */
+	__u64 sk;      /* the socket the library used inside this call, if it used one */
+	__u8 direction;
+	__u8 pad[7];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct tls_call);
+} seam_tls_calls SEC(".maps");
+
+struct tls_key {
+	__u64 ssl;
+	__u32 pid;
+	__u32 pad;
+};
+
+/* Which socket each SSL object of a process reads and writes: learned from the socket I/O the
+ * library does inside a call, or (for libraries on memory BIOs, like Node's) from the TLS socket
+ * the thread read last before decrypting. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct tls_key);
+	__type(value, __u64); /* the kernel's struct sock address, as seam_conns keys it */
+} seam_tls_socks SEC(".maps");
+
+/* tid → the TLS socket it read ciphertext from last. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u64);
+} seam_tls_last_read SEC(".maps");
 
 enum io_kind {
 	IO_FLAT = 1,   /* read/write/recvfrom/sendto: one buffer */
@@ -643,44 +688,51 @@ static __always_inline int is_status_line(const __u8 *p)
 	return p[0] == 'H' && p[1] == 'T' && p[2] == 'T' && p[3] == 'P' && p[4] == '/';
 }
 
-static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 direction)
+/* A TLS record header: content type 20-23, protocol version 3.x. */
+static __always_inline int looks_like_tls_record(const __u8 *p)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 pid = pid_tgid >> 32;
-	if (ret < 0 || !sk || !is_target(pid))
-		return 0;
-	if (direction == SEAM_DIR_INGRESS && (flags & MSG_PEEK))
-		return 0; /* the same bytes will be read again */
-	struct conn_info *ci = conn_of(sk);
-	if (!ci || (ci->flags & (CONN_NOT_TCP | CONN_OPAQUE)))
-		return 0;
-	if (ret == 0) {
-		/* end of stream: the peer will send nothing more on this connection */
-		if (direction == SEAM_DIR_INGRESS)
-			report_close(ci, pid, pid_tgid);
-		return 0;
-	}
-	struct io_args args = {};
-	caller_io(&args);
-	if (args.kind == IO_NOBUF && !(ci->flags & CONN_HTTP))
-		return 0;
-	struct scratch *s = scratch_for(ci, pid, pid_tgid, args.fd, bpf_ktime_get_ns());
+	return p[0] >= 20 && p[0] <= 23 && p[1] == 3 && p[2] <= 4;
+}
+
+static __always_inline void remember_tls_read(__u64 pid_tgid, struct sock *sk)
+{
+	__u32 tid = (__u32)pid_tgid;
+	__u64 key = (__u64)sk;
+	__u64 *last = bpf_map_lookup_elem(&seam_tls_last_read, &tid);
+	if (!last || *last != key)
+		bpf_map_update_elem(&seam_tls_last_read, &tid, &key, BPF_ANY);
+}
+
+/* Bytes a target moved on ci: parsed as an HTTP/1.x stream, whether they came from the socket or
+ * (data_flags has SEAM_DATA_TLS) from the TLS library as plaintext. */
+static __always_inline int on_payload(struct conn_info *ci, struct sock *sk, __u32 pid,
+				      __u64 pid_tgid, struct io_args *args, __u64 ret,
+				      __u8 direction, __u8 data_flags)
+{
+	struct scratch *s = scratch_for(ci, pid, pid_tgid, args->fd, bpf_ktime_get_ns());
 	if (!s)
 		return 0;
 	/* The prefix is copied first and the start looked for in the copy: one user read, not two. */
-	__u32 captured = args.kind == IO_NOBUF ? 0 : capture_payload(s, &args, ret);
+	__u32 captured = args->kind == IO_NOBUF ? 0 : capture_payload(s, args, ret);
 	int start = captured >= 8 && looks_like_http_start(s->payload);
 	if (!start && !(ci->flags & CONN_HTTP)) {
-		if (++ci->misses >= OPAQUE_AFTER)
+		if (!data_flags && captured >= 3 && looks_like_tls_record(s->payload)) {
+			/* ciphertext from here on: its plaintext comes from the TLS uprobes */
+			ci->flags |= CONN_TLS;
+			if (direction == SEAM_DIR_INGRESS)
+				remember_tls_read(pid_tgid, sk);
+		} else if (++ci->misses >= OPAQUE_AFTER) {
 			ci->flags |= CONN_OPAQUE;
+		}
 		return 0;
 	}
 	s->ev.kind = SEAM_EV_DATA;
 	s->ev.direction = direction;
 	s->ev.bytes = (__u32)ret;
+	s->ev.flags = data_flags;
 	if (start) {
 		ci->flags |= CONN_HTTP;
-		s->ev.flags = SEAM_DATA_HTTP_START;
+		s->ev.flags |= SEAM_DATA_HTTP_START;
 		__u32 epoch = propagation_epoch();
 		if (epoch) {
 			int status = is_status_line(s->payload);
@@ -695,11 +747,63 @@ static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 
 		captured = 0; /* a continuation ships counts and its tail only */
 	}
 	/* When the prefix holds every byte, user space takes the tail from it. */
-	if (args.kind == IO_FLAT && (!start || (__u64)ret > captured))
-		read_tail(s, (const __u8 *)args.ptr, ret);
+	if (args->kind == IO_FLAT && (!start || ret > captured))
+		read_tail(s, (const __u8 *)args->ptr, ret);
 	s->ev.captured = captured;
 	emit(s, captured);
 	return 0;
+}
+
+/* Socket I/O on a TLS connection: ciphertext, never parsed. It tells which socket the TLS call
+ * in progress on this thread uses, and which TLS socket the thread read last. */
+static __always_inline int on_ciphertext(struct conn_info *ci, struct tls_call *call,
+					 struct sock *sk, __u32 pid, __u64 pid_tgid, int ret,
+					 __u8 direction)
+{
+	if (call) {
+		call->sk = (__u64)sk;
+		if (!(ci->flags & CONN_TLS)) {
+			ci->flags = (ci->flags | CONN_TLS) & ~CONN_OPAQUE;
+			ci->misses = 0;
+		}
+	}
+	if (ret == 0) {
+		if (direction == SEAM_DIR_INGRESS)
+			report_close(ci, pid, pid_tgid);
+		return 0;
+	}
+	if (direction == SEAM_DIR_INGRESS && !call)
+		remember_tls_read(pid_tgid, sk);
+	return 0;
+}
+
+static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 direction)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 pid = pid_tgid >> 32;
+	if (ret < 0 || !sk || !is_target(pid))
+		return 0;
+	if (direction == SEAM_DIR_INGRESS && (flags & MSG_PEEK))
+		return 0; /* the same bytes will be read again */
+	struct conn_info *ci = conn_of(sk);
+	if (!ci || (ci->flags & CONN_NOT_TCP))
+		return 0;
+	struct tls_call *call = bpf_map_lookup_elem(&seam_tls_calls, &pid_tgid);
+	if (call || (ci->flags & CONN_TLS))
+		return on_ciphertext(ci, call, sk, pid, pid_tgid, ret, direction);
+	if (ci->flags & CONN_OPAQUE)
+		return 0;
+	if (ret == 0) {
+		/* end of stream: the peer will send nothing more on this connection */
+		if (direction == SEAM_DIR_INGRESS)
+			report_close(ci, pid, pid_tgid);
+		return 0;
+	}
+	struct io_args args = {};
+	caller_io(&args);
+	if (args.kind == IO_NOBUF && !(ci->flags & CONN_HTTP))
+		return 0;
+	return on_payload(ci, sk, pid, pid_tgid, &args, ret, direction, 0);
 }
 
 /* tp_btf arguments: (struct sock *sk, int ret, int flags). */
@@ -749,6 +853,85 @@ int on_state(__u64 *ctx)
 	serving_end(ci, ci->open_reqs, propagation_epoch());
 	bpf_map_delete_elem(&seam_conns, &key);
 	return 0;
+}
+
+/* OpenSSL's SSL_read(ssl, buf, num) and SSL_write(ssl, buf, num) return the bytes moved;
+ * SSL_read_ex/SSL_write_ex(ssl, buf, num, size_t *moved) return 1 and store them. One entry
+ * program serves all four: the attach cookie says which function fired. These programs are
+ * attached with uprobe_multi links (CAP_BPF + CAP_PERFMON; a perf-event uprobe needs
+ * CAP_SYS_ADMIN), so the loader loads them apart from the rest of this object. */
+#define TLS_COOKIE_EGRESS 1
+#define TLS_COOKIE_EX 2
+
+SEC("uprobe")
+int tls_enter(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!is_target(pid_tgid >> 32))
+		return 0;
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	struct tls_call call = {
+		.ssl = ctx->di,
+		.buf = ctx->si,
+		.len_out = (cookie & TLS_COOKIE_EX) ? ctx->cx : 0,
+		.direction = (cookie & TLS_COOKIE_EGRESS) ? SEAM_DIR_EGRESS : SEAM_DIR_INGRESS,
+	};
+	bpf_map_update_elem(&seam_tls_calls, &pid_tgid, &call, BPF_ANY);
+	return 0;
+}
+
+/* The connection an SSL object belongs to: the socket used inside this call, else the one
+ * learned earlier, else (a memory-BIO library decrypting what the thread just read) the TLS
+ * socket the thread read last. */
+static __always_inline __u64 tls_socket(struct tls_call *call, __u32 pid, __u32 tid)
+{
+	struct tls_key key = {.ssl = call->ssl, .pid = pid};
+	__u64 *known = bpf_map_lookup_elem(&seam_tls_socks, &key);
+	__u64 sk = call->sk;
+	if (!sk && known)
+		return *known;
+	if (!sk && call->direction == SEAM_DIR_INGRESS) {
+		__u64 *last = bpf_map_lookup_elem(&seam_tls_last_read, &tid);
+		if (last)
+			sk = *last;
+	}
+	if (sk && (!known || *known != sk))
+		bpf_map_update_elem(&seam_tls_socks, &key, &sk, BPF_ANY);
+	return sk;
+}
+
+SEC("uretprobe")
+int tls_return(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct tls_call *found = bpf_map_lookup_elem(&seam_tls_calls, &pid_tgid);
+	if (!found)
+		return 0;
+	struct tls_call call = *found;
+	bpf_map_delete_elem(&seam_tls_calls, &pid_tgid);
+	__s64 ret = (int)ctx->ax;
+	__u64 moved = 0;
+	if (call.len_out) {
+		if (ret != 1 || bpf_probe_read_user(&moved, sizeof(moved), (void *)call.len_out) != 0)
+			return 0;
+	} else {
+		if (ret <= 0)
+			return 0;
+		moved = ret;
+	}
+	if (moved == 0 || moved > 0x7fffffff)
+		return 0;
+	__u32 pid = pid_tgid >> 32;
+	__u64 sk = tls_socket(&call, pid, (__u32)pid_tgid);
+	if (!sk)
+		return 0;
+	struct conn_info *ci = bpf_map_lookup_elem(&seam_conns, &sk);
+	if (!ci || (ci->flags & (CONN_NOT_TCP | CONN_OPAQUE)))
+		return 0;
+	ci->flags |= CONN_TLS;
+	struct io_args args = {.ptr = call.buf, .len = moved, .fd = -1, .kind = IO_FLAT};
+	return on_payload(ci, (struct sock *)sk, pid, pid_tgid, &args, moved, call.direction,
+			  SEAM_DATA_TLS);
 }
 
 /* A new process forked by a target is a target from its first instruction: short-lived children
@@ -833,6 +1016,8 @@ int on_process_exit(void *ctx)
 	__u32 tid = (__u32)pid_tgid;
 	bpf_map_delete_elem(&seam_serving, &tid);
 	bpf_map_delete_elem(&seam_injected, &tid);
+	bpf_map_delete_elem(&seam_tls_calls, &pid_tgid);
+	bpf_map_delete_elem(&seam_tls_last_read, &tid);
 	if (tid == pid)
 		bpf_map_delete_elem(&seam_targets, &pid);
 	return 0;

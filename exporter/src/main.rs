@@ -53,7 +53,7 @@ fn run(cfg: ExporterConfig) -> Result<()> {
         tokio::spawn(ipc::serve::<ExporterRequest, _>(
             listener,
             policy,
-            move |_, req| match req {
+            move |_, req, _| match req {
                 ExporterRequest::Spans(batch) => {
                     let n = batch.spans.len() as u64;
                     if tx.try_send(batch).is_err() {

@@ -1,4 +1,4 @@
-//! Loads the embedded capture object and attaches each program to its syscall tracepoint.
+//! Loads the embedded capture object and attaches each socket and sched program (the TLS uprobes attach per file, in `tls`).
 
 use anyhow::{bail, Context, Result};
 use aya::programs::{BtfTracePoint, RawTracePoint, TracePoint};
@@ -107,6 +107,7 @@ pub fn load(settings: &Settings) -> Result<Loaded> {
             !ATTACH.iter().any(|(p, _, _)| p == name)
                 && !ATTACH_RAW.iter().any(|(p, _)| p == name)
                 && !ATTACH_BTF.iter().any(|(p, _)| p == name)
+                && !crate::tls::PROGRAMS.contains(name)
         })
         .collect();
     if !unlisted.is_empty() {
@@ -135,7 +136,8 @@ mod tests {
             .iter()
             .map(|(p, _, _)| p)
             .chain(ATTACH_RAW.iter().map(|(p, _)| p))
-            .chain(ATTACH_BTF.iter().map(|(p, _)| p));
+            .chain(ATTACH_BTF.iter().map(|(p, _)| p))
+            .chain(crate::tls::PROGRAMS.iter());
         for prog in names {
             let needle = prog.as_bytes();
             assert!(

@@ -3,12 +3,16 @@
 mod bpffs;
 mod capture;
 mod targets;
+mod tls;
+mod uprobe_multi;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use std::os::fd::OwnedFd;
+
 use seam_proto::{ipc, lifecycle, msg::LoaderRequest, privilege, role, Role};
 
 #[derive(Debug, Parser)]
@@ -55,9 +59,15 @@ fn run(args: Args) -> Result<()> {
         ringbuf_bytes: args.ringbuf_bytes,
         wakeup_bytes: args.wakeup_bytes,
     })?;
+    // Before any map leaves the object: the TLS programs share every one of them.
+    let tls = tls::TlsProbes::new(&loaded.ebpf);
     let pins = bpffs::Pins::create(&pin_dir, &mut loaded.ebpf)?;
-    let targets = Arc::new(Mutex::new(targets::Targets::new(&mut loaded.ebpf)?));
+    let targets = targets::Targets::new(&mut loaded.ebpf)?;
     tracing::info!(pin_dir = %pin_dir.display(), programs = loaded.attached, "capture attached");
+    let state = Arc::new(Mutex::new(State {
+        targets,
+        tls,
+    }));
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -67,10 +77,9 @@ fn run(args: Args) -> Result<()> {
         let shutdown = seam_proto::lifecycle::Shutdown::install()?;
         let listener = ipc::bind(Role::Loader)?;
         let policy = ipc::PeerPolicy::for_role(Role::Loader);
-        let t = targets.clone();
-        let server = ipc::serve::<LoaderRequest, _>(listener, policy, move |_, req| {
-            let mut t = t.lock().unwrap_or_else(|p| p.into_inner());
-            t.apply(req);
+        let s = state.clone();
+        let server = ipc::serve::<LoaderRequest, _>(listener, policy, move |_, req, fds| {
+            s.lock().unwrap_or_else(|p| p.into_inner()).apply(req, fds);
         });
         seam_proto::lifecycle::ready(Role::Loader);
         tokio::select! {
@@ -83,7 +92,38 @@ fn run(args: Args) -> Result<()> {
     });
     let _ = std::fs::remove_file(Role::Loader.socket_path());
     pins.remove();
-    drop(targets);
+    drop(state);
     drop(loaded);
     result
+}
+
+/// What the loader keeps between requests: the target set and the TLS probes (which own the
+/// capture object, so its programs live as long as the daemon).
+#[derive(Debug)]
+struct State {
+    targets: targets::Targets,
+    tls: tls::TlsProbes,
+}
+
+impl State {
+    fn apply(&mut self, req: LoaderRequest, mut fds: Vec<OwnedFd>) {
+        match req {
+            LoaderRequest::TlsLibrary { pid, file } => {
+                let Some(fd) = fds.pop() else {
+                    return; // the server hands over exactly one; never reached
+                };
+                // Only a current target's files: a file alone proves nothing about who maps it.
+                if self.targets.contains(pid) {
+                    self.tls.add(pid, fd, file);
+                } else {
+                    tracing::warn!(pid, "TLS library for a pid that is not a target: ignored");
+                }
+            }
+            LoaderRequest::RemoveTarget { pid } => {
+                self.tls.remove_pid(pid);
+                self.targets.apply(req);
+            }
+            LoaderRequest::AddTarget { .. } => self.targets.apply(req),
+        }
+    }
 }

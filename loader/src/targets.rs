@@ -42,7 +42,12 @@ impl Targets {
                     tracing::info!(pid, "target removed");
                 }
             }
+            LoaderRequest::TlsLibrary { .. } => {}
         }
+    }
+
+    pub fn contains(&self, pid: u32) -> bool {
+        self.map.get(&pid, 0).is_ok()
     }
 
     /// Re-derives from /proc what discover claimed: the pid exists and is not one of seam's own.

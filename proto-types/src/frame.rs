@@ -20,6 +20,10 @@ pub enum FrameError {
     Codec(#[from] CodecError),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("a request that needs a file descriptor came without one")]
+    MissingFd,
+    #[error("file descriptors came that no request takes")]
+    UnexpectedFds,
 }
 
 pub async fn read_frame<R, T>(r: &mut R) -> Result<T, FrameError>
@@ -70,13 +74,19 @@ where
     W: AsyncWrite + Unpin,
     T: Serialize,
 {
+    encode_frame(msg, buf)?;
+    w.write_all(buf).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// The whole frame for `msg` (length prefix and body) in `buf`.
+pub fn encode_frame<T: Serialize>(msg: &T, buf: &mut Vec<u8>) -> Result<(), FrameError> {
     buf.clear();
     buf.extend_from_slice(&[0; 4]);
     codec::encode_into(msg, u64::from(MAX_FRAME), buf)?;
     let len = u32::try_from(buf.len() - 4).map_err(|_| FrameError::TooLarge(u32::MAX))?;
     buf[..4].copy_from_slice(&len.to_le_bytes());
-    w.write_all(buf).await?;
-    w.flush().await?;
     Ok(())
 }
 

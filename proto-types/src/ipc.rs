@@ -1,6 +1,7 @@
 //! Unix-socket servers and clients between daemons: handshake, SO_PEERCRED role check, typed frames.
 
 use std::fmt::Debug;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -9,7 +10,10 @@ use std::time::Duration;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::frame::{read_frame, read_frame_with, write_frame, write_frame_with, FrameError};
+use crate::fds::{send_with_fd, FdStream};
+use crate::frame::{
+    encode_frame, read_frame, read_frame_with, write_frame, write_frame_with, FrameError,
+};
 use crate::msg::{Hello, HelloReply};
 use crate::{Role, PROTOCOL_VERSION};
 
@@ -120,12 +124,20 @@ pub fn bind_at(path: &Path) -> Result<UnixListener, IpcError> {
     Ok(listener)
 }
 
-/// Accepts connections forever; each request goes to `handle`. A misbehaving peer loses only its
-/// own connection, with one log line saying why.
+/// A request type a daemon serves.
+pub trait Request: DeserializeOwned + Debug + Send + 'static {
+    /// File descriptors that travel with this request, taken in the order they were sent.
+    fn passed_fds(&self) -> usize {
+        0
+    }
+}
+
+/// Accepts connections forever; each request goes to `handle` with the descriptors it carried.
+/// A misbehaving peer loses only its own connection, with one log line saying why.
 pub async fn serve<Req, H>(listener: UnixListener, policy: PeerPolicy, handle: H)
 where
-    Req: DeserializeOwned + Debug + Send + 'static,
-    H: Fn(Role, Req) + Send + Sync + 'static,
+    Req: Request,
+    H: Fn(Role, Req, Vec<OwnedFd>) + Send + Sync + 'static,
 {
     let handle = Arc::new(handle);
     loop {
@@ -160,15 +172,17 @@ enum ConnEnd {
 }
 
 async fn serve_one<Req, H>(
-    mut stream: UnixStream,
+    stream: UnixStream,
     policy: &PeerPolicy,
     handle: &H,
 ) -> Result<Role, ConnEnd>
 where
-    Req: DeserializeOwned + Debug,
-    H: Fn(Role, Req) + ?Sized,
+    Req: Request,
+    H: Fn(Role, Req, Vec<OwnedFd>) + ?Sized,
 {
+    let mut stream = FdStream::new(stream);
     let cred = stream
+        .get_mut()
         .peer_cred()
         .map_err(|e| ConnEnd::Rejected(PeerRejected::NoCredentials(e)))?;
     let hello: Hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut stream))
@@ -179,7 +193,7 @@ where
         .check(cred.uid(), &hello)
         .map_err(ConnEnd::Rejected)?;
     write_frame(
-        &mut stream,
+        stream.get_mut(),
         &HelloReply::Accepted {
             version: PROTOCOL_VERSION,
         },
@@ -190,7 +204,21 @@ where
     let mut buf = Vec::new();
     loop {
         match read_frame_with::<_, Req>(&mut stream, &mut buf).await {
-            Ok(req) => handle(role, req),
+            Ok(req) => {
+                let mut fds = Vec::with_capacity(req.passed_fds());
+                for _ in 0..req.passed_fds() {
+                    match stream.take_fd() {
+                        Some(fd) => fds.push(fd),
+                        None => return Err(ConnEnd::Broken(role, FrameError::MissingFd)),
+                    }
+                }
+                // One read may run into the next request and bring its descriptor early; more
+                // than that was sent with requests that take none.
+                if stream.pending_fds() > 1 {
+                    return Err(ConnEnd::Broken(role, FrameError::UnexpectedFds));
+                }
+                handle(role, req, fds)
+            }
             Err(FrameError::Closed) => return Ok(role),
             Err(e) => return Err(ConnEnd::Broken(role, e)),
         }
@@ -238,6 +266,18 @@ impl Client {
 
     pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), IpcError> {
         Ok(write_frame_with(&mut self.stream, msg, &mut self.buf).await?)
+    }
+
+    /// Sends `msg` with `fd` attached (for a request whose `passed_fds` is 1).
+    pub async fn send_with_fd<T: Serialize>(
+        &mut self,
+        msg: &T,
+        fd: BorrowedFd<'_>,
+    ) -> Result<(), IpcError> {
+        encode_frame(msg, &mut self.buf)?;
+        send_with_fd(&mut self.stream, &self.buf, fd)
+            .await
+            .map_err(|e| IpcError::Frame(FrameError::Io(e)))
     }
 
     pub fn server(&self) -> Role {
@@ -320,7 +360,7 @@ mod tests {
             me: Role::Loader,
             allowed: vec![(Role::Discover, None)],
         };
-        tokio::spawn(serve::<LoaderRequest, _>(listener, policy, move |_, r| {
+        tokio::spawn(serve::<LoaderRequest, _>(listener, policy, move |_, r, _| {
             seen2.lock().expect("lock").push(r)
         }));
 

@@ -1,6 +1,7 @@
 //! Messages, framing, peer checks and role table shared by seam's five daemons.
 
 pub mod codec;
+pub mod fds;
 pub mod frame;
 pub mod ipc;
 pub mod lifecycle;
@@ -13,4 +14,4 @@ pub mod telemetry;
 pub use role::Role;
 
 /// Bumped whenever a message layout changes; peers with another version are refused.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;

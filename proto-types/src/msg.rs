@@ -28,7 +28,36 @@ pub enum LoaderRequest {
     RemoveTarget {
         pid: u32,
     },
+    /// A file mapped by target `pid` that may hold OpenSSL, sent open with the request (the loader
+    /// never opens paths it is told): a `libssl.so.*` library, or the executable itself (Node.js
+    /// links OpenSSL statically). The loader probes each distinct file once.
+    TlsLibrary {
+        pid: u32,
+        file: TlsFile,
+    },
 }
+
+/// What kind of file a [`LoaderRequest::TlsLibrary`] carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TlsFile {
+    /// A `libssl.so.*` the process mapped: it must export OpenSSL's API.
+    Library,
+    /// The process's executable: OpenSSL only if linked in and exported.
+    Executable,
+}
+
+impl crate::ipc::Request for LoaderRequest {
+    fn passed_fds(&self) -> usize {
+        match self {
+            LoaderRequest::TlsLibrary { .. } => 1,
+            LoaderRequest::AddTarget { .. } | LoaderRequest::RemoveTarget { .. } => 0,
+        }
+    }
+}
+
+impl crate::ipc::Request for CtxpropRequest {}
+impl crate::ipc::Request for CorrelatorRequest {}
+impl crate::ipc::Request for ExporterRequest {}
 
 /// discover → ctxprop. A target's `propagation` is its selector's override of ctxprop's own
 /// `context_propagation`; `None` keeps ctxprop's.
@@ -142,6 +171,8 @@ pub enum AttrKey {
     ServerPort,
     ClientAddress,
     ThreadId,
+    /// How seam read the bytes; present (as `tls`) when they came from the TLS library.
+    SeamCapture,
     Other(String),
 }
 
@@ -164,6 +195,7 @@ impl AttrKey {
             AttrKey::ServerPort => "server.port",
             AttrKey::ClientAddress => "client.address",
             AttrKey::ThreadId => "thread.id",
+            AttrKey::SeamCapture => "seam.capture",
             AttrKey::Other(_) => return None,
         })
     }
@@ -192,6 +224,8 @@ pub enum Known {
     Patch,
     Connect,
     Trace,
+    /// `seam.capture`: plaintext read at the TLS library's boundary.
+    Tls,
 }
 
 impl Known {
@@ -209,6 +243,7 @@ impl Known {
             Known::Options => "OPTIONS",
             Known::Patch => "PATCH",
             Known::Connect => "CONNECT",
+            Known::Tls => "tls",
             Known::Trace => "TRACE",
         }
     }

@@ -3,6 +3,7 @@
 pub mod chain;
 pub mod netns;
 pub mod otlp;
+pub mod tls;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

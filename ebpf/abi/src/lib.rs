@@ -29,6 +29,8 @@ pub const ROLE_ACCEPTED: u8 = 1;
 pub const ROLE_CONNECTED: u8 = 2;
 
 pub const DATA_HTTP_START: u8 = 1;
+/// The payload is plaintext read at the TLS library's boundary (SSL_read/SSL_write).
+pub const DATA_TLS: u8 = 2;
 
 pub const TARGET_SELECTED: u32 = 1;
 pub const TARGET_INHERITED: u32 = 2;
@@ -193,6 +195,10 @@ impl Event {
 
     pub fn is_http_start(&self) -> bool {
         self.flags & DATA_HTTP_START != 0
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.flags & DATA_TLS != 0
     }
 }
 
