@@ -170,14 +170,18 @@ struct {
 	__type(value, struct injected_record);
 } seam_injected_scratch SEC(".maps");
 
-/* A TLS library call in progress on a thread (SSL_read/SSL_write and their _ex forms). */
+/* A TLS library call in progress on a thread (SSL_read/SSL_write and their _ex forms, or
+ * SSL_do_handshake, which only teaches which socket an SSL object uses). */
+#define TLS_HANDSHAKE 2 /* tls_call.direction: neither data direction */
 struct tls_call {
 	__u64 ssl;
 	__u64 buf;
+	__u64 num;     /* bytes asked for */
 	__u64 len_out; /* the _ex forms' size_t * for the bytes moved; 0 for SSL_read/SSL_write */
 	__u64 sk;      /* the socket the library used inside this call, if it used one */
 	__u8 direction;
-	__u8 pad[7];
+	__u8 reported; /* a write's plaintext went out with its first ciphertext */
+	__u8 pad[6];
 };
 
 struct {
@@ -202,6 +206,15 @@ struct {
 	__type(key, struct tls_key);
 	__type(value, __u64); /* the kernel's struct sock address, as seam_conns keys it */
 } seam_tls_socks SEC(".maps");
+
+/* SSL objects whose last write failed after its plaintext was reported: OpenSSL requires the
+ * same write again, which must not be reported twice. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct tls_key);
+	__type(value, __u8);
+} seam_tls_retry SEC(".maps");
 
 /* tid → the TLS socket it read ciphertext from last. */
 struct {
@@ -754,6 +767,25 @@ static __always_inline int on_payload(struct conn_info *ci, struct sock *sk, __u
 	return 0;
 }
 
+/* A write's plaintext, reported as its first ciphertext leaves: inside the send, so a peer on
+ * this host can never see the request before its sender is known to have sent it. The library
+ * sends all it was asked to (partial writes are an opt-in mode). */
+static __always_inline void report_tls_write(struct conn_info *ci, struct tls_call *call,
+					     struct sock *sk, __u32 pid, __u64 pid_tgid)
+{
+	call->reported = 1;
+	struct tls_key key = {.ssl = call->ssl, .pid = pid};
+	if (bpf_map_lookup_elem(&seam_tls_retry, &key)) {
+		bpf_map_delete_elem(&seam_tls_retry, &key); /* the retried write was reported already */
+		return;
+	}
+	__u64 num = call->num;
+	if (num == 0 || num > 0x7fffffff || (ci->flags & CONN_OPAQUE))
+		return;
+	struct io_args args = {.ptr = call->buf, .len = num, .fd = -1, .kind = IO_FLAT};
+	on_payload(ci, sk, pid, pid_tgid, &args, num, SEAM_DIR_EGRESS, SEAM_DATA_TLS);
+}
+
 /* Socket I/O on a TLS connection: ciphertext, never parsed. It tells which socket the TLS call
  * in progress on this thread uses, and which TLS socket the thread read last. */
 static __always_inline int on_ciphertext(struct conn_info *ci, struct tls_call *call,
@@ -766,6 +798,9 @@ static __always_inline int on_ciphertext(struct conn_info *ci, struct tls_call *
 			ci->flags = (ci->flags | CONN_TLS) & ~CONN_OPAQUE;
 			ci->misses = 0;
 		}
+		if (direction == SEAM_DIR_EGRESS && call->direction == SEAM_DIR_EGRESS && ret > 0 &&
+		    !call->reported)
+			report_tls_write(ci, call, sk, pid, pid_tgid);
 	}
 	if (ret == 0) {
 		if (direction == SEAM_DIR_INGRESS)
@@ -860,26 +895,6 @@ int on_state(__u64 *ctx)
  * program serves all four: the attach cookie says which function fired. These programs are
  * attached with uprobe_multi links (CAP_BPF + CAP_PERFMON; a perf-event uprobe needs
  * CAP_SYS_ADMIN), so the loader loads them apart from the rest of this object. */
-#define TLS_COOKIE_EGRESS 1
-#define TLS_COOKIE_EX 2
-
-SEC("uprobe")
-int tls_enter(struct pt_regs *ctx)
-{
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!is_target(pid_tgid >> 32))
-		return 0;
-	__u64 cookie = bpf_get_attach_cookie(ctx);
-	struct tls_call call = {
-		.ssl = ctx->di,
-		.buf = ctx->si,
-		.len_out = (cookie & TLS_COOKIE_EX) ? ctx->cx : 0,
-		.direction = (cookie & TLS_COOKIE_EGRESS) ? SEAM_DIR_EGRESS : SEAM_DIR_INGRESS,
-	};
-	bpf_map_update_elem(&seam_tls_calls, &pid_tgid, &call, BPF_ANY);
-	return 0;
-}
-
 /* The connection an SSL object belongs to: the socket used inside this call, else the one
  * learned earlier, else (a memory-BIO library decrypting what the thread just read) the TLS
  * socket the thread read last. */
@@ -900,6 +915,46 @@ static __always_inline __u64 tls_socket(struct tls_call *call, __u32 pid, __u32 
 	return sk;
 }
 
+/* The attach cookie says which function fired. These programs are attached with uprobe_multi
+ * links (CAP_BPF + CAP_PERFMON; a perf-event uprobe needs CAP_SYS_ADMIN), so the loader loads
+ * them apart from the rest of this object. */
+#define TLS_COOKIE_EGRESS 1
+#define TLS_COOKIE_EX 2
+#define TLS_COOKIE_HANDSHAKE 4
+
+/* OpenSSL's SSL_read(ssl, buf, num) and SSL_write(ssl, buf, num) return the bytes moved;
+ * SSL_read_ex/SSL_write_ex(ssl, buf, num, size_t *moved) return 1 and store them. A write on a
+ * known connection is reported here, before its bytes leave: a peer on this host may otherwise
+ * read and answer it before the writer's later hooks run (it preempts the writer on wake-up). */
+SEC("uprobe")
+int tls_enter(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 pid = pid_tgid >> 32;
+	if (!is_target(pid))
+		return 0;
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	struct tls_call call = {
+		.ssl = ctx->di,
+		.buf = ctx->si,
+		.num = ctx->dx,
+		.len_out = (cookie & TLS_COOKIE_EX) ? ctx->cx : 0,
+		.direction = (cookie & TLS_COOKIE_HANDSHAKE) ? TLS_HANDSHAKE
+			     : (cookie & TLS_COOKIE_EGRESS) ? SEAM_DIR_EGRESS
+							    : SEAM_DIR_INGRESS,
+	};
+	if (call.direction == SEAM_DIR_EGRESS) {
+		struct tls_key key = {.ssl = call.ssl, .pid = pid};
+		__u64 *known = bpf_map_lookup_elem(&seam_tls_socks, &key);
+		__u64 sk = known ? *known : 0;
+		struct conn_info *ci = sk ? bpf_map_lookup_elem(&seam_conns, &sk) : NULL;
+		if (ci && !(ci->flags & CONN_NOT_TCP))
+			report_tls_write(ci, &call, (struct sock *)sk, pid, pid_tgid);
+	}
+	bpf_map_update_elem(&seam_tls_calls, &pid_tgid, &call, BPF_ANY);
+	return 0;
+}
+
 SEC("uretprobe")
 int tls_return(struct pt_regs *ctx)
 {
@@ -910,18 +965,33 @@ int tls_return(struct pt_regs *ctx)
 	struct tls_call call = *found;
 	bpf_map_delete_elem(&seam_tls_calls, &pid_tgid);
 	__s64 ret = (int)ctx->ax;
+	__u32 pid = pid_tgid >> 32;
+	if (call.direction == TLS_HANDSHAKE) {
+		if (call.sk)
+			tls_socket(&call, pid, (__u32)pid_tgid);
+		return 0;
+	}
+	int ok = call.len_out ? ret == 1 : ret > 0;
+	if (call.reported) {
+		tls_socket(&call, pid, (__u32)pid_tgid); /* learn the socket for later calls */
+		if (!ok) {
+			struct tls_key key = {.ssl = call.ssl, .pid = pid};
+			__u8 one = 1;
+			bpf_map_update_elem(&seam_tls_retry, &key, &one, BPF_ANY);
+		}
+		return 0;
+	}
 	__u64 moved = 0;
+	if (!ok)
+		return 0;
 	if (call.len_out) {
-		if (ret != 1 || bpf_probe_read_user(&moved, sizeof(moved), (void *)call.len_out) != 0)
+		if (bpf_probe_read_user(&moved, sizeof(moved), (void *)call.len_out) != 0)
 			return 0;
 	} else {
-		if (ret <= 0)
-			return 0;
 		moved = ret;
 	}
 	if (moved == 0 || moved > 0x7fffffff)
 		return 0;
-	__u32 pid = pid_tgid >> 32;
 	__u64 sk = tls_socket(&call, pid, (__u32)pid_tgid);
 	if (!sk)
 		return 0;

@@ -17,11 +17,17 @@ pub const PROGRAMS: &[&str] = &["tls_enter", "tls_return"];
 /// Cookie bits (capture.bpf.c's TLS_COOKIE_*).
 const EGRESS: u64 = 1;
 const EX: u64 = 2;
+const HANDSHAKE: u64 = 4;
 
 /// (OpenSSL function, cookie): SSL_read/SSL_write exist in every OpenSSL and are required; the
-/// `_ex` forms only since 1.1.1, so a file without them is still probed.
+/// `_ex` forms only since 1.1.1, so a file without them is still probed. SSL_do_handshake (which
+/// SSL_connect and SSL_accept call) shows a connection's socket before its first write.
 const REQUIRED: &[(&str, u64)] = &[("SSL_read", 0), ("SSL_write", EGRESS)];
-const OPTIONAL: &[(&str, u64)] = &[("SSL_read_ex", EX), ("SSL_write_ex", EGRESS | EX)];
+const OPTIONAL: &[(&str, u64)] = &[
+    ("SSL_read_ex", EX),
+    ("SSL_write_ex", EGRESS | EX),
+    ("SSL_do_handshake", HANDSHAKE),
+];
 
 /// A file by device and inode: the same library seen through different paths or mount
 /// namespaces is one file.

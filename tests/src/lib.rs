@@ -277,10 +277,22 @@ pub fn start_server(
     port: u16,
     service: &str,
 ) -> Result<Proc> {
+    start_server_env(interpreter, fixture_name, port, service, &[])
+}
+
+/// Like [`start_server`], with extra environment.
+pub fn start_server_env(
+    interpreter: &str,
+    fixture_name: &str,
+    port: u16,
+    service: &str,
+    env: &[(&str, &str)],
+) -> Result<Proc> {
     let child = Command::new(interpreter)
         .arg(fixture(fixture_name))
         .arg(port.to_string())
         .env("OTEL_SERVICE_NAME", service)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

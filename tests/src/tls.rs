@@ -48,8 +48,8 @@ impl Certs {
     }
 }
 
-/// nginx serving HTTPS with keep-alive from `www` (one worker), optionally proxying
-/// `/proxy/` to an HTTPS upstream on loopback.
+/// nginx serving HTTPS with keep-alive from `www` (one worker), optionally proxying `/r/` to an
+/// HTTPS upstream on loopback (over keep-alive connections).
 #[derive(Debug)]
 pub struct Nginx {
     pub proc: Proc,
@@ -64,16 +64,19 @@ impl Nginx {
         let www = dir.join("www");
         std::fs::create_dir_all(&www)?;
         std::fs::write(www.join("index.html"), b"hello over tls\n")?;
-        let proxy = upstream.map_or(String::new(), |up| {
+        let proxy = upstream.map_or(String::new(), |_| {
             format!(
-                "location /proxy/ {{ proxy_pass https://127.0.0.1:{up}/; proxy_http_version 1.1; \
-                 proxy_set_header Connection \"\"; proxy_ssl_verify off; }}"
+                "location /r/ {{ proxy_pass https://u; proxy_http_version 1.1; \
+                 proxy_set_header Connection \"\"; proxy_ssl_verify off; proxy_ssl_session_reuse on; }}"
             )
+        });
+        let upstream_block = upstream.map_or(String::new(), |up| {
+            format!("upstream u {{ server 127.0.0.1:{up}; keepalive 4; }}")
         });
         let conf = format!(
             "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
              events {{ worker_connections 256; }}\n\
-             http {{ access_log off; keepalive_requests 100000;\n\
+             http {{ access_log off; keepalive_requests 100000; {upstream_block}\n\
                server {{ listen 127.0.0.1:{port} ssl; ssl_protocols {protocols};\n\
                  ssl_certificate {cert}; ssl_certificate_key {key}; root {www};\n\
                  {proxy} }} }}\n",
