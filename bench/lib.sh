@@ -12,21 +12,31 @@ bench_prepare() {
 }
 
 # bench_nginx PORT: nginx with one worker pinned to CPU 0, serving a 612-byte file on
-# 127.0.0.1:PORT with keep-alive and no access log. Sets `work` (a scratch directory the caller
-# may use too), `nginx_master` and `worker` (the worker's pid); bench_stop_nginx stops it.
+# 127.0.0.1:PORT with keep-alive and no access log (over HTTPS when SEAM_BENCH_TLS=1). Sets
+# `work` (a scratch directory the caller may use too), `scheme`, `nginx_master` and `worker` (the
+# worker's pid); bench_stop_nginx stops it.
 bench_nginx() {
-  local port=$1
+  local port=$1 listen="127.0.0.1:$1" tls=""
   work=$(mktemp -d)
   mkdir -p "$work/www"
   head -c 612 /dev/zero | tr '\0' x > "$work/www/index.html"
+  scheme=http
+  if [ "${SEAM_BENCH_TLS:-0}" = 1 ]; then
+    # HTTPS with a certificate made here; keep-alive, so the handshake cost is spread thin
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
+      -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+    listen="$listen ssl"
+    tls="ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;"
+    scheme=https
+  fi
   cat > "$work/nginx.conf" <<CONF
 worker_processes 1; worker_cpu_affinity 01; daemon off; pid $work/nginx.pid; error_log $work/error.log;
 events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000; server { listen 127.0.0.1:$port; root $work/www; } }
+http { access_log off; keepalive_requests 1000000; server { listen $listen; $tls root $work/www; } }
 CONF
   taskset -c 0 nginx -c "$work/nginx.conf" -p "$work" 2>/dev/null & nginx_master=$!
   for _ in $(seq 50); do
-    curl -s -o /dev/null "http://127.0.0.1:$port/index.html" && break
+    curl -sk -o /dev/null "$scheme://127.0.0.1:$port/index.html" && break
     sleep 0.1
   done
   worker=$(pgrep -P "$nginx_master" | head -1)

@@ -6,6 +6,8 @@
 # programs' kernel time, plus all five daemons), p50/p99 latency; then daemon RSS, lost events,
 # and spans vs requests at a paced ~10k req/s.
 # SEAM_BENCH_OTLP=1 also exports every span and the RED metrics over OTLP/HTTP to a loopback sink.
+# SEAM_BENCH_TLS=1 serves HTTPS: seam then reads the plaintext through its OpenSSL uprobes (wrk's
+# own SSL calls hit them too, filtered out in the kernel: that cost is part of the figure).
 #   bench/nginx.sh [seconds per phase, default 8] [rounds, default 3]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -40,7 +42,7 @@ run_wrk() { # label, extra args…; prints "requests rps p50 p99 nginx_ticks dae
   local label=$1; shift
   local nb db na da out
   nb=$(cpu_ticks "$worker"); db=$(cpu_ticks $daemons)
-  out=$(taskset -c 1 wrk -t1 -c32 -d"${secs}s" --latency "$@" "http://127.0.0.1:$port/index.html")
+  out=$(taskset -c 1 wrk -t1 -c32 -d"${secs}s" --latency "$@" "$scheme://127.0.0.1:$port/index.html")
   na=$(cpu_ticks "$worker"); da=$(cpu_ticks $daemons)
   echo "$out" > "$work/wrk-$label.txt"
   echo "$(bench_wrk_figures "$work/wrk-$label.txt") $((na - nb)) $((da - db))"
@@ -53,6 +55,7 @@ if [ "${SEAM_BENCH_OTLP:-0}" = 1 ]; then
   export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:18481 OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
   export_mode="OTLP/HTTP to a loopback sink (spans and metrics)"
 fi
+export_mode="$export_mode; scheme: $scheme"
 export SEAM_RUN_DIR=/run/seam-bench SEAM_PIN_DIR=/sys/fs/bpf/seam-bench
 start_seam() {
   SEAM_OPEN_PORT=$port "$here/../scripts/run" 2>>"$work/daemons.log" & stack=$!
@@ -75,7 +78,7 @@ for r in $(seq "$rounds"); do
   if [ "$r" -lt "$rounds" ]; then stop_seam; fi
 done
 # paced phase: spans must match requests (seam still running from the last round)
-read -r req2 rps2 < <(taskset -c 1 wrk -t1 -c13 -d"${secs}s" -s "$work/paced.lua" "http://127.0.0.1:$port/index.html" > "$work/wrk-paced.txt"; python3 -c "
+read -r req2 rps2 < <(taskset -c 1 wrk -t1 -c13 -d"${secs}s" -s "$work/paced.lua" "$scheme://127.0.0.1:$port/index.html" > "$work/wrk-paced.txt"; python3 -c "
 import re;t=open('$work/wrk-paced.txt').read()
 print(re.search(r'(\d+) requests in',t).group(1), re.search(r'Requests/sec:\s+([\d.]+)',t).group(1))")
 rss=$(for d in discover loader ctxprop correlator exporter; do
