@@ -104,13 +104,19 @@ mod tests {
     #[test]
     fn libssl_and_the_executable_once_each() {
         let c = candidates(MAPS, "/usr/bin/python3.11");
-        let got: Vec<(&str, u64, TlsFile)> =
-            c.iter().map(|m| (m.path.as_str(), m.inode, m.kind)).collect();
+        let got: Vec<(&str, u64, TlsFile)> = c
+            .iter()
+            .map(|m| (m.path.as_str(), m.inode, m.kind))
+            .collect();
         assert_eq!(
             got,
             vec![
                 ("/usr/bin/python3.11", 1311, TlsFile::Executable),
-                ("/usr/lib/x86_64-linux-gnu/libssl.so.3", 2222, TlsFile::Library),
+                (
+                    "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+                    2222,
+                    TlsFile::Library
+                ),
             ]
         );
         assert_eq!(c[0].dev, libc::makedev(0xfd, 0x01));
@@ -122,7 +128,10 @@ mod tests {
         let maps = std::fs::read_to_string(format!("/proc/{me}/maps")).expect("own maps");
         let exe = std::fs::read_link("/proc/self/exe").expect("own exe");
         let c = candidates(&maps, &exe.to_string_lossy());
-        let own = c.iter().find(|m| m.kind == TlsFile::Executable).expect("exe mapped");
+        let own = c
+            .iter()
+            .find(|m| m.kind == TlsFile::Executable)
+            .expect("exe mapped");
         assert!(open(Path::new("/proc"), me, own).is_ok());
         let mut wrong = own.clone();
         wrong.inode += 1;

@@ -64,10 +64,7 @@ fn run(args: Args) -> Result<()> {
     let pins = bpffs::Pins::create(&pin_dir, &mut loaded.ebpf)?;
     let targets = targets::Targets::new(&mut loaded.ebpf)?;
     tracing::info!(pin_dir = %pin_dir.display(), programs = loaded.attached, "capture attached");
-    let state = Arc::new(Mutex::new(State {
-        targets,
-        tls,
-    }));
+    let state = Arc::new(Mutex::new(State { targets, tls }));
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

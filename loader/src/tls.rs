@@ -106,7 +106,14 @@ impl TlsProbes {
         }
         match attach(programs, &file) {
             Ok((links, functions)) => {
-                tracing::info!(pid, ?kind, dev = key.0, inode = key.1, functions, "OpenSSL probed");
+                tracing::info!(
+                    pid,
+                    ?kind,
+                    dev = key.0,
+                    inode = key.1,
+                    functions,
+                    "OpenSSL probed"
+                );
                 self.files.insert(
                     key,
                     Probed {
@@ -143,7 +150,11 @@ impl TlsProbes {
             p.users.remove(&pid);
             if p.users.is_empty() {
                 self.files.remove(&key);
-                tracing::info!(dev = key.0, inode = key.1, "OpenSSL probes removed: last user gone");
+                tracing::info!(
+                    dev = key.0,
+                    inode = key.1,
+                    "OpenSSL probes removed: last user gone"
+                );
             }
         }
     }
@@ -218,7 +229,10 @@ mod tests {
         let exe = std::fs::File::open("/proc/self/exe").expect("own exe");
         let cache = object::ReadCache::new(exe);
         let elf = object::File::parse(&cache).expect("elf");
-        assert!(matches!(file_offset(&elf, "SSL_write"), Err(TlsError::NoSymbol("SSL_write"))));
+        assert!(matches!(
+            file_offset(&elf, "SSL_write"),
+            Err(TlsError::NoSymbol("SSL_write"))
+        ));
         let main = elf
             .symbols()
             .find(|s| s.is_definition() && s.name() == Ok("main"))

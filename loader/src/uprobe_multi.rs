@@ -27,7 +27,8 @@ struct BpfProgram {
 
 #[link(name = "bpf")]
 unsafe extern "C" {
-    fn bpf_object__open_mem(buf: *const c_void, size: usize, opts: *const c_void) -> *mut BpfObject;
+    fn bpf_object__open_mem(buf: *const c_void, size: usize, opts: *const c_void)
+        -> *mut BpfObject;
     fn bpf_object__next_map(obj: *const BpfObject, prev: *const BpfMap) -> *mut BpfMap;
     fn bpf_map__name(map: *const BpfMap) -> *const c_char;
     fn bpf_map__reuse_fd(map: *mut BpfMap, fd: c_int) -> c_int;
@@ -90,8 +91,7 @@ fn map_data(map: &Map) -> Option<&MapData> {
 /// part of the object's name.
 fn matching_fd(ebpf: &Ebpf, libbpf_name: &str) -> Option<RawFd> {
     ebpf.maps().find_map(|(name, map)| {
-        let same = name == libbpf_name
-            || (name.starts_with('.') && libbpf_name.ends_with(name));
+        let same = name == libbpf_name || (name.starts_with('.') && libbpf_name.ends_with(name));
         same.then(|| map_data(map).map(|d| d.fd().as_fd().as_raw_fd()))
             .flatten()
     })
@@ -110,9 +110,12 @@ impl UprobePrograms {
     /// capture `ebpf` already loaded (so events, connections and targets are one set).
     pub fn load(object: &[u8], ebpf: &Ebpf, programs: &[&'static str]) -> Result<Self, LoadError> {
         // SAFETY: object is a valid buffer for the call; libbpf copies what it keeps.
-        let obj = unsafe { bpf_object__open_mem(object.as_ptr().cast(), object.len(), std::ptr::null()) };
+        let obj =
+            unsafe { bpf_object__open_mem(object.as_ptr().cast(), object.len(), std::ptr::null()) };
         if obj.is_null() {
-            return Err(LoadError::Open(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)));
+            return Err(LoadError::Open(
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            ));
         }
         let mut loaded = Self {
             obj,
@@ -124,7 +127,8 @@ impl UprobePrograms {
             let mut map = bpf_object__next_map(obj, std::ptr::null());
             while !map.is_null() {
                 let name = text(bpf_map__name(map));
-                let fd = matching_fd(ebpf, &name).ok_or_else(|| LoadError::MissingMap(name.clone()))?;
+                let fd =
+                    matching_fd(ebpf, &name).ok_or_else(|| LoadError::MissingMap(name.clone()))?;
                 let code = bpf_map__reuse_fd(map, fd);
                 if code != 0 {
                     return Err(LoadError::Reuse { name, code });
@@ -177,7 +181,9 @@ impl UprobePrograms {
             .get(program)
             .ok_or_else(|| std::io::Error::other(format!("program {program} not loaded")))?;
         if offsets.is_empty() || offsets.len() != cookies.len() {
-            return Err(std::io::Error::other("one cookie per offset, at least one offset"));
+            return Err(std::io::Error::other(
+                "one cookie per offset, at least one offset",
+            ));
         }
         // The kernel resolves the path itself: the descriptor discover handed over, not a name.
         let path = CString::new(format!("/proc/self/fd/{}", file.as_fd().as_raw_fd()))
@@ -206,7 +212,11 @@ impl UprobePrograms {
             offsets: offsets.as_ptr() as u64,
             cookies: cookies.as_ptr() as u64,
             cnt: offsets.len() as u32,
-            multi_flags: if on_return { BPF_F_UPROBE_MULTI_RETURN } else { 0 },
+            multi_flags: if on_return {
+                BPF_F_UPROBE_MULTI_RETURN
+            } else {
+                0
+            },
             ..LinkCreate::default()
         };
         // SAFETY: attr is a complete, initialised bpf_attr prefix of the size passed; the

@@ -44,7 +44,11 @@ impl FdStream {
     }
 }
 
-fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut VecDeque<OwnedFd>) -> std::io::Result<usize> {
+fn recv_with_fds(
+    sock: RawFd,
+    buf: &mut [u8],
+    fds: &mut VecDeque<OwnedFd>,
+) -> std::io::Result<usize> {
     let mut iov = [IoSliceMut::new(buf)];
     let mut space = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
     let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
@@ -141,8 +145,12 @@ mod tests {
             files.push(f);
         }
         use std::os::fd::AsFd;
-        send_with_fd(&mut a, b"ab", files[0].as_fd()).await.expect("send");
-        send_with_fd(&mut a, b"cd", files[1].as_fd()).await.expect("send");
+        send_with_fd(&mut a, b"ab", files[0].as_fd())
+            .await
+            .expect("send");
+        send_with_fd(&mut a, b"cd", files[1].as_fd())
+            .await
+            .expect("send");
         drop(a);
         let mut r = FdStream::new(b);
         let mut all = Vec::new();
@@ -160,10 +168,7 @@ mod tests {
     }
 
     fn tempfile_with(text: &str) -> std::fs::File {
-        let path = std::env::temp_dir().join(format!(
-            "seam-fds-{}-{text}",
-            std::process::id()
-        ));
+        let path = std::env::temp_dir().join(format!("seam-fds-{}-{text}", std::process::id()));
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(true)

@@ -360,9 +360,11 @@ mod tests {
             me: Role::Loader,
             allowed: vec![(Role::Discover, None)],
         };
-        tokio::spawn(serve::<LoaderRequest, _>(listener, policy, move |_, r, _| {
-            seen2.lock().expect("lock").push(r)
-        }));
+        tokio::spawn(serve::<LoaderRequest, _>(
+            listener,
+            policy,
+            move |_, r, _| seen2.lock().expect("lock").push(r),
+        ));
 
         // garbage before any Hello
         let mut s = UnixStream::connect(&path).await.expect("connect");

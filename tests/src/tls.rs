@@ -22,7 +22,9 @@ impl Certs {
         std::fs::create_dir_all(&dir)?;
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
         let out = Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
             .args(["-subj", "/CN=localhost"])
             .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
             .arg("-keyout")
@@ -33,7 +35,10 @@ impl Certs {
             .output()
             .context("running openssl (install the openssl package)")?;
         if !out.status.success() {
-            bail!("openssl req failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "openssl req failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(Self { dir, cert, key })
     }
@@ -64,12 +69,12 @@ impl Nginx {
         let www = dir.join("www");
         std::fs::create_dir_all(&www)?;
         std::fs::write(www.join("index.html"), b"hello over tls\n")?;
-        let proxy = upstream.map_or(String::new(), |_| {
-            format!(
-                "location /r/ {{ proxy_pass https://u; proxy_http_version 1.1; \
-                 proxy_set_header Connection \"\"; proxy_ssl_verify off; proxy_ssl_session_reuse on; }}"
-            )
-        });
+        let proxy = if upstream.is_some() {
+            "location /r/ { proxy_pass https://u; proxy_http_version 1.1; \
+             proxy_set_header Connection \"\"; proxy_ssl_verify off; proxy_ssl_session_reuse on; }"
+        } else {
+            ""
+        };
         let upstream_block = upstream.map_or(String::new(), |up| {
             format!("upstream u {{ server 127.0.0.1:{up}; keepalive 4; }}")
         });

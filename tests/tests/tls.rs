@@ -16,7 +16,8 @@ fn wait_probed(stack: &Stack) {
 }
 
 fn is_tls_span(s: &ReceivedSpan) -> bool {
-    s.attr("url.scheme").as_deref() == Some("https") && s.attr("seam.capture").as_deref() == Some("tls")
+    s.attr("url.scheme").as_deref() == Some("https")
+        && s.attr("seam.capture").as_deref() == Some("tls")
 }
 
 fn settle(rx: &OtlpReceiver, pred: impl Fn(&[ReceivedSpan]) -> bool) -> Vec<ReceivedSpan> {
@@ -35,10 +36,15 @@ fn python_https_server_and_urllib_client_both_give_spans() {
     let rx = OtlpReceiver::start().expect("collector");
     let port = free_port();
     let service = format!("pytls-{port}");
-    let server = start_tls_server("python3", "pyserver.py", port, &service, &certs, &[])
-        .expect("server");
+    let server =
+        start_tls_server("python3", "pyserver.py", port, &service, &certs, &[]).expect("server");
     let urls: Vec<String> = (0..10)
-        .map(|i| format!("https://127.0.0.1:{port}/status/{}", if i % 2 == 0 { 200 } else { 404 }))
+        .map(|i| {
+            format!(
+                "https://127.0.0.1:{port}/status/{}",
+                if i % 2 == 0 { 200 } else { 404 }
+            )
+        })
         .collect();
     let script = format!(
         "TLS_CA={} python3 {} {} 2>&1",
@@ -73,11 +79,19 @@ fn python_https_server_and_urllib_client_both_give_spans() {
     for (i, (srv, cli)) in servers.iter().zip(&clients).enumerate() {
         let status = if i % 2 == 0 { 200 } else { 404 };
         for s in [srv, cli] {
-            assert!(is_tls_span(s), "span {i} not marked TLS: {:?}", s.span.attributes);
+            assert!(
+                is_tls_span(s),
+                "span {i} not marked TLS: {:?}",
+                s.span.attributes
+            );
             assert_eq!(s.attr("http.request.method").as_deref(), Some("GET"));
             assert_eq!(s.attr("url.path"), Some(format!("/status/{status}")));
             assert_eq!(s.attr_i64("http.response.status_code"), Some(status));
-            assert_eq!(s.attr_i64("http.response.body.size"), Some(7), "body is \"status\\n\"");
+            assert_eq!(
+                s.attr_i64("http.response.body.size"),
+                Some(7),
+                "body is \"status\\n\""
+            );
         }
         assert_eq!(
             cli.attr("url.full"),
@@ -85,7 +99,10 @@ fn python_https_server_and_urllib_client_both_give_spans() {
         );
         // the client's span is the server's parent: same host, linked by the connection
         assert_eq!(srv.span.trace_id, cli.span.trace_id, "span {i}: one trace");
-        assert_eq!(srv.span.parent_span_id, cli.span.span_id, "span {i}: parent");
+        assert_eq!(
+            srv.span.parent_span_id, cli.span.span_id,
+            "span {i}: parent"
+        );
     }
     drop(server);
     stack
@@ -97,7 +114,12 @@ fn python_https_server_and_urllib_client_both_give_spans() {
 /// "status size new-connections" per transfer.
 fn curl_script(certs: &Certs, port: u16, paths: &[&str], n: usize, tls_flags: &str) -> String {
     let transfers: Vec<String> = (0..n)
-        .map(|i| format!("'https://127.0.0.1:{port}{}' -o /dev/null", paths[i % paths.len()]))
+        .map(|i| {
+            format!(
+                "'https://127.0.0.1:{port}{}' -o /dev/null",
+                paths[i % paths.len()]
+            )
+        })
         .collect();
     format!(
         "curl -s {tls_flags} --cacert {} -w '%{{http_code}} %{{size_download}} %{{num_connects}}\\n' {}",
@@ -145,8 +167,10 @@ fn nginx_keepalive(protocols: &str, tls_flags: &str) {
         all.iter().filter(|s| ours(s) && s.is_server()).count() >= N
             && all.iter().filter(|s| ours(s) && s.is_client()).count() >= N
     });
-    let mut servers: Vec<&ReceivedSpan> = spans.iter().filter(|s| ours(s) && s.is_server()).collect();
-    let mut clients: Vec<&ReceivedSpan> = spans.iter().filter(|s| ours(s) && s.is_client()).collect();
+    let mut servers: Vec<&ReceivedSpan> =
+        spans.iter().filter(|s| ours(s) && s.is_server()).collect();
+    let mut clients: Vec<&ReceivedSpan> =
+        spans.iter().filter(|s| ours(s) && s.is_client()).collect();
     assert_eq!(servers.len(), N, "server spans\n{}", stack.all_logs());
     assert_eq!(clients.len(), N, "client spans\n{}", stack.all_logs());
     servers.sort_by_key(|s| s.span.start_time_unix_nano);
@@ -165,12 +189,38 @@ fn nginx_keepalive(protocols: &str, tls_flags: &str) {
             "/missing"
         };
         for s in [srv, cli] {
-            assert!(is_tls_span(s), "span {i} not marked TLS: {:?}", s.span.attributes);
-            assert_eq!(s.attr("http.request.method").as_deref(), Some("GET"), "span {i}");
+            assert!(
+                is_tls_span(s),
+                "span {i} not marked TLS: {:?}",
+                s.span.attributes
+            );
+            assert_eq!(
+                s.attr("http.request.method").as_deref(),
+                Some("GET"),
+                "span {i}"
+            );
             assert_eq!(s.attr("url.path").as_deref(), Some(path), "span {i}");
-            assert_eq!(s.attr_i64("http.response.status_code"), Some(status), "span {i}");
-            assert_eq!(s.attr_i64("http.response.body.size"), Some(size), "span {i}");
+            assert_eq!(
+                s.attr_i64("http.response.status_code"),
+                Some(status),
+                "span {i}"
+            );
+            assert_eq!(
+                s.attr_i64("http.response.body.size"),
+                Some(size),
+                "span {i}"
+            );
         }
+        // same host: the client's span is the server's parent, linked by the connection
+        assert_eq!(
+            srv.span.parent_span_id,
+            cli.span.span_id,
+            "span {i}: server {}..{}, client {}..{}",
+            srv.span.start_time_unix_nano,
+            srv.span.end_time_unix_nano,
+            cli.span.start_time_unix_nano,
+            cli.span.end_time_unix_nano
+        );
     }
     let (srv, cli) = (servers[N - 1], clients[N - 1]);
     assert_eq!(srv.attr_i64("http.response.body.size"), Some(BIG as i64));
@@ -181,7 +231,10 @@ fn nginx_keepalive(protocols: &str, tls_flags: &str) {
         cli.span.end_time_unix_nano,
         srv.span.end_time_unix_nano
     );
-    assert!(nginx.error_log().lines().all(|l| !l.contains("[crit]") && !l.contains("[alert]")));
+    assert!(nginx
+        .error_log()
+        .lines()
+        .all(|l| !l.contains("[crit]") && !l.contains("[alert]")));
 }
 
 #[test]
@@ -205,9 +258,15 @@ fn node_https_server_with_its_static_openssl_gives_server_spans() {
     let rx = OtlpReceiver::start().expect("collector");
     let port = free_port();
     let service = format!("nodetls-{port}");
-    let server = start_tls_server("node", "nodeserver.js", port, &service, &certs, &[])
-        .expect("server");
-    let script = curl_script(&certs, port, &["/status/200", "/status/201", "/status/404"], 12, "");
+    let server =
+        start_tls_server("node", "nodeserver.js", port, &service, &certs, &[]).expect("server");
+    let script = curl_script(
+        &certs,
+        port,
+        &["/status/200", "/status/201", "/status/404"],
+        12,
+        "",
+    );
     let client = GatedShell::new(&script).expect("client");
     let mut env = selector_env(&[port], &[client.pid()]);
     env.extend(rx.exporter_env("grpc"));
@@ -226,16 +285,27 @@ fn node_https_server_with_its_static_openssl_gives_server_spans() {
     servers.sort_by_key(|s| s.span.start_time_unix_nano);
     for (i, s) in servers.iter().enumerate() {
         let status = [200, 201, 404][i % 3];
-        assert!(is_tls_span(s), "span {i} not marked TLS: {:?}", s.span.attributes);
-        assert_eq!(s.attr("url.path"), Some(format!("/status/{status}")), "span {i}");
-        assert_eq!(s.attr_i64("http.response.status_code"), Some(status), "span {i}");
+        assert!(
+            is_tls_span(s),
+            "span {i} not marked TLS: {:?}",
+            s.span.attributes
+        );
+        assert_eq!(
+            s.attr("url.path"),
+            Some(format!("/status/{status}")),
+            "span {i}"
+        );
+        assert_eq!(
+            s.attr_i64("http.response.status_code"),
+            Some(status),
+            "span {i}"
+        );
     }
 }
 
 /// Python front → nginx (proxy_pass https) → Python back, all TLS on one host: one trace per
 /// request with every parent right, linked across processes by the connections alone.
 #[test]
-#[ignore = "fails: a TLS request's client event can reach the correlator after the same-host server answered it (issue 5 note)"]
 fn tls_chain_through_nginx_is_one_trace() {
     use seam_tests::chain::{by_request, hop_with};
     if !require_root() {
@@ -249,15 +319,30 @@ fn tls_chain_through_nginx_is_one_trace() {
     let hop = |service: &str, port: u16, next: &str| {
         let mut cmd = std::process::Command::new("python3");
         cmd.env("OTEL_SERVICE_NAME", service).envs(certs.env());
-        let p = hop_with(cmd, "hop.py", port, next, "thread", &dir.join(format!("{service}.log")));
+        let p = hop_with(
+            cmd,
+            "hop.py",
+            port,
+            next,
+            "thread",
+            &dir.join(format!("{service}.log")),
+        );
         seam_tests::wait_port(port, Duration::from_secs(10)).expect("hop listens");
         p
     };
     let back = hop("back", back_port, "-");
-    let nginx = Nginx::start(&certs, free_port(), Some(back_port), "TLSv1.2 TLSv1.3").expect("nginx");
-    let front = hop("front", front_port, &format!("https://127.0.0.1:{}", nginx.port));
+    let nginx =
+        Nginx::start(&certs, free_port(), Some(back_port), "TLSv1.2 TLSv1.3").expect("nginx");
+    let front = hop(
+        "front",
+        front_port,
+        &format!("https://127.0.0.1:{}", nginx.port),
+    );
     let ids: Vec<String> = (0..8).map(|i| format!("/r/{i}")).collect();
-    let urls: Vec<String> = ids.iter().map(|p| format!("https://127.0.0.1:{front_port}{p}")).collect();
+    let urls: Vec<String> = ids
+        .iter()
+        .map(|p| format!("https://127.0.0.1:{front_port}{p}"))
+        .collect();
     let client = GatedShell::new(&format!(
         "TLS_CA={} python3 {} {}",
         certs.cert.display(),
@@ -273,27 +358,45 @@ fn tls_chain_through_nginx_is_one_trace() {
     }
     wait_probed(&stack);
     let out = client.run().expect("client ran");
-    assert_eq!(out.lines().filter(|l| l.starts_with("200 ")).count(), 8, "client: {out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("200 ")).count(),
+        8,
+        "client: {out}"
+    );
     let ports = [front_port, nginx.port, back_port];
     let in_chain = |s: &ReceivedSpan| {
         s.attr_i64("server.port")
             .is_some_and(|p| ports.iter().any(|&q| i64::from(q) == p))
     };
-    let spans = settle(&rx, |all| all.iter().filter(|s| in_chain(s)).count() >= 8 * 6);
+    let spans = settle(&rx, |all| {
+        all.iter().filter(|s| in_chain(s)).count() >= 8 * 6
+    });
     let chain: Vec<ReceivedSpan> = spans.into_iter().filter(|s| in_chain(s)).collect();
     assert_eq!(chain.len(), 8 * 6, "spans\n{}", stack.all_logs());
     let requests = by_request::<6>(&chain, &ports);
     for id in &ids {
-        let hops = requests.get(id).unwrap_or_else(|| panic!("no spans for {id}"));
+        let hops = requests
+            .get(id)
+            .unwrap_or_else(|| panic!("no spans for {id}"));
         let hops: Vec<&ReceivedSpan> = hops
             .iter()
             .map(|h| h.unwrap_or_else(|| panic!("{id}: a hop has no span")))
             .collect();
-        assert!(hops[0].span.parent_span_id.is_empty(), "{id}: the client's call is the root");
+        assert!(
+            hops[0].span.parent_span_id.is_empty(),
+            "{id}: the client's call is the root"
+        );
         for k in 1..6 {
             assert!(is_tls_span(hops[k]), "{id} hop {k} not TLS");
-            assert_eq!(hops[k].span.trace_id, hops[0].span.trace_id, "{id} hop {k}: one trace");
-            assert_eq!(hops[k].span.parent_span_id, hops[k - 1].span.span_id, "{id} hop {k}: parent");
+            assert_eq!(
+                hops[k].span.trace_id, hops[0].span.trace_id,
+                "{id} hop {k}: one trace"
+            );
+            assert_eq!(
+                hops[k].span.parent_span_id,
+                hops[k - 1].span.span_id,
+                "{id} hop {k}: parent"
+            );
         }
     }
 }
@@ -308,10 +411,13 @@ fn a_libssl_without_openssl_symbols_is_reported_once_and_plain_capture_goes_on()
     let dir = std::env::temp_dir().join(format!("seam-fake-ssl-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let fake = dir.join("libssl.so.3");
-    let libz = ["/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/x86_64-linux-gnu/libz.so.1"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("zlib is installed");
+    let libz = [
+        "/lib/x86_64-linux-gnu/libz.so.1",
+        "/usr/lib/x86_64-linux-gnu/libz.so.1",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .expect("zlib is installed");
     std::fs::copy(libz, &fake).expect("fake libssl");
     let rx = OtlpReceiver::start().expect("collector");
     let port = free_port();
@@ -333,20 +439,28 @@ fn a_libssl_without_openssl_symbols_is_reported_once_and_plain_capture_goes_on()
     let stack = Stack::start(&env).expect("stack");
     stack.wait_target(server.pid()).expect("server targeted");
     stack
-        .wait_log("loader", "libssl without usable OpenSSL symbols", Duration::from_secs(10))
+        .wait_log(
+            "loader",
+            "libssl without usable OpenSSL symbols",
+            Duration::from_secs(10),
+        )
         .expect("the fake library is reported");
     client.run().expect("curl ran");
     let ours = |s: &ReceivedSpan| s.is_server() && s.service() == service;
     let spans = settle(&rx, |all| all.iter().filter(|s| ours(s)).count() >= 3);
     let plain: Vec<&ReceivedSpan> = spans.iter().filter(|s| ours(s)).collect();
     assert_eq!(plain.len(), 3, "plain spans\n{}", stack.all_logs());
-    assert!(plain.iter().all(|s| s.attr("url.scheme").as_deref() == Some("http")));
+    assert!(plain
+        .iter()
+        .all(|s| s.attr("url.scheme").as_deref() == Some("http")));
     let log = stack.log("loader");
     assert_eq!(
         log.matches("libssl without usable OpenSSL symbols").count(),
         1,
         "one line for the file\n{log}"
     );
-    assert!(stack.pid_of("loader").is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists()));
+    assert!(stack
+        .pid_of("loader")
+        .is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists()));
     let _ = std::fs::remove_dir_all(&dir);
 }
