@@ -21,6 +21,8 @@ const SHARED: &[(&str, &str)] = &[
     (names::PROP_ON, "prop_on"),
     (names::PROP_MARKED, "marked"),
     (names::REMOTE_CTX, "remote_ctx"),
+    (names::PROP_RULE, "prop_rule"),
+    (names::TLS_OPTION, "tls_option"),
 ];
 
 /// What the programs counted (indexes of `enum prop_counter`).
@@ -112,8 +114,24 @@ impl Injector {
             .with_context(|| format!("attaching on_sockops to {}", cgroup.display()))?;
 
         let mut injector = Injector { ebpf };
+        // The capture chooses TLS requests' contexts itself: it needs the same carriers and rule.
+        injector.share_rule(seam_abi::PropRule {
+            sample_threshold: sampling.threshold,
+            follow_parent: u32::from(sampling.follow_parent),
+            carriers,
+        })?;
         injector.set_capture_serving(true)?;
         Ok(injector)
+    }
+
+    fn share_rule(&mut self, rule: seam_abi::PropRule) -> Result<()> {
+        let mut map: Array<&mut MapData, [u8; 16]> = self
+            .ebpf
+            .map_mut(names::PROP_RULE)
+            .context("shared rule missing")?
+            .try_into()?;
+        map.set(0, rule.to_bytes(), 0)
+            .context("sharing the propagation rule with the capture")
     }
 
     /// Non-zero turns the capture's serving contexts on under a new epoch; zero turns them off.

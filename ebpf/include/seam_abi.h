@@ -127,6 +127,14 @@ struct seam_serving {
 	__u32 epoch; /* the ctxprop run that counted them (see seam_prop_on) */
 };
 
+/* What ctxprop runs with, for the capture's TLS path (ctxprop writes it before each epoch). */
+struct seam_prop_rule {
+	__u64 sample_threshold; /* a new trace is sampled when its id's low 63 bits are below this */
+	__u32 follow_parent;    /* a header's sampled flag is kept */
+	__u32 carriers;         /* the default carriers (a target's override wins) */
+};
+
+_Static_assert(sizeof(struct seam_prop_rule) == 16, "seam_prop_rule layout");
 _Static_assert(sizeof(struct seam_injected) == 32, "seam_injected layout");
 _Static_assert(sizeof(struct seam_serving) == 24, "seam_serving layout");
 _Static_assert(sizeof(struct seam_tuple) == 40, "seam_tuple layout");

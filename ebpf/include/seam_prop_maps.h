@@ -51,4 +51,22 @@ struct {
 	__type(value, __u32);
 } seam_prop_on SEC(".maps");
 
+/* ctxprop's settings the capture needs to choose a TLS request's context itself: [0] only. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct seam_prop_rule);
+} seam_prop_rule SEC(".maps");
+
+/* Connection (as the sender's capture names it) → the context its next TLS request carries in a
+ * TCP option: chosen by the capture at SSL_write, before the bytes are encrypted, and written
+ * by ctxprop's sockops on the next data segment. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct seam_tuple);
+	__type(value, struct seam_injected);
+} seam_tls_option SEC(".maps");
+
 #endif

@@ -10,6 +10,7 @@
 #include <bpf/bpf_core_read.h>
 #include "seam_abi.h"
 #include "seam_prop_maps.h"
+#include "seam_prop_ctx.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -37,6 +38,7 @@ struct in6_addr {
 } __attribute__((preserve_access_index));
 
 struct sock_common {
+	unsigned char skc_state;
 	__be32 skc_daddr;
 	__be32 skc_rcv_saddr;
 	__be16 skc_dport;
@@ -106,7 +108,11 @@ enum conn_flags {
 	CONN_HTTP = 2,
 	CONN_OPAQUE = 4, /* several chunks and never an HTTP start: stop looking */
 	CONN_TLS = 8,    /* TLS records: the socket's bytes are ciphertext, never parsed */
+	CONN_MARKED = 16, /* marked for ctxprop when it was connected (see mark_for_injection) */
 };
+
+/* on_payload's data_flags bit (never sent): TLS plaintext seen before its ciphertext is sent. */
+#define TLS_BEFORE_SEND 0x80
 
 /* Chunks without an HTTP start before a connection is judged opaque. More than one, so a
  * keep-alive connection first seen mid-message is still recognised at its next request. */
@@ -283,18 +289,27 @@ static __always_inline int tcp_tuple(struct sock *sk, struct seam_tuple *t)
 	return 0;
 }
 
-/* The connection for sk, classified on first sight. */
+/* The connection for sk, classified on first sight. A socket past TCP_CLOSE (its last read after
+ * the close, say) gets no entry: its port is gone from it, and the entry would outlive it and be
+ * found by the next socket at the same address with the dead one's tuple and id. */
 static __always_inline struct conn_info *conn_of(struct sock *sk)
 {
 	__u64 key = (__u64)sk;
 	struct conn_info *ci = bpf_map_lookup_elem(&seam_conns, &key);
 	if (ci)
 		return ci;
+	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_CLOSE)
+		return NULL;
 	struct conn_info info = {};
-	if (tcp_tuple(sk, &info.tuple))
+	if (tcp_tuple(sk, &info.tuple)) {
+		if (info.tuple.local_port == 0)
+			return NULL;
 		info.conn_id = next_conn_id();
-	else
+		if (bpf_sk_storage_get(&seam_prop_marked, sk, 0, 0))
+			info.flags = CONN_MARKED;
+	} else {
 		info.flags = CONN_NOT_TCP;
+	}
 	bpf_map_update_elem(&seam_conns, &key, &info, BPF_ANY);
 	return bpf_map_lookup_elem(&seam_conns, &key);
 }
@@ -659,6 +674,7 @@ static __always_inline void serving_begin(struct conn_info *ci, __u32 pid, __u32
 	/* The peer's TCP option, taken whether used or not: a later request without one must never
 	 * find it. The header wins when both are there. */
 	struct seam_injected *opt = bpf_map_lookup_elem(&seam_remote_ctx, &ci->tuple);
+
 	if (opt) {
 		if (fresh.state == SEAM_CTX_NONE) {
 			__builtin_memcpy(fresh.trace_id, opt->trace_id, 16);
@@ -716,6 +732,28 @@ static __always_inline void remember_tls_read(__u64 pid_tgid, struct sock *sk)
 		bpf_map_update_elem(&seam_tls_last_read, &tid, &key, BPF_ANY);
 }
 
+/* A TLS request's context for the TCP-option carrier: chosen here, where its plaintext is seen
+ * before encryption, as ctxprop's sk_msg chooses a plaintext one; ctxprop's sockops writes it on
+ * the request's first segment. Only on connections ctxprop took (marked) with that carrier. */
+static __always_inline void tls_option(struct conn_info *ci, __u32 pid, __u64 pid_tgid)
+{
+	__u32 zero = 0;
+	struct seam_prop_rule *rule = bpf_map_lookup_elem(&seam_prop_rule, &zero);
+	__u32 *target = bpf_map_lookup_elem(&seam_targets, &pid);
+	if (!rule || !target || !(ci->flags & CONN_MARKED))
+		return;
+	__u32 own = (*target & SEAM_OVERRIDE_MASK) >> SEAM_OVERRIDE_SHIFT;
+	__u32 use = own ? own - 1 : rule->carriers;
+	if (!(use & SEAM_CARRIER_TCP_OPTION))
+		return;
+	struct seam_injected inj = {};
+	seam_choose_context(&inj, rule->sample_threshold, rule->follow_parent);
+	inj.local_port = ci->tuple.local_port;
+	if (bpf_map_update_elem(&seam_tls_option, &ci->tuple, &inj, BPF_ANY) == 0)
+		report_context(ci, pid, (__u32)pid_tgid, SEAM_EV_INJECTED, &inj);
+
+}
+
 /* Bytes a target moved on ci: parsed as an HTTP/1.x stream, whether they came from the socket or
  * (data_flags has SEAM_DATA_TLS) from the TLS library as plaintext. */
 static __always_inline int on_payload(struct conn_info *ci, struct sock *sk, __u32 pid,
@@ -742,7 +780,7 @@ static __always_inline int on_payload(struct conn_info *ci, struct sock *sk, __u
 	s->ev.kind = SEAM_EV_DATA;
 	s->ev.direction = direction;
 	s->ev.bytes = (__u32)ret;
-	s->ev.flags = data_flags;
+	s->ev.flags = data_flags & ~TLS_BEFORE_SEND;
 	if (start) {
 		ci->flags |= CONN_HTTP;
 		s->ev.flags |= SEAM_DATA_HTTP_START;
@@ -753,7 +791,9 @@ static __always_inline int on_payload(struct conn_info *ci, struct sock *sk, __u
 				serving_begin(ci, pid, (__u32)pid_tgid, s, captured, epoch);
 			else if (direction == SEAM_DIR_EGRESS && status && s->payload[9] != '1')
 				serving_end(ci, 1, epoch); /* a final response, not "100 Continue" */
-			else if (direction == SEAM_DIR_EGRESS && !status)
+			else if (direction == SEAM_DIR_EGRESS && !status && (data_flags & TLS_BEFORE_SEND))
+				tls_option(ci, pid, pid_tgid);
+			else if (direction == SEAM_DIR_EGRESS && !status && !data_flags)
 				report_injected(ci, pid, pid_tgid);
 		}
 	} else {
@@ -771,7 +811,8 @@ static __always_inline int on_payload(struct conn_info *ci, struct sock *sk, __u
  * this host can never see the request before its sender is known to have sent it. The library
  * sends all it was asked to (partial writes are an opt-in mode). */
 static __always_inline void report_tls_write(struct conn_info *ci, struct tls_call *call,
-					     struct sock *sk, __u32 pid, __u64 pid_tgid)
+					     struct sock *sk, __u32 pid, __u64 pid_tgid,
+					     __u8 before_send)
 {
 	call->reported = 1;
 	struct tls_key key = {.ssl = call->ssl, .pid = pid};
@@ -783,7 +824,7 @@ static __always_inline void report_tls_write(struct conn_info *ci, struct tls_ca
 	if (num == 0 || num > 0x7fffffff || (ci->flags & CONN_OPAQUE))
 		return;
 	struct io_args args = {.ptr = call->buf, .len = num, .fd = -1, .kind = IO_FLAT};
-	on_payload(ci, sk, pid, pid_tgid, &args, num, SEAM_DIR_EGRESS, SEAM_DATA_TLS);
+	on_payload(ci, sk, pid, pid_tgid, &args, num, SEAM_DIR_EGRESS, SEAM_DATA_TLS | before_send);
 }
 
 /* Socket I/O on a TLS connection: ciphertext, never parsed. It tells which socket the TLS call
@@ -800,7 +841,7 @@ static __always_inline int on_ciphertext(struct conn_info *ci, struct tls_call *
 		}
 		if (direction == SEAM_DIR_EGRESS && call->direction == SEAM_DIR_EGRESS && ret > 0 &&
 		    !call->reported)
-			report_tls_write(ci, call, sk, pid, pid_tgid);
+			report_tls_write(ci, call, sk, pid, pid_tgid, 0);
 	}
 	if (ret == 0) {
 		if (direction == SEAM_DIR_INGRESS)
@@ -949,7 +990,8 @@ int tls_enter(struct pt_regs *ctx)
 		__u64 sk = known ? *known : 0;
 		struct conn_info *ci = sk ? bpf_map_lookup_elem(&seam_conns, &sk) : NULL;
 		if (ci && !(ci->flags & CONN_NOT_TCP))
-			report_tls_write(ci, &call, (struct sock *)sk, pid, pid_tgid);
+			report_tls_write(ci, &call, (struct sock *)sk, pid, pid_tgid,
+					 TLS_BEFORE_SEND);
 	}
 	bpf_map_update_elem(&seam_tls_calls, &pid_tgid, &call, BPF_ANY);
 	return 0;
@@ -1000,8 +1042,10 @@ int tls_return(struct pt_regs *ctx)
 		return 0;
 	ci->flags |= CONN_TLS;
 	struct io_args args = {.ptr = call.buf, .len = moved, .fd = -1, .kind = IO_FLAT};
+	/* a write that sent nothing itself (a memory BIO: Node's) leaves after this */
+	__u8 before = call.direction == SEAM_DIR_EGRESS && !call.sk ? TLS_BEFORE_SEND : 0;
 	return on_payload(ci, (struct sock *)sk, pid, pid_tgid, &args, moved, call.direction,
-			  SEAM_DATA_TLS);
+			  SEAM_DATA_TLS | before);
 }
 
 /* A new process forked by a target is a target from its first instruction: short-lived children

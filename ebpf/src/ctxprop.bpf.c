@@ -10,6 +10,7 @@
 #include <bpf/bpf_helpers.h>
 #include "seam_abi.h"
 #include "seam_prop_maps.h"
+#include "seam_prop_ctx.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -190,9 +191,17 @@ static __always_inline void tuple_of_ops(struct bpf_sock_ops *ops, struct seam_t
 
 /* Kind 25 on the segment that takes a request's first bytes, then the context is dropped: a
  * later request without one must not lend it. */
-static __always_inline void write_option(struct bpf_sock_ops *ops, struct flow_key *k)
+static __always_inline void write_option(struct bpf_sock_ops *ops, struct flow_key *k,
+					 struct seam_tuple *t)
 {
 	struct seam_injected *ctx = bpf_map_lookup_elem(&seam_prop_option, k);
+	int tls = 0;
+	if (!ctx) {
+		/* a TLS request's context, chosen by the capture at SSL_write */
+		tuple_of_ops(ops, t);
+		ctx = bpf_map_lookup_elem(&seam_tls_option, t);
+		tls = 1;
+	}
 	if (!ctx)
 		return;
 	struct tcp_ctx_opt opt = {.kind = SEAM_TCP_OPT_KIND};
@@ -202,7 +211,10 @@ static __always_inline void write_option(struct bpf_sock_ops *ops, struct flow_k
 	opt.len = (ctx->flags & 1) ? SEAM_TCP_OPT_LEN : SEAM_TCP_OPT_LEN_FLAGS;
 	if (bpf_store_hdr_opt(ops, &opt, opt.len, 0) == 0)
 		count(PROP_CNT_OPTIONS_SENT);
-	bpf_map_delete_elem(&seam_prop_option, k);
+	if (tls)
+		bpf_map_delete_elem(&seam_tls_option, t);
+	else
+		bpf_map_delete_elem(&seam_prop_option, k);
 }
 
 /* A peer's kind-25 option becomes the incoming context of the request these bytes start; the
@@ -231,6 +243,7 @@ SEC("sockops")
 int on_sockops(struct bpf_sock_ops *ops)
 {
 	struct flow_key k = {};
+	struct seam_tuple t = {};
 	switch (ops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
 		struct bpf_sock *sk = ops->sk;
@@ -265,6 +278,8 @@ int on_sockops(struct bpf_sock_ops *ops)
 			count(PROP_CNT_RELEASED);
 		bpf_map_delete_elem(&seam_prop_framing, &k);
 		bpf_map_delete_elem(&seam_prop_option, &k);
+		tuple_of_ops(ops, &t);
+		bpf_map_delete_elem(&seam_tls_option, &t);
 		return 1;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		/* Reading options touches nothing, and any peer may send one whatever this host writes:
@@ -280,8 +295,11 @@ int on_sockops(struct bpf_sock_ops *ops)
 			if (ops->skb_len == 0 || (ops->skb_tcp_flags & TCPHDR_SYN))
 				return 1;
 			key_of_ops(ops, &k);
-			if (!bpf_map_lookup_elem(&seam_prop_option, &k))
-				return 1;
+			if (!bpf_map_lookup_elem(&seam_prop_option, &k)) {
+				tuple_of_ops(ops, &t);
+				if (!bpf_map_lookup_elem(&seam_tls_option, &t))
+					return 1;
+			}
 		}
 		bpf_reserve_hdr_opt(ops, SEAM_TCP_OPT_LEN_FLAGS, 0);
 		return 1;
@@ -289,7 +307,7 @@ int on_sockops(struct bpf_sock_ops *ops)
 		if (ops->skb_len == 0 || (ops->skb_tcp_flags & TCPHDR_SYN))
 			return 1;
 		key_of_ops(ops, &k);
-		write_option(ops, &k);
+		write_option(ops, &k, &t);
 		return 1;
 	case BPF_SOCK_OPS_PARSE_HDR_OPT_CB:
 		read_option(ops);
@@ -413,51 +431,6 @@ static __always_inline char hex_digit(__u8 n)
 	return n < 10 ? '0' + n : 'a' + (n - 10);
 }
 
-static __always_inline __u8 sampled(const __u8 *trace_id)
-{
-	__u64 low;
-	__builtin_memcpy(&low, trace_id + 8, 8);
-	return (__builtin_bswap64(low) >> 1) < sample_threshold ? 0x01 : 0x00;
-}
-
-/* The context this request carries: the thread's one server request's trace, or a new trace. */
-static __always_inline void choose_context(struct seam_injected *inj)
-{
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	__u32 zero = 0;
-	__u32 *epoch = bpf_map_lookup_elem(&seam_prop_on, &zero);
-	struct seam_serving *sv = bpf_map_lookup_elem(&seam_serving, &tid);
-	if (sv && (!epoch || sv->epoch != *epoch))
-		sv = NULL; /* counted by an earlier run */
-	__u32 r[6];
-#pragma unroll
-	for (int i = 0; i < 6; i++)
-		r[i] = bpf_get_prandom_u32();
-	r[4] |= 1; /* never an all-zero span id */
-	__builtin_memcpy(inj->span_id, &r[4], 8);
-	if (sv && sv->open == 1 &&
-	    (sv->state == SEAM_CTX_HEADER || sv->state == SEAM_CTX_GENERATED)) {
-		__builtin_memcpy(inj->trace_id, sv->trace_id, 16);
-		inj->flags = sv->flags;
-		if (sv->state == SEAM_CTX_HEADER && !sample_follow_parent)
-			inj->flags = (sv->flags & ~0x01) | sampled(inj->trace_id);
-		inj->kind = SEAM_INJ_CHILD;
-		return;
-	}
-	r[3] |= 1; /* never an all-zero trace id */
-	__builtin_memcpy(inj->trace_id, r, 16);
-	inj->flags = sampled(inj->trace_id);
-	if (sv && sv->open == 1 && sv->state == SEAM_CTX_NONE) {
-		/* the request's trace starts here: its later calls join it */
-		__builtin_memcpy(sv->trace_id, r, 16);
-		sv->flags = inj->flags;
-		sv->state = SEAM_CTX_GENERATED;
-		inj->kind = SEAM_INJ_CHILD;
-		return;
-	}
-	inj->kind = SEAM_INJ_ROOT;
-}
-
 /* Adds the header right after the request line. */
 static __always_inline int insert_header(struct sk_msg_md *msg, struct scan_buf *buf, __u32 at,
 					 __u32 head_len)
@@ -511,7 +484,7 @@ static __always_inline int carry(struct sk_msg_md *msg, struct scan_buf *buf, st
 {
 	struct seam_injected *inj = &buf->ctx;
 	__builtin_memset(inj, 0, sizeof(*inj));
-	choose_context(inj);
+	seam_choose_context(inj, sample_threshold, sample_follow_parent);
 	inj->local_port = (__u16)msg->local_port;
 	int carried = 0;
 	if (use & CARRIER_HEADER)

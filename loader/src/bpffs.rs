@@ -20,6 +20,8 @@ pub const PINS: &[(&str, &str, u32)] = &[
     (names::PROP_ON, "prop_on", 0o660),
     (names::PROP_MARKED, "marked", 0o660),
     (names::REMOTE_CTX, "remote_ctx", 0o660),
+    (names::PROP_RULE, "prop_rule", 0o660),
+    (names::TLS_OPTION, "tls_option", 0o660),
 ];
 
 fn is_bpffs(path: &Path) -> bool {

@@ -182,7 +182,7 @@ fn three_hosts_with_a_thread_per_request_middle_are_one_trace_per_request() {
 }
 
 /// The TCP-option carrier alone (`context_propagation: tcp`; it carries what a header cannot,
-/// e.g. TLS, which seam does not capture yet): the same chain, no header anywhere.
+/// e.g. TLS): the same chain, no header anywhere.
 #[test]
 fn three_hosts_linked_by_the_tcp_option_alone_are_one_trace_per_request() {
     if !require_root() {
@@ -194,6 +194,143 @@ fn three_hosts_linked_by_the_tcp_option_alone_are_one_trace_per_request() {
         o.complete, o.total,
         "every request one trace across the hosts"
     );
+}
+
+/// HTTPS on every hop: a Python client on A → hop.py on B → hop.py on C, each serving TLS with a
+/// certificate the test made. The plaintext is only visible to the TLS library, so the capture
+/// chooses each request's context at SSL_write and ctxprop's sockops carries it in the TCP
+/// option: every request is one trace across the hosts with every parent exact.
+#[test]
+fn tls_across_three_hosts_is_one_trace_per_request_by_the_tcp_option() {
+    if !require_root() {
+        return;
+    }
+    const TOTAL: usize = 40;
+    let certs = seam_tests::tls::Certs::make("hosts").expect("certs");
+    let hosts = Hosts::create(3).expect("namespaces");
+    let logs = certs.dir.join("logs");
+    std::fs::create_dir_all(&logs).expect("log dir");
+    let tls_hop = |host: usize, port: u16, next: &str, log: &str| {
+        let mut cmd = hosts.command(host, "python3");
+        cmd.env("HOP_BIND", hosts.addr(host)).envs(certs.env());
+        hop_with(cmd, "hop.py", port, next, "thread", &logs.join(log))
+    };
+    let back = tls_hop(2, BACK_PORT, "-", "back.log");
+    let mid = tls_hop(
+        1,
+        MIDDLE_PORT,
+        &format!("https://{}:{BACK_PORT}", hosts.addr(2)),
+        "middle.log",
+    );
+    hosts
+        .wait_port(2, BACK_PORT, Duration::from_secs(10))
+        .expect("back listens");
+    hosts
+        .wait_port(1, MIDDLE_PORT, Duration::from_secs(10))
+        .expect("middle listens");
+    let rx = OtlpReceiver::start().expect("collector");
+    let urls: Vec<String> = (0..TOTAL)
+        .map(|i| format!("https://{}:{MIDDLE_PORT}/r/{i}", hosts.addr(1)))
+        .collect();
+    // The client is selected itself (a process a target starts is captured from its first
+    // instruction, but its libssl is probed only once discover has seen it map the file).
+    let mut client = Proc {
+        child: hosts
+            .command(0, "python3")
+            .arg(seam_tests::fixture("tlsclient.py"))
+            .args(&urls)
+            .env("TLS_CA", &certs.cert)
+            .env("TLS_WAIT_STDIN", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("client starts"),
+    };
+    let stacks = [
+        stack_for(&[client.pid()], &rx, "tcp"),
+        stack_for(&[mid.pid()], &rx, "tcp"),
+        stack_for(&[back.pid()], &rx, "tcp"),
+    ];
+    for s in &stacks {
+        s.wait_log("loader", "OpenSSL probed", Duration::from_secs(10))
+            .expect("OpenSSL probed");
+    }
+    let out = {
+        use std::io::{Read, Write};
+        client
+            .child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"go\n")
+            .expect("go");
+        let mut out = String::new();
+        client
+            .child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .expect("client output");
+        out
+    };
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("200 ")).count(),
+        TOTAL,
+        "client: {out}"
+    );
+    rx.wait_for(Duration::from_secs(30), |s| s.len() >= 4 * TOTAL);
+    std::thread::sleep(Duration::from_millis(1000));
+    let spans = rx.spans();
+    let all_logs: String = stacks.iter().map(Stack::all_logs).collect();
+    assert_eq!(spans.len(), 4 * TOTAL, "four spans per request\n{all_logs}");
+    let by_request = by_request::<4>(&spans, &[MIDDLE_PORT, BACK_PORT]);
+    assert_eq!(by_request.len(), TOTAL);
+    // Every link that exists is right, and every request is whole.
+    let owner: HashMap<&[u8], &str> = by_request
+        .iter()
+        .flat_map(|(id, chain)| {
+            chain
+                .iter()
+                .flatten()
+                .map(move |s| (&s.span.span_id[..], id.as_str()))
+        })
+        .collect();
+    let mut linked = [0usize; 3];
+    let mut whole = 0;
+    for (id, chain) in &by_request {
+        let chain: Vec<&ReceivedSpan> = chain.iter().map(|s| s.expect("all four")).collect();
+        assert!(
+            chain[0].span.parent_span_id.is_empty(),
+            "{id}: A's call is the root"
+        );
+        assert!(
+            chain
+                .iter()
+                .all(|s| s.attr("seam.capture").as_deref() == Some("tls")),
+            "{id}: every span read through TLS"
+        );
+        let mut all = true;
+        for (k, pair) in chain.windows(2).enumerate() {
+            let parent = &pair[1].span.parent_span_id[..];
+            assert!(
+                parent.is_empty() || owner.get(parent) == Some(&id.as_str()),
+                "{id} hop {k}: a parent from another request"
+            );
+            let ok = parent == &pair[0].span.span_id[..]
+                && pair[1].span.trace_id == pair[0].span.trace_id;
+            linked[k] += usize::from(ok);
+            all &= ok;
+        }
+        whole += usize::from(all);
+    }
+    eprintln!("TLS across three hosts: {whole}/{TOTAL} whole; links per hop {linked:?}");
+    assert_eq!(
+        whole, TOTAL,
+        "requests one trace across the hosts (links per hop {linked:?})\n{all_logs}"
+    );
+    drop(stacks);
 }
 
 #[test]

@@ -79,6 +79,10 @@ pub mod names {
     pub const PROP_ON: &str = "seam_prop_on";
     pub const PROP_MARKED: &str = "seam_prop_marked";
     pub const REMOTE_CTX: &str = "seam_remote_ctx";
+    /// ctxprop's carriers and sampling rule, for the capture's TLS path (a [`PropRule`](crate::PropRule)).
+    pub const PROP_RULE: &str = "seam_prop_rule";
+    /// A TLS request's TCP-option context, from the capture to ctxprop's sockops.
+    pub const TLS_OPTION: &str = "seam_tls_option";
     /// ctxprop's carriers, set at load (bit 0 header, bit 1 TCP option).
     pub const CARRIERS: &str = "carriers";
     pub const SAMPLE_THRESHOLD: &str = "sample_threshold";
@@ -147,6 +151,26 @@ impl Injected {
     }
 }
 
+/// ctxprop's settings for the capture's TLS path (mirror of `struct seam_prop_rule`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PropRule {
+    pub sample_threshold: u64,
+    pub follow_parent: u32,
+    pub carriers: u32,
+}
+
+impl PropRule {
+    /// The map value's bytes (little-endian, as the eBPF side reads them).
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.sample_threshold.to_le_bytes());
+        b[8..12].copy_from_slice(&self.follow_parent.to_le_bytes());
+        b[12..].copy_from_slice(&self.carriers.to_le_bytes());
+        b
+    }
+}
+
 /// Per-thread serving context (mirror of `struct seam_serving`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -159,6 +183,7 @@ pub struct Serving {
 }
 
 const _: () = assert!(size_of::<Injected>() == 32);
+const _: () = assert!(size_of::<PropRule>() == 16);
 const _: () = assert!(size_of::<Serving>() == 24);
 const _: () = assert!(size_of::<Tuple>() == 40);
 const _: () = assert!(size_of::<Event>() == 112);
