@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run time of each seam BPF program under nginx + wrk load with nginx instrumented, from the
 # kernel's own accounting (kernel.bpf_stats_enabled, which adds ~50 ns per run while on).
-# Averages are over every call, wrk's (not a target) included.
+# Averages are over every call, wrk's (not a target) included. SEAM_BENCH_TLS=1 serves HTTPS
+# (the TLS uprobe programs then run too, for wrk's SSL calls as well as nginx's).
 #   bench/bpf-cost.sh [seconds, default 8]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -22,11 +23,11 @@ cleanup() {
 trap cleanup EXIT
 sleep 3
 sysctl -qw kernel.bpf_stats_enabled=1
-taskset -c 1 wrk -t1 -c32 -d"${secs}s" "http://127.0.0.1:$port/index.html" | awk '/requests in/ {print "requests", $1}'
+taskset -c 1 wrk -t1 -c32 -d"${secs}s" "$scheme://127.0.0.1:$port/index.html" | awk '/requests in/ {print "requests", $1}'
 bpftool -j prog show | python3 -c '
 import json, sys
 for p in json.load(sys.stdin):
-    if p.get("run_cnt", 0) > 1000 and p["name"] in ("on_send", "on_recv"):
+    if p.get("run_cnt", 0) > 1000 and p["name"] in ("on_send", "on_recv", "tls_enter", "tls_return"):
         name, runs, avg = p["name"], p["run_cnt"], p["run_time_ns"] / p["run_cnt"]
-        print(f"{name:8} runs {runs:>9}  average {avg:6.0f} ns")
+        print(f"{name:10} runs {runs:>9}  average {avg:6.0f} ns")
 '
