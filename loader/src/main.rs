@@ -61,6 +61,9 @@ fn run(args: Args) -> Result<()> {
     })?;
     // Before any map leaves the object: the TLS programs share every one of them.
     let tls = tls::TlsProbes::new(&loaded.ebpf);
+    // Loading parsed the kernel's BTF twice (aya, libbpf) and freed it: hand that heap back.
+    // SAFETY: malloc_trim only releases free memory at the top of glibc's heaps.
+    unsafe { libc::malloc_trim(0) };
     let pins = bpffs::Pins::create(&pin_dir, &mut loaded.ebpf)?;
     let targets = targets::Targets::new(&mut loaded.ebpf)?;
     tracing::info!(pin_dir = %pin_dir.display(), programs = loaded.attached, "capture attached");

@@ -104,7 +104,11 @@ impl TlsProbes {
             self.by_pid.entry(pid).or_default().insert(key);
             return;
         }
-        match attach(programs, &file) {
+        let attached = attach(programs, &file);
+        // The symbol tables just read (Node's alone are megabytes) are freed: give them back.
+        // SAFETY: malloc_trim only releases free memory at the top of glibc's heaps.
+        unsafe { libc::malloc_trim(0) };
+        match attached {
             Ok((links, functions)) => {
                 tracing::info!(
                     pid,
