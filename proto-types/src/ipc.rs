@@ -347,6 +347,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_missing_its_file_closes_only_that_connection() {
+        use crate::msg::TlsFile;
+        use std::sync::Mutex;
+        let dir = std::env::temp_dir().join(format!("seam-ipc-fd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("loader.sock");
+        let listener = bind_at(&path).expect("bind");
+        let seen: Arc<Mutex<Vec<(LoaderRequest, usize)>>> = Arc::default();
+        let seen2 = seen.clone();
+        let policy = PeerPolicy {
+            me: Role::Loader,
+            allowed: vec![(Role::Discover, None)],
+        };
+        tokio::spawn(serve::<LoaderRequest, _>(listener, policy, move |_, r, fds| {
+            seen2.lock().expect("lock").push((r, fds.len()))
+        }));
+        let tls = LoaderRequest::TlsLibrary {
+            pid: 7,
+            file: TlsFile::Library,
+        };
+        // sent without its descriptor: that connection is closed, nothing is handled
+        let mut bad = Client::connect_at(Role::Discover, Role::Loader, &path)
+            .await
+            .expect("peer");
+        bad.send(&tls).await.expect("send");
+        // sent properly on a fresh connection: handled with exactly one descriptor
+        let file = std::fs::File::open("/proc/self/exe").expect("a file");
+        let mut good = Client::connect_at(Role::Discover, Role::Loader, &path)
+            .await
+            .expect("server alive");
+        use std::os::fd::AsFd;
+        good.send_with_fd(&tls, file.as_fd()).await.expect("send");
+        good.send(&LoaderRequest::RemoveTarget { pid: 7 })
+            .await
+            .expect("send");
+        for _ in 0..100 {
+            if seen.lock().expect("lock").len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            *seen.lock().expect("lock"),
+            vec![(tls, 1), (LoaderRequest::RemoveTarget { pid: 7 }, 0)]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
     async fn bad_peer_is_dropped_and_server_keeps_serving() {
         use std::sync::Mutex;
         use tokio::io::AsyncWriteExt;
