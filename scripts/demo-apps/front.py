@@ -1,5 +1,8 @@
-"""Demo front service (Python stdlib): GET /checkout calls the Node middle service."""
+"""Demo front service (Python stdlib): GET /<item> calls the Node middle service. It serves HTTPS
+when TLS_CERT and TLS_KEY name a certificate and its key."""
 import http.server
+import os
+import ssl
 import sys
 import urllib.request
 
@@ -21,4 +24,9 @@ class Front(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-http.server.ThreadingHTTPServer(("127.0.0.1", PORT), Front).serve_forever()
+server = http.server.ThreadingHTTPServer(("127.0.0.1", PORT), Front)
+if os.environ.get("TLS_CERT"):
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(os.environ["TLS_CERT"], os.environ["TLS_KEY"])
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
