@@ -848,7 +848,7 @@ static __always_inline int on_ciphertext(struct conn_info *ci, struct tls_call *
 			report_close(ci, pid, pid_tgid);
 		return 0;
 	}
-	if (direction == SEAM_DIR_INGRESS && !call)
+	if (direction == SEAM_DIR_INGRESS)
 		remember_tls_read(pid_tgid, sk);
 	return 0;
 }
@@ -936,23 +936,34 @@ int on_state(__u64 *ctx)
  * program serves all four: the attach cookie says which function fired. These programs are
  * attached with uprobe_multi links (CAP_BPF + CAP_PERFMON; a perf-event uprobe needs
  * CAP_SYS_ADMIN), so the loader loads them apart from the rest of this object. */
-/* The connection an SSL object belongs to: the socket used inside this call, else the one
- * learned earlier, else (a memory-BIO library decrypting what the thread just read) the TLS
- * socket the thread read last. */
+/* Bit 0 of a seam_tls_socks value (socket addresses are aligned): learned from socket I/O inside
+ * the library's own call, so the library reads and writes that socket itself. */
+#define TLS_SOCK_OWN_IO 1ULL
+
+/* The connection an SSL object belongs to: the socket used inside this call; else, for a library
+ * that does its own socket I/O, the one it used before (a record it buffered); else (a memory-BIO
+ * library decrypting what the thread just read, like Node) the TLS socket the thread read last,
+ * which also catches an SSL object reallocated for a new connection; else the one known. */
 static __always_inline __u64 tls_socket(struct tls_call *call, __u32 pid, __u32 tid)
 {
 	struct tls_key key = {.ssl = call->ssl, .pid = pid};
-	__u64 *known = bpf_map_lookup_elem(&seam_tls_socks, &key);
+	__u64 *found = bpf_map_lookup_elem(&seam_tls_socks, &key);
+	__u64 known = found ? *found : 0;
 	__u64 sk = call->sk;
-	if (!sk && known)
-		return *known;
-	if (!sk && call->direction == SEAM_DIR_INGRESS) {
-		__u64 *last = bpf_map_lookup_elem(&seam_tls_last_read, &tid);
-		if (last)
-			sk = *last;
+	__u64 value = sk | TLS_SOCK_OWN_IO;
+	if (!sk) {
+		if (known & TLS_SOCK_OWN_IO)
+			return known & ~TLS_SOCK_OWN_IO;
+		__u64 *last = call->direction == SEAM_DIR_INGRESS
+				      ? bpf_map_lookup_elem(&seam_tls_last_read, &tid)
+				      : NULL;
+		if (!last)
+			return known;
+		sk = *last;
+		value = sk;
 	}
-	if (sk && (!known || *known != sk))
-		bpf_map_update_elem(&seam_tls_socks, &key, &sk, BPF_ANY);
+	if (known != value)
+		bpf_map_update_elem(&seam_tls_socks, &key, &value, BPF_ANY);
 	return sk;
 }
 
@@ -987,7 +998,7 @@ int tls_enter(struct pt_regs *ctx)
 	if (call.direction == SEAM_DIR_EGRESS) {
 		struct tls_key key = {.ssl = call.ssl, .pid = pid};
 		__u64 *known = bpf_map_lookup_elem(&seam_tls_socks, &key);
-		__u64 sk = known ? *known : 0;
+		__u64 sk = known ? *known & ~TLS_SOCK_OWN_IO : 0;
 		struct conn_info *ci = sk ? bpf_map_lookup_elem(&seam_conns, &sk) : NULL;
 		if (ci && !(ci->flags & CONN_NOT_TCP))
 			report_tls_write(ci, &call, (struct sock *)sk, pid, pid_tgid,

@@ -360,9 +360,11 @@ mod tests {
             me: Role::Loader,
             allowed: vec![(Role::Discover, None)],
         };
-        tokio::spawn(serve::<LoaderRequest, _>(listener, policy, move |_, r, fds| {
-            seen2.lock().expect("lock").push((r, fds.len()))
-        }));
+        tokio::spawn(serve::<LoaderRequest, _>(
+            listener,
+            policy,
+            move |_, r, fds| seen2.lock().expect("lock").push((r, fds.len())),
+        ));
         let tls = LoaderRequest::TlsLibrary {
             pid: 7,
             file: TlsFile::Library,

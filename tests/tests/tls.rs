@@ -248,7 +248,7 @@ fn nginx_https_tls12_keepalive_100_requests_and_a_5mb_body() {
 }
 
 /// Node.js links OpenSSL into its executable: the probes go there, and its TLS sockets live on
-/// memory BIOs (the ciphertext is read before SSL_read runs).
+/// memory BIOs (the ciphertext is read before SSL_read runs, and written after SSL_write).
 #[test]
 fn node_https_server_with_its_static_openssl_gives_server_spans() {
     if !require_root() {
@@ -260,13 +260,14 @@ fn node_https_server_with_its_static_openssl_gives_server_spans() {
     let service = format!("nodetls-{port}");
     let server =
         start_tls_server("node", "nodeserver.js", port, &service, &certs, &[]).expect("server");
-    let script = curl_script(
-        &certs,
-        port,
-        &["/status/200", "/status/201", "/status/404"],
-        12,
-        "",
-    );
+    // six requests on one keep-alive connection, then six connections of one request each (Node
+    // reuses freed SSL objects for new connections)
+    let paths = ["/status/200", "/status/201", "/status/404"];
+    let mut script = curl_script(&certs, port, &paths, 6, "");
+    for i in 6..12 {
+        script.push_str("; ");
+        script.push_str(&curl_script(&certs, port, &paths[i % 3..=i % 3], 1, ""));
+    }
     let client = GatedShell::new(&script).expect("client");
     let mut env = selector_env(&[port], &[client.pid()]);
     env.extend(rx.exporter_env("grpc"));
