@@ -758,9 +758,9 @@ static __always_inline void tls_option(struct conn_info *ci, __u32 pid, __u64 pi
  * (data_flags has SEAM_DATA_TLS) from the TLS library as plaintext. */
 static __always_inline int on_payload(struct conn_info *ci, struct sock *sk, __u32 pid,
 				      __u64 pid_tgid, struct io_args *args, __u64 ret,
-				      __u8 direction, __u8 data_flags)
+				      __u8 direction, __u8 data_flags, __u64 now)
 {
-	struct scratch *s = scratch_for(ci, pid, pid_tgid, args->fd, bpf_ktime_get_ns());
+	struct scratch *s = scratch_for(ci, pid, pid_tgid, args->fd, now);
 	if (!s)
 		return 0;
 	/* The prefix is copied first and the start looked for in the copy: one user read, not two. */
@@ -824,7 +824,8 @@ static __always_inline void report_tls_write(struct conn_info *ci, struct tls_ca
 	if (num == 0 || num > 0x7fffffff || (ci->flags & CONN_OPAQUE))
 		return;
 	struct io_args args = {.ptr = call->buf, .len = num, .fd = -1, .kind = IO_FLAT};
-	on_payload(ci, sk, pid, pid_tgid, &args, num, SEAM_DIR_EGRESS, SEAM_DATA_TLS | before_send);
+	on_payload(ci, sk, pid, pid_tgid, &args, num, SEAM_DIR_EGRESS, SEAM_DATA_TLS | before_send,
+		   bpf_ktime_get_ns());
 }
 
 /* Socket I/O on a TLS connection: ciphertext, never parsed. It tells which socket the TLS call
@@ -859,6 +860,8 @@ static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 
 	__u32 pid = pid_tgid >> 32;
 	if (ret < 0 || !sk || !is_target(pid))
 		return 0;
+	/* Before any other lookup: on loopback the peer may already be reading what this delivered. */
+	__u64 now = bpf_ktime_get_ns();
 	if (direction == SEAM_DIR_INGRESS && (flags & MSG_PEEK))
 		return 0; /* the same bytes will be read again */
 	struct conn_info *ci = conn_of(sk);
@@ -879,7 +882,7 @@ static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 
 	caller_io(&args);
 	if (args.kind == IO_NOBUF && !(ci->flags & CONN_HTTP))
 		return 0;
-	return on_payload(ci, sk, pid, pid_tgid, &args, ret, direction, 0);
+	return on_payload(ci, sk, pid, pid_tgid, &args, ret, direction, 0, now);
 }
 
 /* tp_btf arguments: (struct sock *sk, int ret, int flags). */
@@ -1056,7 +1059,7 @@ int tls_return(struct pt_regs *ctx)
 	/* a write that sent nothing itself (a memory BIO: Node's) leaves after this */
 	__u8 before = call.direction == SEAM_DIR_EGRESS && !call.sk ? TLS_BEFORE_SEND : 0;
 	return on_payload(ci, (struct sock *)sk, pid, pid_tgid, &args, moved, call.direction,
-			  SEAM_DATA_TLS | before);
+			  SEAM_DATA_TLS | before, bpf_ktime_get_ns());
 }
 
 /* A new process forked by a target is a target from its first instruction: short-lived children
