@@ -751,7 +751,6 @@ static __always_inline void tls_option(struct conn_info *ci, __u32 pid, __u64 pi
 	inj.local_port = ci->tuple.local_port;
 	if (bpf_map_update_elem(&seam_tls_option, &ci->tuple, &inj, BPF_ANY) == 0)
 		report_context(ci, pid, (__u32)pid_tgid, SEAM_EV_INJECTED, &inj);
-
 }
 
 /* Bytes a target moved on ci: parsed as an HTTP/1.x stream, whether they came from the socket or
@@ -807,9 +806,9 @@ static __always_inline int on_payload(struct conn_info *ci, struct sock *sk, __u
 	return 0;
 }
 
-/* A write's plaintext, reported as its first ciphertext leaves: inside the send, so a peer on
- * this host can never see the request before its sender is known to have sent it. The library
- * sends all it was asked to (partial writes are an opt-in mode). */
+/* A write's plaintext as one event of all the bytes asked for (partial writes are an opt-in
+ * mode): at SSL_write's entry when its connection is known (before_send: nothing has left yet),
+ * else when its first ciphertext is sent. Reported once, even when a failed write is retried. */
 static __always_inline void report_tls_write(struct conn_info *ci, struct tls_call *call,
 					     struct sock *sk, __u32 pid, __u64 pid_tgid,
 					     __u8 before_send)
@@ -934,11 +933,6 @@ int on_state(__u64 *ctx)
 	return 0;
 }
 
-/* OpenSSL's SSL_read(ssl, buf, num) and SSL_write(ssl, buf, num) return the bytes moved;
- * SSL_read_ex/SSL_write_ex(ssl, buf, num, size_t *moved) return 1 and store them. One entry
- * program serves all four: the attach cookie says which function fired. These programs are
- * attached with uprobe_multi links (CAP_BPF + CAP_PERFMON; a perf-event uprobe needs
- * CAP_SYS_ADMIN), so the loader loads them apart from the rest of this object. */
 /* Bit 0 of a seam_tls_socks value (socket addresses are aligned): learned from socket I/O inside
  * the library's own call, so the library reads and writes that socket itself. */
 #define TLS_SOCK_OWN_IO 1ULL
