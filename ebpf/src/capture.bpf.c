@@ -155,6 +155,9 @@ struct scratch {
 	__u32 tp_value;
 	__u8 tp_bytes[32]; /* version, trace id, parent id, flags: decoded */
 	__u32 tp_bad;
+	/* a TLS write held in seam_tls_pending: its SSL object and when its call returned */
+	__u64 held_ssl;
+	__u64 held_ns;
 };
 
 struct {
@@ -221,6 +224,20 @@ struct {
 	__type(key, struct tls_key);
 	__type(value, __u8);
 } seam_tls_retry SEC(".maps");
+
+/* A memory-BIO library's write (Node's) that returned before its connection was known, as the
+ * event it will be (all but the connection) with its plaintext copied: Node frees the buffer
+ * before it sends the ciphertext. The thread's next ciphertext send claims it, if that comes
+ * within TLS_PENDING_NS. Allocated only while held. */
+#define TLS_PENDING_NS (10 * 1000 * 1000ULL)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1024);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, struct scratch);
+} seam_tls_pending SEC(".maps");
 
 /* tid → the TLS socket it read ciphertext from last. */
 struct {
@@ -853,6 +870,26 @@ static __always_inline int on_ciphertext(struct conn_info *ci, struct tls_call *
 	return 0;
 }
 
+/* The ciphertext a thread sends outside any TLS call claims the write its memory-BIO library
+ * (Node) returned just before on a connection not known yet. */
+static __always_inline void claim_pending_write(struct conn_info *ci, struct sock *sk, __u32 pid,
+						__u64 pid_tgid, __u64 now)
+{
+	struct scratch *held = bpf_map_lookup_elem(&seam_tls_pending, &pid_tgid);
+	if (!held)
+		return;
+	if (now - held->held_ns <= TLS_PENDING_NS) {
+		held->ev.conn_id = ci->conn_id;
+		held->ev.tuple = ci->tuple;
+		ci->flags |= CONN_HTTP;
+		emit(held, held->ev.captured);
+		struct tls_key key = {.ssl = held->held_ssl, .pid = pid};
+		__u64 value = (__u64)sk;
+		bpf_map_update_elem(&seam_tls_socks, &key, &value, BPF_ANY);
+	}
+	bpf_map_delete_elem(&seam_tls_pending, &pid_tgid);
+}
+
 static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 direction)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -867,6 +904,8 @@ static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 
 	if (!ci || (ci->flags & CONN_NOT_TCP))
 		return 0;
 	struct tls_call *call = bpf_map_lookup_elem(&seam_tls_calls, &pid_tgid);
+	if (!call && direction == SEAM_DIR_EGRESS && (ci->flags & CONN_TLS) && ret > 0)
+		claim_pending_write(ci, sk, pid, pid_tgid, now);
 	if (call || (ci->flags & CONN_TLS))
 		return on_ciphertext(ci, call, sk, pid, pid_tgid, ret, direction);
 	if (ci->flags & CONN_OPAQUE)
@@ -1005,6 +1044,37 @@ int tls_enter(struct pt_regs *ctx)
 	return 0;
 }
 
+/* Holds a request or response start written on a connection not known yet (see
+ * seam_tls_pending); continuations of such a message cannot be placed and are dropped. */
+static __always_inline void hold_write(struct tls_call *call, __u64 moved, __u32 pid,
+				       __u64 pid_tgid)
+{
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&seam_scratch, &zero);
+	if (!s)
+		return;
+	__builtin_memset(&s->ev, 0, sizeof(s->ev));
+	struct io_args args = {.ptr = call->buf, .len = moved, .fd = -1, .kind = IO_FLAT};
+	__u32 captured = capture_payload(s, &args, moved);
+	if (captured < 8 || !looks_like_http_start(s->payload))
+		return;
+	__u64 now = bpf_ktime_get_ns();
+	s->ev.kind = SEAM_EV_DATA;
+	s->ev.direction = SEAM_DIR_EGRESS;
+	s->ev.flags = SEAM_DATA_HTTP_START | SEAM_DATA_TLS;
+	s->ev.start_ns = s->ev.end_ns = now;
+	s->ev.pid = pid;
+	s->ev.tid = (__u32)pid_tgid;
+	s->ev.fd = -1;
+	s->ev.bytes = (__u32)moved;
+	s->ev.captured = captured;
+	if (moved > captured)
+		read_tail(s, (const __u8 *)call->buf, moved);
+	s->held_ssl = call->ssl;
+	s->held_ns = now;
+	bpf_map_update_elem(&seam_tls_pending, &pid_tgid, s, BPF_ANY);
+}
+
 SEC("uretprobe")
 int tls_return(struct pt_regs *ctx)
 {
@@ -1043,6 +1113,10 @@ int tls_return(struct pt_regs *ctx)
 	if (moved == 0 || moved > 0x7fffffff)
 		return 0;
 	__u64 sk = tls_socket(&call, pid, (__u32)pid_tgid);
+	if (!sk && call.direction == SEAM_DIR_EGRESS && !call.sk) {
+		hold_write(&call, moved, pid, pid_tgid);
+		return 0;
+	}
 	if (!sk)
 		return 0;
 	struct conn_info *ci = bpf_map_lookup_elem(&seam_conns, &sk);
@@ -1139,6 +1213,7 @@ int on_process_exit(void *ctx)
 	bpf_map_delete_elem(&seam_serving, &tid);
 	bpf_map_delete_elem(&seam_injected, &tid);
 	bpf_map_delete_elem(&seam_tls_calls, &pid_tgid);
+	bpf_map_delete_elem(&seam_tls_pending, &pid_tgid);
 	bpf_map_delete_elem(&seam_tls_last_read, &tid);
 	if (tid == pid)
 		bpf_map_delete_elem(&seam_targets, &pid);

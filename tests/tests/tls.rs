@@ -465,3 +465,101 @@ fn a_libssl_without_openssl_symbols_is_reported_once_and_plain_capture_goes_on()
         .is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists()));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Node as an HTTPS client (memory BIOs: its socket I/O happens outside OpenSSL's calls), a new
+/// connection per request, to a Python HTTPS server on this host: every request has its client
+/// span, the first on each connection included (the handshake teaches which socket it uses), and
+/// it is the server span's parent.
+#[test]
+fn node_https_client_spans_on_fresh_connections() {
+    if !require_root() {
+        return;
+    }
+    const N: usize = 6;
+    let certs = Certs::make("nodeclient").expect("certs");
+    let rx = OtlpReceiver::start().expect("collector");
+    let port = free_port();
+    let service = format!("pytls-{port}");
+    let server =
+        start_tls_server("python3", "pyserver.py", port, &service, &certs, &[]).expect("server");
+    let urls: Vec<String> = (0..N)
+        .map(|i| format!("https://127.0.0.1:{port}/status/20{}", i % 3))
+        .collect();
+    let mut client = seam_tests::Proc {
+        child: std::process::Command::new("node")
+            .arg(seam_tests::fixture("tlsclient.js"))
+            .args(&urls)
+            .env("TLS_CA", &certs.cert)
+            .env("TLS_WAIT_STDIN", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("node client"),
+    };
+    let mut env = selector_env(&[port], &[client.pid()]);
+    env.extend(rx.exporter_env("grpc"));
+    let stack = Stack::start(&env).expect("stack");
+    stack.wait_target(server.pid()).expect("server targeted");
+    stack.wait_target(client.pid()).expect("client targeted");
+    stack
+        .wait_log("loader", "kind=Executable", Duration::from_secs(10))
+        .expect("node's executable probed");
+    stack
+        .wait_log("loader", "kind=Library", Duration::from_secs(10))
+        .expect("the server's libssl probed");
+    let out = {
+        use std::io::{Read, Write};
+        client
+            .child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"go\n")
+            .expect("go");
+        let mut out = String::new();
+        client
+            .child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .expect("client output");
+        out
+    };
+    assert_eq!(out.lines().count(), N, "client output: {out}");
+    let port_text = port.to_string();
+    let ours = |s: &ReceivedSpan| s.attr("server.port").as_deref() == Some(port_text.as_str());
+    let spans = settle(&rx, |all| {
+        all.iter().filter(|s| ours(s) && s.is_client()).count() >= N
+            && all.iter().filter(|s| ours(s) && s.is_server()).count() >= N
+    });
+    let mut clients: Vec<&ReceivedSpan> =
+        spans.iter().filter(|s| ours(s) && s.is_client()).collect();
+    let mut servers: Vec<&ReceivedSpan> =
+        spans.iter().filter(|s| ours(s) && s.is_server()).collect();
+    assert_eq!(clients.len(), N, "client spans\n{}", stack.all_logs());
+    assert_eq!(servers.len(), N, "server spans\n{}", stack.all_logs());
+    clients.sort_by_key(|s| s.span.start_time_unix_nano);
+    servers.sort_by_key(|s| s.span.start_time_unix_nano);
+    for (i, (cli, srv)) in clients.iter().zip(&servers).enumerate() {
+        assert!(
+            is_tls_span(cli),
+            "span {i} not marked TLS: {:?}",
+            cli.span.attributes
+        );
+        assert_eq!(
+            cli.attr("url.path"),
+            Some(format!("/status/20{}", i % 3)),
+            "span {i}"
+        );
+        assert_eq!(
+            cli.attr_i64("http.response.status_code"),
+            Some(200 + (i % 3) as i64)
+        );
+        assert_eq!(
+            srv.span.parent_span_id, cli.span.span_id,
+            "span {i}: parent"
+        );
+    }
+}
