@@ -206,14 +206,27 @@ struct tls_key {
 	__u32 pad;
 };
 
+/* The connection an SSL object was last seen on: the kernel's struct sock address (as seam_conns
+ * keys it; bit 0 set when the library did that socket I/O itself) and that connection's id, so a
+ * mapping outlived by its connection (an SSL object freed and reallocated for another one) is
+ * never taken for a live one. */
+struct tls_sock {
+	__u64 sk;
+	__u64 conn_id;
+};
+
+/* Bit 0 of tls_sock.sk (socket addresses are aligned): learned from socket I/O inside the
+ * library's own call, so the library reads and writes that socket itself. */
+#define TLS_SOCK_OWN_IO 1ULL
+
 /* Which socket each SSL object of a process reads and writes: learned from the socket I/O the
  * library does inside a call, or (for libraries on memory BIOs, like Node's) from the TLS socket
- * the thread read last before decrypting. */
+ * the thread read last before decrypting, or that it sent a held write on. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct tls_key);
-	__type(value, __u64); /* the kernel's struct sock address, as seam_conns keys it */
+	__type(value, struct tls_sock);
 } seam_tls_socks SEC(".maps");
 
 /* SSL objects whose last write failed after its plaintext was reported: OpenSSL requires the
@@ -884,7 +897,7 @@ static __always_inline void claim_pending_write(struct conn_info *ci, struct soc
 		ci->flags |= CONN_HTTP;
 		emit(held, held->ev.captured);
 		struct tls_key key = {.ssl = held->held_ssl, .pid = pid};
-		__u64 value = (__u64)sk;
+		struct tls_sock value = {.sk = (__u64)sk, .conn_id = ci->conn_id};
 		bpf_map_update_elem(&seam_tls_socks, &key, &value, BPF_ANY);
 	}
 	bpf_map_delete_elem(&seam_tls_pending, &pid_tgid);
@@ -972,33 +985,43 @@ int on_state(__u64 *ctx)
 	return 0;
 }
 
-/* Bit 0 of a seam_tls_socks value (socket addresses are aligned): learned from socket I/O inside
- * the library's own call, so the library reads and writes that socket itself. */
-#define TLS_SOCK_OWN_IO 1ULL
+/* The socket of a mapping, if its connection is still the one the mapping was learned on. */
+static __always_inline __u64 live_socket(struct tls_sock *m)
+{
+	if (!m)
+		return 0;
+	__u64 sk = m->sk & ~TLS_SOCK_OWN_IO;
+	struct conn_info *ci = bpf_map_lookup_elem(&seam_conns, &sk);
+	return ci && ci->conn_id == m->conn_id ? sk : 0;
+}
 
 /* The connection an SSL object belongs to: the socket used inside this call; else, for a library
  * that does its own socket I/O, the one it used before (a record it buffered); else (a memory-BIO
  * library decrypting what the thread just read, like Node) the TLS socket the thread read last,
- * which also catches an SSL object reallocated for a new connection; else the one known. */
+ * which also catches an SSL object reallocated for a new connection; else the one known, if its
+ * connection lives on. 0 when none is sure. */
 static __always_inline __u64 tls_socket(struct tls_call *call, __u32 pid, __u32 tid)
 {
 	struct tls_key key = {.ssl = call->ssl, .pid = pid};
-	__u64 *found = bpf_map_lookup_elem(&seam_tls_socks, &key);
-	__u64 known = found ? *found : 0;
+	struct tls_sock *found = bpf_map_lookup_elem(&seam_tls_socks, &key);
 	__u64 sk = call->sk;
-	__u64 value = sk | TLS_SOCK_OWN_IO;
+	__u64 own = TLS_SOCK_OWN_IO;
 	if (!sk) {
-		if (known & TLS_SOCK_OWN_IO)
-			return known & ~TLS_SOCK_OWN_IO;
+		if (found && (found->sk & TLS_SOCK_OWN_IO))
+			return live_socket(found);
 		__u64 *last = call->direction == SEAM_DIR_INGRESS
 				      ? bpf_map_lookup_elem(&seam_tls_last_read, &tid)
 				      : NULL;
 		if (!last)
-			return known;
+			return live_socket(found);
 		sk = *last;
-		value = sk;
+		own = 0;
 	}
-	if (known != value)
+	struct conn_info *ci = bpf_map_lookup_elem(&seam_conns, &sk);
+	if (!ci)
+		return 0;
+	struct tls_sock value = {.sk = sk | own, .conn_id = ci->conn_id};
+	if (!found || found->sk != value.sk || found->conn_id != value.conn_id)
 		bpf_map_update_elem(&seam_tls_socks, &key, &value, BPF_ANY);
 	return sk;
 }
@@ -1033,8 +1056,7 @@ int tls_enter(struct pt_regs *ctx)
 	};
 	if (call.direction == SEAM_DIR_EGRESS) {
 		struct tls_key key = {.ssl = call.ssl, .pid = pid};
-		__u64 *known = bpf_map_lookup_elem(&seam_tls_socks, &key);
-		__u64 sk = known ? *known & ~TLS_SOCK_OWN_IO : 0;
+		__u64 sk = live_socket(bpf_map_lookup_elem(&seam_tls_socks, &key));
 		struct conn_info *ci = sk ? bpf_map_lookup_elem(&seam_conns, &sk) : NULL;
 		if (ci && !(ci->flags & CONN_NOT_TCP))
 			report_tls_write(ci, &call, (struct sock *)sk, pid, pid_tgid,

@@ -1,6 +1,6 @@
 //! TLS fixtures made by the tests themselves: a self-signed certificate and an HTTPS nginx.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -120,10 +120,6 @@ impl Nginx {
     pub fn put_file(&self, name: &str, len: usize) -> Result<()> {
         std::fs::write(self.www.join(name), vec![b'z'; len])?;
         Ok(())
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.www
     }
 }
 

@@ -475,7 +475,7 @@ fn node_https_client_spans_on_fresh_connections() {
     if !require_root() {
         return;
     }
-    const N: usize = 6;
+    const N: usize = 12;
     let certs = Certs::make("nodeclient").expect("certs");
     let rx = OtlpReceiver::start().expect("collector");
     let port = free_port();
