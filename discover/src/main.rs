@@ -2,14 +2,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Parser;
 use seam_discover::config::{self, DiscoveryConfig, ProcessEnv};
 use seam_discover::selector::Candidate;
 use seam_discover::{identity, procfs, sockdiag, tlsfiles};
-use seam_proto::msg::{CorrelatorRequest, CtxpropRequest, LoaderRequest, ServiceIdentity};
+use seam_proto::msg::{CorrelatorRequest, CtxpropRequest, LoaderRequest, ServiceIdentity, TlsFile};
 use seam_proto::{ipc, lifecycle, privilege, Role};
 
 #[derive(Debug, Parser)]
@@ -136,7 +136,16 @@ struct Discoverer {
     diag_unavailable: bool,
     /// (pid, dev, inode) of files already handed to the loader for TLS probing.
     tls_sent: HashSet<(u32, u64, u64)>,
+    /// When each target's memory map is read again for a libssl, and how long it waits then.
+    tls_next_look: HashMap<u32, (Instant, Duration)>,
+    /// Targets whose libssl has been found.
+    tls_found: HashSet<u32>,
 }
+
+/// A target without a libssl yet is looked at again after this, doubling up to `TLS_LOOK_MAX`:
+/// a library loaded late (Python maps libssl at `import ssl`) is usually loaded early in life.
+const TLS_LOOK_FIRST: Duration = Duration::from_millis(250);
+const TLS_LOOK_MAX: Duration = Duration::from_secs(8);
 
 impl Discoverer {
     fn is_seam_process(&self, pid: u32, exe: &Path) -> bool {
@@ -151,12 +160,30 @@ impl Discoverer {
     }
 
     /// Files of targets that may hold OpenSSL and were not handed to the loader yet, opened.
-    /// Every scan looks again: Python loads libssl only when a module imports ssl.
+    /// A target is looked at until a libssl of its own has been handed over, less often as it
+    /// ages without one.
     fn new_tls_files(&mut self) -> Vec<(u32, tlsfiles::Mapped, std::fs::File)> {
         self.tls_sent
             .retain(|(pid, _, _)| self.targets.contains_key(pid));
+        self.tls_next_look
+            .retain(|pid, _| self.targets.contains_key(pid));
+        self.tls_found.retain(|pid| self.targets.contains_key(pid));
+        let now = Instant::now();
         let mut out = Vec::new();
+        let mut found = Vec::new();
         for &pid in self.targets.keys() {
+            if self.tls_found.contains(&pid) {
+                continue;
+            }
+            let (next, every) = self
+                .tls_next_look
+                .entry(pid)
+                .or_insert((now, TLS_LOOK_FIRST));
+            if now < *next {
+                continue;
+            }
+            *next = now + *every;
+            *every = (*every * 2).min(TLS_LOOK_MAX);
             let dir = self.proc_root.join(pid.to_string());
             let (Ok(maps), Ok(exe)) = (
                 std::fs::read_to_string(dir.join("maps")),
@@ -165,6 +192,9 @@ impl Discoverer {
                 continue;
             };
             for m in tlsfiles::candidates(&maps, &exe.to_string_lossy()) {
+                if m.kind == TlsFile::Library {
+                    found.push(pid);
+                }
                 if self.tls_sent.contains(&(pid, m.dev, m.inode)) {
                     continue;
                 }
@@ -178,6 +208,8 @@ impl Discoverer {
                 }
             }
         }
+        // a process with its libssl handed over is not looked at again
+        self.tls_found.extend(found);
         out
     }
 
@@ -313,6 +345,8 @@ async fn run(cfg: DiscoveryConfig) -> Result<()> {
         inode_owner: HashMap::new(),
         diag_unavailable: false,
         tls_sent: HashSet::new(),
+        tls_next_look: HashMap::new(),
+        tls_found: HashSet::new(),
     };
     let mut correlator = Link::new(Role::Correlator);
     let mut loader = Link::new(Role::Loader);
@@ -392,7 +426,10 @@ async fn run(cfg: DiscoveryConfig) -> Result<()> {
             }
         }
         if !loader_synced {
-            d.tls_sent.clear(); // a loader that comes back is told again
+            // a loader that comes back is told again
+            d.tls_sent.clear();
+            d.tls_next_look.clear();
+            d.tls_found.clear();
         }
     }
     Ok(())

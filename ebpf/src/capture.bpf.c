@@ -858,7 +858,7 @@ static __always_inline void report_tls_write(struct conn_info *ci, struct tls_ca
 }
 
 /* Socket I/O on a TLS connection: ciphertext, never parsed. It tells which socket the TLS call
- * in progress on this thread uses, and which TLS socket the thread read last. */
+ * in progress on this thread uses, or, outside calls, which TLS socket the thread read last. */
 static __always_inline int on_ciphertext(struct conn_info *ci, struct tls_call *call,
 					 struct sock *sk, __u32 pid, __u64 pid_tgid, int ret,
 					 __u8 direction)
@@ -878,7 +878,8 @@ static __always_inline int on_ciphertext(struct conn_info *ci, struct tls_call *
 			report_close(ci, pid, pid_tgid);
 		return 0;
 	}
-	if (direction == SEAM_DIR_INGRESS)
+	/* only a library reading outside its own calls (a memory BIO) is placed by this */
+	if (direction == SEAM_DIR_INGRESS && !call)
 		remember_tls_read(pid_tgid, sk);
 	return 0;
 }
@@ -916,7 +917,10 @@ static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 
 	struct conn_info *ci = conn_of(sk);
 	if (!ci || (ci->flags & CONN_NOT_TCP))
 		return 0;
-	struct tls_call *call = bpf_map_lookup_elem(&seam_tls_calls, &pid_tgid);
+	/* A connection that carried plaintext HTTP is no TLS library's: no lookup on that path. */
+	struct tls_call *call = (ci->flags & (CONN_HTTP | CONN_TLS)) == CONN_HTTP
+					? NULL
+					: bpf_map_lookup_elem(&seam_tls_calls, &pid_tgid);
 	if (!call && direction == SEAM_DIR_EGRESS && (ci->flags & CONN_TLS) && ret > 0)
 		claim_pending_write(ci, sk, pid, pid_tgid, now);
 	if (call || (ci->flags & CONN_TLS))

@@ -121,9 +121,9 @@ impl State {
             }
             LoaderRequest::RemoveTarget { pid } => {
                 self.tls.remove_pid(pid);
-                self.targets.apply(req);
+                self.targets.remove(pid);
             }
-            LoaderRequest::AddTarget { .. } => self.targets.apply(req),
+            LoaderRequest::AddTarget { pid, propagation } => self.targets.add(pid, propagation),
         }
     }
 }

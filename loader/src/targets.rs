@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData};
 use aya::Ebpf;
 use seam_abi::names;
-use seam_proto::{ipc, msg::LoaderRequest, Role};
+use seam_proto::{ipc, msg::Propagation, Role};
 
 #[derive(Debug)]
 pub struct Targets {
@@ -24,25 +24,23 @@ impl Targets {
         Ok(Self { map, seam_uids })
     }
 
-    pub fn apply(&mut self, req: LoaderRequest) {
-        match req {
-            LoaderRequest::AddTarget { pid, propagation } => match self.refusal(pid) {
-                Some(why) => tracing::warn!(pid, reason = why, "target refused"),
-                None => match self.map.insert(
-                    pid,
-                    seam_abi::target_value(propagation.map(|p| p.carriers())),
-                    0,
-                ) {
-                    Ok(()) => tracing::info!(pid, ?propagation, "target added"),
-                    Err(e) => tracing::warn!(pid, error = %e, "target map full or failing"),
-                },
+    pub fn add(&mut self, pid: u32, propagation: Option<Propagation>) {
+        match self.refusal(pid) {
+            Some(why) => tracing::warn!(pid, reason = why, "target refused"),
+            None => match self.map.insert(
+                pid,
+                seam_abi::target_value(propagation.map(|p| p.carriers())),
+                0,
+            ) {
+                Ok(()) => tracing::info!(pid, ?propagation, "target added"),
+                Err(e) => tracing::warn!(pid, error = %e, "target map full or failing"),
             },
-            LoaderRequest::RemoveTarget { pid } => {
-                if self.map.remove(&pid).is_ok() {
-                    tracing::info!(pid, "target removed");
-                }
-            }
-            LoaderRequest::TlsLibrary { .. } => {}
+        }
+    }
+
+    pub fn remove(&mut self, pid: u32) {
+        if self.map.remove(&pid).is_ok() {
+            tracing::info!(pid, "target removed");
         }
     }
 

@@ -312,9 +312,15 @@ pub struct GatedShell {
 
 impl GatedShell {
     pub fn new(script: &str) -> Result<Self> {
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(format!("read go; {script}"))
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!("read go; {script}"));
+        Self::spawn(cmd)
+    }
+
+    /// A program that itself waits for a line on stdin before it starts (the TLS clients with
+    /// TLS_WAIT_STDIN: their libraries are loaded, and seen by discover, by then).
+    pub fn spawn(mut cmd: Command) -> Result<Self> {
+        let child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -36,6 +36,21 @@ fn stack_for(pids: &[u32], rx: &OtlpReceiver, mode: &str) -> Stack {
     stack
 }
 
+/// Which request each span of a chain belongs to, by span id.
+fn span_owners<'a, const N: usize>(
+    by_request: &'a HashMap<String, [Option<&'a ReceivedSpan>; N]>,
+) -> HashMap<&'a [u8], &'a str> {
+    by_request
+        .iter()
+        .flat_map(|(id, chain)| {
+            chain
+                .iter()
+                .flatten()
+                .map(move |s| (&s.span.span_id[..], id.as_str()))
+        })
+        .collect()
+}
+
 struct Outcome {
     complete: usize,
     wrong_parents: usize,
@@ -96,15 +111,7 @@ fn across_three_hosts(middle: &str, mode: &str) -> Outcome {
     // [A→B, B, B→C, C] per request id
     let by_request = by_request::<4>(&spans, &[MIDDLE_PORT, BACK_PORT]);
     assert_eq!(by_request.len(), TOTAL);
-    let owner: HashMap<&[u8], &str> = by_request
-        .iter()
-        .flat_map(|(id, chain)| {
-            chain
-                .iter()
-                .flatten()
-                .map(move |s| (&s.span.span_id[..], id.as_str()))
-        })
-        .collect();
+    let owner = span_owners(&by_request);
     // What B and C received (hop.js does not log headers).
     let headers = |log: &Path| -> HashMap<String, String> {
         service_log(log)
@@ -234,24 +241,17 @@ fn tls_across_three_hosts_is_one_trace_per_request_by_the_tcp_option() {
     let rx = OtlpReceiver::start().expect("collector");
     // The client is selected itself (a process a target starts is captured from its first
     // instruction, but its libssl is probed only once discover has seen it map the file).
-    let mut client = Proc {
-        child: hosts
-            .command(0, "python3")
-            .arg(seam_tests::fixture("chainclient.py"))
-            .args([
-                MIDDLE_PORT.to_string(),
-                TOTAL.to_string(),
-                CONCURRENCY.to_string(),
-            ])
-            .env("CHAIN_HOST", hosts.addr(1))
-            .env("TLS_CA", &certs.cert)
-            .env("TLS_WAIT_STDIN", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("client starts"),
-    };
+    let mut cmd = hosts.command(0, "python3");
+    cmd.arg(seam_tests::fixture("chainclient.py"))
+        .args([
+            MIDDLE_PORT.to_string(),
+            TOTAL.to_string(),
+            CONCURRENCY.to_string(),
+        ])
+        .env("CHAIN_HOST", hosts.addr(1))
+        .env("TLS_CA", &certs.cert)
+        .env("TLS_WAIT_STDIN", "1");
+    let client = GatedShell::spawn(cmd).expect("client starts");
     let stacks = [
         stack_for(&[client.pid()], &rx, "tcp"),
         stack_for(&[mid.pid()], &rx, "tcp"),
@@ -261,25 +261,7 @@ fn tls_across_three_hosts_is_one_trace_per_request_by_the_tcp_option() {
         s.wait_log("loader", "OpenSSL probed", Duration::from_secs(10))
             .expect("OpenSSL probed");
     }
-    let out = {
-        use std::io::{Read, Write};
-        client
-            .child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(b"go\n")
-            .expect("go");
-        let mut out = String::new();
-        client
-            .child
-            .stdout
-            .take()
-            .expect("stdout")
-            .read_to_string(&mut out)
-            .expect("client output");
-        out
-    };
+    let out = client.run().expect("client ran");
     assert_eq!(out.trim(), TOTAL.to_string(), "client: {out}");
     rx.wait_for(Duration::from_secs(60), |s| s.len() >= 4 * TOTAL);
     std::thread::sleep(Duration::from_millis(1000));
@@ -289,15 +271,7 @@ fn tls_across_three_hosts_is_one_trace_per_request_by_the_tcp_option() {
     let by_request = by_request::<4>(&spans, &[MIDDLE_PORT, BACK_PORT]);
     assert_eq!(by_request.len(), TOTAL);
     // Every link that exists is right, and every request is whole.
-    let owner: HashMap<&[u8], &str> = by_request
-        .iter()
-        .flat_map(|(id, chain)| {
-            chain
-                .iter()
-                .flatten()
-                .map(move |s| (&s.span.span_id[..], id.as_str()))
-        })
-        .collect();
+    let owner = span_owners(&by_request);
     let mut linked = [0usize; 3];
     let mut whole = 0;
     for (id, chain) in &by_request {

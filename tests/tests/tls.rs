@@ -485,18 +485,12 @@ fn node_https_client_spans_on_fresh_connections() {
     let urls: Vec<String> = (0..N)
         .map(|i| format!("https://127.0.0.1:{port}/status/20{}", i % 3))
         .collect();
-    let mut client = seam_tests::Proc {
-        child: std::process::Command::new("node")
-            .arg(seam_tests::fixture("tlsclient.js"))
-            .args(&urls)
-            .env("TLS_CA", &certs.cert)
-            .env("TLS_WAIT_STDIN", "1")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("node client"),
-    };
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(seam_tests::fixture("tlsclient.js"))
+        .args(&urls)
+        .env("TLS_CA", &certs.cert)
+        .env("TLS_WAIT_STDIN", "1");
+    let client = GatedShell::spawn(cmd).expect("node client");
     let mut env = selector_env(&[port], &[client.pid()]);
     env.extend(rx.exporter_env("grpc"));
     let stack = Stack::start(&env).expect("stack");
@@ -508,25 +502,7 @@ fn node_https_client_spans_on_fresh_connections() {
     stack
         .wait_log("loader", "kind=Library", Duration::from_secs(10))
         .expect("the server's libssl probed");
-    let out = {
-        use std::io::{Read, Write};
-        client
-            .child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(b"go\n")
-            .expect("go");
-        let mut out = String::new();
-        client
-            .child
-            .stdout
-            .take()
-            .expect("stdout")
-            .read_to_string(&mut out)
-            .expect("client output");
-        out
-    };
+    let out = client.run().expect("client ran");
     assert_eq!(out.lines().count(), N, "client output: {out}");
     let port_text = port.to_string();
     let ours = |s: &ReceivedSpan| s.attr("server.port").as_deref() == Some(port_text.as_str());
