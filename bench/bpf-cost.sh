@@ -27,7 +27,7 @@ taskset -c 1 wrk -t1 -c32 -d"${secs}s" "$scheme://127.0.0.1:$port/index.html" | 
 bpftool -j prog show | python3 -c '
 import json, sys
 for p in json.load(sys.stdin):
-    if p.get("run_cnt", 0) > 1000 and p["name"] in ("on_send", "on_recv", "tls_enter", "tls_return"):
+    if p.get("run_cnt", 0) > 1000 and p["name"] in ("on_send", "on_recv", "on_send_begin", "on_xmit", "tls_enter", "tls_return"):
         name, runs, avg = p["name"], p["run_cnt"], p["run_time_ns"] / p["run_cnt"]
         print(f"{name:10} runs {runs:>9}  average {avg:6.0f} ns")
 '

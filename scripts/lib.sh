@@ -5,6 +5,9 @@ SEAM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SEAM_PROFILE=${SEAM_PROFILE:-release}
 SEAM_BIN_DIR=${SEAM_BIN_DIR:-"$SEAM_ROOT/target/$SEAM_PROFILE"}
 
+# The five daemons, in the order they are started (proto-types/src/role.rs has the same table).
+SEAM_ROLES=(exporter loader correlator ctxprop discover)
+
 seam_log() { printf '\033[1m[seam]\033[0m %s\n' "$*" >&2; }
 seam_die() { seam_log "error: $*"; exit 1; }
 
@@ -13,7 +16,7 @@ seam_require_root() {
 }
 
 # Debian packages seam needs to build, run, test and demo; only missing ones are installed.
-SEAM_APT_PACKAGES=(clang llvm libbpf-dev bpftool iproute2 curl nodejs util-linux procps nginx wrk openssl)
+SEAM_APT_PACKAGES=(clang llvm libbpf-dev bpftool iproute2 curl nodejs util-linux procps nginx wrk openssl systemd qemu-system-x86 mmdebstrap e2fsprogs)
 
 seam_install_deps() {
   local missing=()
@@ -67,26 +70,10 @@ seam_setup_host() {
   done
   # Only the loader reads tracefs (tracepoint ids); seam-trace is its group for that alone.
   id -nG seam-loader | grep -qw seam-trace || usermod -a -G seam-trace seam-loader
-  local trace_gid
-  trace_gid=$(getent group seam-trace | cut -d: -f3)
-  mkdir -p /sys/kernel/tracing
-  if mountpoint -q /sys/kernel/tracing; then
-    mount -o remount,gid="$trace_gid",mode=0750 /sys/kernel/tracing
-  else
-    mount -t tracefs -o gid="$trace_gid",mode=0750 tracefs /sys/kernel/tracing
-  fi
-  mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
-  # The seam group must be able to pass through bpffs's root to reach its own pin directory.
-  chmod o+x /sys/fs/bpf
+  "$SEAM_ROOT/scripts/host-setup" mounts
 }
 
 # Makes a run directory (sockets) and pin directory for one stack.
 seam_make_dirs() {
-  local run_dir=$1 pin_dir=$2
-  mkdir -p "$run_dir"
-  chown root:seam "$run_dir"
-  chmod 1770 "$run_dir"
-  mkdir -p "$pin_dir"
-  chown seam-loader:seam "$pin_dir"
-  chmod 0750 "$pin_dir"
+  "$SEAM_ROOT/scripts/host-setup" dirs "$1" "$2"
 }

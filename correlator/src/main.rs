@@ -12,9 +12,9 @@ use clap::Parser;
 use seam_correlator::context::Sampler;
 use seam_correlator::engine::{Engine, EngineCounters, LinkConfig, MonotonicClock};
 use seam_proto::msg::{
-    CorrelatorRequest, ExporterRequest, SelfCounters, ServiceIdentity, SpanBatch, SpanRecord,
+    CorrelatorRequest, ExporterRequest, ServiceIdentity, SpanBatch, SpanRecord,
 };
-use seam_proto::{ipc, privilege, role, Role};
+use seam_proto::{ipc, privilege, role, selfstats, Role};
 use tokio::sync::mpsc;
 
 #[derive(Debug, Parser)]
@@ -52,7 +52,7 @@ struct Args {
 type Services = Arc<Mutex<HashMap<u32, ServiceIdentity>>>;
 /// The consumer's latest counters, for the summary logged at shutdown.
 /// What the consumer thread last reported: its own counters and the span engine's.
-type Published = Arc<Mutex<(SelfCounters, EngineCounters)>>;
+type Published = Arc<Mutex<EngineCounters>>;
 
 fn main() -> std::process::ExitCode {
     seam_proto::telemetry::init_logging(Role::Correlator);
@@ -96,6 +96,8 @@ fn link_config(args: &Args) -> Result<LinkConfig> {
 
 fn run(args: Args, links: LinkConfig) -> Result<()> {
     privilege::enter_and_log(Role::Correlator)?;
+    selfstats::publish(Role::Correlator, &role::run_dir());
+    selfstats::declare_counters(&["spans_shipped", "spans_dropped", "exporter_reconnects"]);
     let pin_dir = args.pin_dir.clone().unwrap_or_else(role::pin_dir);
     let ring = wait_for_pins(&pin_dir, Duration::from_secs(args.pin_wait))?;
     let counters = open_counters_read_only(&pin_dir.join("counters"))?;
@@ -147,12 +149,13 @@ fn run(args: Args, links: LinkConfig) -> Result<()> {
         Ok::<(), anyhow::Error>(())
     })?;
     let _ = std::fs::remove_file(Role::Correlator.socket_path());
-    let (c, e) = published.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let e = *published.lock().unwrap_or_else(|p| p.into_inner());
+    selfstats::publish_now(&role::run_dir());
     tracing::info!(
-        events = c.events,
-        lost_events = c.lost_events,
-        spans = c.spans,
-        dropped_spans = c.dropped_spans,
+        events = selfstats::counter("events").get(),
+        lost_events = selfstats::counter("lost_events").get(),
+        spans = e.spans,
+        dropped_spans = selfstats::counter("spans_dropped").get(),
         records = e.records,
         malformed_records = e.malformed_records,
         unanswered_requests = e.unanswered_requests,
@@ -305,7 +308,6 @@ fn consume(
     const FLUSH: Duration = Duration::from_millis(100);
     let mut engine = Engine::new(links);
     let mut ready: Vec<(u32, SpanRecord)> = Vec::new();
-    let mut dropped_spans = 0u64;
     let mut last_flush = Instant::now();
     let mut last_report = Instant::now();
     let mut reports = 0u64;
@@ -328,7 +330,7 @@ fn consume(
         }
         // A full batch goes at once: waiting for the tick would hold 100 ms of spans in memory.
         if last_flush.elapsed() < FLUSH && ready.len() >= SPANS_PER_BATCH {
-            dropped_spans += flush(&mut ready, &services, &comms, &tx);
+            flush(&mut ready, &services, &comms, &tx);
         }
         if last_flush.elapsed() >= FLUSH {
             last_flush = Instant::now();
@@ -338,7 +340,7 @@ fn consume(
                 600_000_000_000,
                 &mut ready,
             );
-            dropped_spans += flush(&mut ready, &services, &comms, &tx);
+            flush(&mut ready, &services, &comms, &tx);
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
@@ -349,6 +351,7 @@ fn consume(
                 unsafe { libc::malloc_trim(0) };
             }
             let lost = counter_sum(&counters, seam_abi::CNT_RINGBUF_FULL);
+            let events_total = counter_sum(&counters, seam_abi::CNT_EVENTS);
             if lost > lost_seen {
                 tracing::warn!(
                     lost_events = lost - lost_seen,
@@ -357,37 +360,47 @@ fn consume(
                 );
                 lost_seen = lost;
             }
-            let c = SelfCounters {
-                events: counter_sum(&counters, seam_abi::CNT_EVENTS),
-                lost_events: lost,
-                spans: engine.counters.spans,
-                dropped_spans,
-            };
-            *published.lock().unwrap_or_else(|p| p.into_inner()) = (c.clone(), engine.counters);
-            let _ = tx.try_send(ExporterRequest::Counters {
-                role: Role::Correlator,
-                counters: c,
-            });
+            *published.lock().unwrap_or_else(|p| p.into_inner()) = engine.counters;
+            publish_counters(&engine, events_total, lost, &tx);
         }
     }
 }
 
-/// Groups finished spans by process and queues them; returns how many were dropped.
+/// This daemon's counters for seam-status and the exporter's self-metrics.
+fn publish_counters(
+    engine: &Engine,
+    events: u64,
+    lost_events: u64,
+    tx: &mpsc::Sender<ExporterRequest>,
+) {
+    let c = &engine.counters;
+    selfstats::counter("events").set(events);
+    selfstats::counter("lost_events").set(lost_events);
+    selfstats::counter("records").set(c.records);
+    selfstats::counter("malformed_records").set(c.malformed_records);
+    selfstats::counter("spans").set(c.spans);
+    selfstats::counter("unanswered_requests").set(c.unanswered_requests);
+    selfstats::counter("orphan_responses").set(c.orphan_responses);
+    selfstats::counter("expired_responses").set(c.expired_responses);
+    selfstats::gauge("open_connections").set(engine.open_connections() as u64);
+    selfstats::gauge("export_queue_depth").set((tx.max_capacity() - tx.capacity()) as u64);
+}
+
+/// Groups finished spans by process and queues them; spans the queue cannot take are counted.
 fn flush(
     ready: &mut Vec<(u32, SpanRecord)>,
     services: &Services,
     comms: &CommNames,
     tx: &mpsc::Sender<ExporterRequest>,
-) -> u64 {
+) {
     if ready.is_empty() {
-        return 0;
+        return;
     }
     let described = services.lock().unwrap_or_else(|p| p.into_inner());
     let mut by_pid: HashMap<u32, Vec<SpanRecord>> = HashMap::new();
     for (pid, span) in ready.drain(..) {
         by_pid.entry(pid).or_default().push(span);
     }
-    let mut dropped = 0;
     for (pid, mut spans) in by_pid {
         let service = identity(&described, comms, pid);
         while !spans.is_empty() {
@@ -398,19 +411,21 @@ fn flush(
                 spans,
             };
             if tx.try_send(ExporterRequest::Spans(batch)).is_err() {
-                dropped += n;
+                selfstats::counter("spans_dropped").add(n);
                 tracing::warn!(spans = n, "exporter queue full: spans dropped");
             }
             spans = rest;
         }
     }
-    dropped
 }
 
 /// Sends queued batches to the exporter, reconnecting when it restarts.
 async fn ship(mut rx: mpsc::Receiver<ExporterRequest>) {
     let mut client: Option<ipc::Client> = None;
+    let mut connected_before = false;
     while let Some(msg) = rx.recv().await {
+        let ExporterRequest::Spans(batch) = &msg;
+        let n = batch.spans.len() as u64;
         for attempt in 0..2 {
             if client.is_none() {
                 match ipc::connect_with_retry(
@@ -420,8 +435,15 @@ async fn ship(mut rx: mpsc::Receiver<ExporterRequest>) {
                 )
                 .await
                 {
-                    Ok(c) => client = Some(c),
+                    Ok(c) => {
+                        if connected_before {
+                            selfstats::counter("exporter_reconnects").add(1);
+                        }
+                        connected_before = true;
+                        client = Some(c);
+                    }
                     Err(e) => {
+                        selfstats::counter("spans_dropped").add(n);
                         tracing::warn!(error = %e, "exporter unreachable: batch dropped");
                         break;
                     }
@@ -429,10 +451,14 @@ async fn ship(mut rx: mpsc::Receiver<ExporterRequest>) {
             }
             if let Some(c) = client.as_mut() {
                 match c.send(&msg).await {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        selfstats::counter("spans_shipped").add(n);
+                        break;
+                    }
                     Err(e) => {
                         client = None;
                         if attempt == 1 {
+                            selfstats::counter("spans_dropped").add(n);
                             tracing::warn!(error = %e, "sending to exporter failed: batch dropped");
                         }
                     }

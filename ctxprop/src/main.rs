@@ -12,7 +12,7 @@ use anyhow::Result;
 use clap::Parser;
 use config::Mode;
 use seam_proto::sampling::{KernelRule, Sampler};
-use seam_proto::{ipc, msg::CtxpropRequest, privilege, role, Role};
+use seam_proto::{ipc, msg::CtxpropRequest, privilege, role, selfstats, Role};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -112,6 +112,7 @@ impl State {
 
 fn run(args: &Args, mode: Mode, sampling: KernelRule) -> Result<()> {
     privilege::enter_and_log(Role::Ctxprop)?;
+    selfstats::publish(Role::Ctxprop, &role::run_dir());
     let plan = Plan {
         pin_dir: args.pin_dir.clone().unwrap_or_else(role::pin_dir),
         cgroup: args.cgroup.clone(),
@@ -154,9 +155,18 @@ fn run(args: &Args, mode: Mode, sampling: KernelRule) -> Result<()> {
             }
             tracing::debug!(targets = st.targets.len(), injecting = st.injector.is_some(), "target set changed");
         });
+        let reported = state.clone();
+        let report = async move {
+            let mut every = tokio::time::interval(selfstats::PUBLISH_EVERY);
+            loop {
+                every.tick().await;
+                publish_counters(&lock(&reported));
+            }
+        };
         seam_proto::lifecycle::ready(Role::Ctxprop);
         tokio::select! {
             _ = server => {}
+            _ = report => {}
             _ = shutdown.wait() => {}
         }
         Ok::<(), anyhow::Error>(())
@@ -172,6 +182,17 @@ fn run(args: &Args, mode: Mode, sampling: KernelRule) -> Result<()> {
     }
     let _ = std::fs::remove_file(Role::Ctxprop.socket_path());
     Ok(())
+}
+
+/// What the programs counted (their maps live as long as the injector) and the target set.
+fn publish_counters(state: &State) {
+    selfstats::gauge("targets").set(state.targets.len() as u64);
+    selfstats::gauge("injecting").set(u64::from(state.injector.is_some()));
+    if let Some(inj) = &state.injector {
+        for (name, value) in inj.counters() {
+            selfstats::counter(name).set(value);
+        }
+    }
 }
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {

@@ -10,7 +10,7 @@ use seam_discover::config::{self, DiscoveryConfig, ProcessEnv};
 use seam_discover::selector::Candidate;
 use seam_discover::{identity, procfs, sockdiag, tlsfiles};
 use seam_proto::msg::{CorrelatorRequest, CtxpropRequest, LoaderRequest, ServiceIdentity, TlsFile};
-use seam_proto::{ipc, lifecycle, privilege, Role};
+use seam_proto::{ipc, lifecycle, privilege, selfstats, Role};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,6 +39,7 @@ fn main() -> std::process::ExitCode {
 
 fn start(cfg: DiscoveryConfig) -> Result<()> {
     privilege::enter_and_log(Role::Discover)?;
+    selfstats::publish(Role::Discover, &seam_proto::role::run_dir());
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
@@ -50,13 +51,35 @@ fn start(cfg: DiscoveryConfig) -> Result<()> {
 struct Link {
     server: Role,
     client: Option<ipc::Client>,
+    connected_before: bool,
+    reconnects: &'static selfstats::Metric,
 }
 
 impl Link {
     fn new(server: Role) -> Self {
+        let reconnects = selfstats::counter(match server {
+            Role::Loader => "loader_reconnects",
+            Role::Ctxprop => "ctxprop_reconnects",
+            _ => "correlator_reconnects",
+        });
         Self {
             server,
             client: None,
+            connected_before: false,
+            reconnects,
+        }
+    }
+
+    /// False when the connection was found closed (the peer restarted): the caller must send its
+    /// whole state again once reconnected.
+    fn still_connected(&mut self) -> bool {
+        match &self.client {
+            Some(c) if c.peer_closed() => {
+                tracing::warn!(server = %self.server, "lost connection");
+                self.client = None;
+                false
+            }
+            _ => true,
         }
     }
 
@@ -100,6 +123,10 @@ impl Link {
             match ipc::Client::connect(Role::Discover, self.server).await {
                 Ok(c) => {
                     tracing::info!(server = %self.server, "connected");
+                    if self.connected_before {
+                        self.reconnects.add(1);
+                    }
+                    self.connected_before = true;
                     self.client = Some(c);
                 }
                 Err(e) => {
@@ -157,6 +184,12 @@ impl Discoverer {
         }
         let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or("");
         name.starts_with("seam-") && exe.parent() == self.seam_exe_dir.as_deref()
+    }
+
+    fn forget_handed_tls_files(&mut self) {
+        self.tls_sent.clear();
+        self.tls_found.clear();
+        self.tls_next_look.clear();
     }
 
     /// Files of targets that may hold OpenSSL and were not handed to the loader yet, opened.
@@ -281,7 +314,9 @@ impl Discoverer {
             }
             let ports: Vec<u16> = if read_fds {
                 let inodes = procfs::socket_inodes(&self.proc_root, pid);
-                for &i in &inodes {
+                // Listeners only: a socket bound but not listening yet at this scan's listener
+                // list must stay unexplained, so its owner is looked at again once it listens.
+                for &i in inodes.iter().filter(|i| listeners.contains_key(i)) {
                     self.inode_owner.entry(i).or_insert(pid);
                 }
                 inodes
@@ -364,6 +399,13 @@ async fn run(cfg: DiscoveryConfig) -> Result<()> {
             _ = &mut stop => break,
         }
         let (added, gone) = d.scan();
+        correlator_synced &= correlator.still_connected();
+        loader_synced &= loader.still_connected();
+        ctxprop_synced &= ctxprop.still_connected();
+        selfstats::counter("scans").add(1);
+        selfstats::counter("targets_found").add(added.len() as u64);
+        selfstats::counter("targets_gone").add(gone.len() as u64);
+        selfstats::gauge("targets").set(d.targets.len() as u64);
         // Identity first, so the correlator knows a process before its first event can arrive.
         let ids: Vec<CorrelatorRequest> = if correlator_synced {
             added
@@ -404,7 +446,9 @@ async fn run(cfg: DiscoveryConfig) -> Result<()> {
             })
             .chain(gone.iter().map(|&pid| LoaderRequest::RemoveTarget { pid }))
             .collect();
+        let loader_resync = correlator_synced && !loader_synced;
         loader_synced = loader.send_all(&l).await && correlator_synced;
+        let forget_tls = loader_resync && loader_synced;
         let c: Vec<CtxpropRequest> = adds(!ctxprop_synced)
             .into_iter()
             .map(|pid| CtxpropRequest::AddTarget {
@@ -414,6 +458,10 @@ async fn run(cfg: DiscoveryConfig) -> Result<()> {
             .chain(gone.iter().map(|&pid| CtxpropRequest::RemoveTarget { pid }))
             .collect();
         ctxprop_synced = ctxprop.send_all(&c).await;
+        if forget_tls {
+            // A new loader has no OpenSSL probes: hand it every target's files again.
+            d.forget_handed_tls_files();
+        }
         // After the loader knows the targets: it probes only a current target's files.
         if loader_synced {
             for (pid, m, file) in d.new_tls_files() {

@@ -58,6 +58,18 @@ struct task_struct {
 	__s32 tgid;
 } __attribute__((preserve_access_index));
 
+struct tcp_sock {
+	__u32 write_seq;
+} __attribute__((preserve_access_index));
+
+struct sk_buff {
+	struct sock *sk;
+	unsigned int len;
+	unsigned char *head;
+	unsigned char *data;
+	__u16 transport_header;
+} __attribute__((preserve_access_index));
+
 struct pt_regs {
 	unsigned long di;
 	unsigned long si;
@@ -259,6 +271,32 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } seam_tls_last_read SEC(".maps");
+
+/* When the TCP send in progress on this CPU began queueing bytes: its thread, its socket, and
+ * (from the transmit hook) how far the socket's byte stream reached then. sock_send_length fires
+ * only as the send returns, and on loopback the peer may have read, and timed, those bytes by
+ * then: an outgoing message starts here instead. Per CPU, not per thread, because a send runs on
+ * one CPU nearly always and the slot costs next to nothing to reach; a send that moved CPUs just
+ * starts as it returns. Every thread's sends write it, so the target check waits for the send's
+ * end, where on_sock_io makes it anyway. */
+struct send_began {
+	__u64 pid_tgid;
+	__u64 sk;
+	__u64 ns;
+	__u32 write_seq;
+	__u8 from_xmit; /* armed by the transmit hook: valid only past the stream's end before the send */
+	__u8 pad[3];
+};
+
+/* A mark this old is not the send in progress: one that moved CPUs left it. */
+#define SEND_MARK_MAX_NS (1000 * 1000 * 1000ULL)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct send_began);
+} seam_send_began SEC(".maps");
 
 enum io_kind {
 	IO_FLAT = 1,   /* read/write/recvfrom/sendto: one buffer */
@@ -783,15 +821,16 @@ static __always_inline void tls_option(struct conn_info *ci, __u32 pid, __u64 pi
 		report_context(ci, pid, (__u32)pid_tgid, SEAM_EV_INJECTED, &inj);
 }
 
-/* Bytes a target moved on ci: parsed as an HTTP/1.x stream, whether they came from the socket or
- * (data_flags has SEAM_DATA_TLS) from the TLS library as plaintext. */
+/* Bytes a target moved on ci between began and now: parsed as an HTTP/1.x stream, whether they
+ * came from the socket or (data_flags has SEAM_DATA_TLS) from the TLS library as plaintext. */
 static __always_inline int on_payload(struct conn_info *ci, struct sock *sk, __u32 pid,
 				      __u64 pid_tgid, struct io_args *args, __u64 ret,
-				      __u8 direction, __u8 data_flags, __u64 now)
+				      __u8 direction, __u8 data_flags, __u64 began, __u64 now)
 {
 	struct scratch *s = scratch_for(ci, pid, pid_tgid, args->fd, now);
 	if (!s)
 		return 0;
+	s->ev.start_ns = began;
 	/* The prefix is copied first and the start looked for in the copy: one user read, not two. */
 	__u32 captured = args->kind == IO_NOBUF ? 0 : capture_payload(s, args, ret);
 	int start = captured >= 8 && looks_like_http_start(s->payload);
@@ -853,8 +892,9 @@ static __always_inline void report_tls_write(struct conn_info *ci, struct tls_ca
 	if (num == 0 || num > 0x7fffffff || (ci->flags & CONN_OPAQUE))
 		return;
 	struct io_args args = {.ptr = call->buf, .len = num, .fd = -1, .kind = IO_FLAT};
+	__u64 now = bpf_ktime_get_ns();
 	on_payload(ci, sk, pid, pid_tgid, &args, num, SEAM_DIR_EGRESS, SEAM_DATA_TLS | before_send,
-		   bpf_ktime_get_ns());
+		   now, now);
 }
 
 /* Socket I/O on a TLS connection: ciphertext, never parsed. It tells which socket the TLS call
@@ -904,14 +944,53 @@ static __always_inline void claim_pending_write(struct conn_info *ci, struct soc
 	bpf_map_delete_elem(&seam_tls_pending, &pid_tgid);
 }
 
+/* Marks where this thread's send on sk began: the first call of a send wins. */
+static __always_inline void arm_send(__u64 sk, __u32 write_seq, __u8 from_xmit)
+{
+	__u32 zero = 0;
+	struct send_began *b = bpf_map_lookup_elem(&seam_send_began, &zero);
+	if (!b)
+		return;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 now = bpf_ktime_get_ns();
+	if (b->pid_tgid == pid_tgid && b->sk == sk && now - b->ns < SEND_MARK_MAX_NS)
+		return;
+	b->pid_tgid = pid_tgid;
+	b->sk = sk;
+	b->ns = now;
+	b->write_seq = write_seq;
+	b->from_xmit = from_xmit;
+}
+
+/* When the send that returned ret on sk began, else now. The send's end clears the mark, so one
+ * it did not make (a transmit of older bytes between sends) is never taken. */
+static __always_inline __u64 send_began_at(struct sock *sk, __u64 pid_tgid, int ret, __u64 now)
+{
+	__u32 zero = 0;
+	struct send_began *b = bpf_map_lookup_elem(&seam_send_began, &zero);
+	if (!b || b->pid_tgid != pid_tgid)
+		return now;
+	__u64 began = now;
+	if (b->sk == (__u64)sk && b->ns <= now && now - b->ns < SEND_MARK_MAX_NS && ret > 0) {
+		__u32 before = BPF_CORE_READ((struct tcp_sock *)sk, write_seq) - (__u32)ret;
+		if (!b->from_xmit || (__s32)(b->write_seq - before) > 0)
+			began = b->ns;
+	}
+	b->pid_tgid = 0;
+	return began;
+}
+
 static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 direction)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 pid = pid_tgid >> 32;
-	if (ret < 0 || !sk || !is_target(pid))
+	if (!sk || !is_target(pid))
 		return 0;
 	/* Before any other lookup: on loopback the peer may already be reading what this delivered. */
 	__u64 now = bpf_ktime_get_ns();
+	__u64 began = direction == SEAM_DIR_EGRESS ? send_began_at(sk, pid_tgid, ret, now) : now;
+	if (ret < 0)
+		return 0;
 	if (direction == SEAM_DIR_INGRESS && (flags & MSG_PEEK))
 		return 0; /* the same bytes will be read again */
 	struct conn_info *ci = conn_of(sk);
@@ -937,7 +1016,45 @@ static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 
 	caller_io(&args);
 	if (args.kind == IO_NOBUF && !(ci->flags & CONN_HTTP))
 		return 0;
-	return on_payload(ci, sk, pid, pid_tgid, &args, ret, direction, 0, now);
+	return on_payload(ci, sk, pid, pid_tgid, &args, ret, direction, 0, began, now);
+}
+
+/* tp_btf arguments: (const struct sock *sk, const struct msghdr *msg, const struct sk_buff *skb,
+ * int size_goal). Fires for each chunk tcp_sendmsg queues, the first before any byte leaves
+ * (recent kernels: 6.18 has it, 6.12 not). */
+SEC("tp_btf/tcp_sendmsg_locked")
+int on_send_begin(__u64 *ctx)
+{
+	arm_send(ctx[0], 0, 0);
+	return 0;
+}
+
+/* Whether a TCP segment on its way to a device carries bytes past its headers (not a bare
+ * SYN or ACK, which a thread also sends, connecting or reading). */
+static __always_inline int carries_payload(struct sk_buff *skb)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	unsigned char *th = head + BPF_CORE_READ(skb, transport_header);
+	__u8 doff = 0;
+	if (bpf_probe_read_kernel(&doff, 1, th + 12))
+		return 0;
+	long headers = (long)(th - BPF_CORE_READ(skb, data)) + (doff >> 4) * 4;
+	return (long)BPF_CORE_READ(skb, len) > headers;
+}
+
+/* tp_btf argument: (struct sk_buff *skb). Where tcp_sendmsg_locked has no tracepoint: a send's
+ * first data segment queued to a device, still before a loopback peer can read it. A thread also
+ * pushes out older bytes (from ACK processing in its reads, say), so the mark keeps how far the
+ * stream reached and a send takes it only if that is past where the send started. */
+SEC("tp_btf/net_dev_queue")
+int on_xmit(__u64 *ctx)
+{
+	struct sk_buff *skb = (struct sk_buff *)ctx[0];
+	struct sock *sk = BPF_CORE_READ(skb, sk);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP || !carries_payload(skb))
+		return 0;
+	arm_send((__u64)sk, BPF_CORE_READ((struct tcp_sock *)sk, write_seq), 1);
+	return 0;
 }
 
 /* tp_btf arguments: (struct sock *sk, int ret, int flags). */
@@ -1152,8 +1269,9 @@ int tls_return(struct pt_regs *ctx)
 	struct io_args args = {.ptr = call.buf, .len = moved, .fd = -1, .kind = IO_FLAT};
 	/* a write that sent nothing itself (a memory BIO: Node's) leaves after this */
 	__u8 before = call.direction == SEAM_DIR_EGRESS && !call.sk ? TLS_BEFORE_SEND : 0;
+	__u64 now = bpf_ktime_get_ns();
 	return on_payload(ci, (struct sock *)sk, pid, pid_tgid, &args, moved, call.direction,
-			  SEAM_DATA_TLS | before, bpf_ktime_get_ns());
+			  SEAM_DATA_TLS | before, now, now);
 }
 
 /* A new process forked by a target is a target from its first instruction: short-lived children
@@ -1194,7 +1312,7 @@ int on_process_fork(void *ctx)
 }
 
 /* Names a target after exec, so a short-lived child (curl) is known even after it is gone. */
-SEC("tracepoint/sched/sched_process_exec")
+SEC("raw_tracepoint/sched_process_exec")
 int on_process_exec(void *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -1218,7 +1336,7 @@ int on_process_exec(void *ctx)
 
 /* Every exiting thread of a target is reported (a thread created for one request proves it was
  * dedicated to it by ending with it); a target whose main thread exits leaves the target set. */
-SEC("tracepoint/sched/sched_process_exit")
+SEC("raw_tracepoint/sched_process_exit")
 int on_process_exit(void *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();

@@ -1,7 +1,8 @@
-//! seam's exporter: OTLP export of spans and RED metrics, and the terminal trace printer.
+//! seam's exporter: OTLP export of spans, RED metrics and seam's own counters, and the trace printer.
 
 pub mod config;
 pub mod metrics;
 pub mod otlp;
 pub mod printer;
 pub mod resource;
+pub mod selfmetrics;

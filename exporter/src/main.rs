@@ -6,9 +6,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use seam_exporter::config::{self, ExporterConfig, PrinterMode};
-use seam_exporter::{metrics::RedMetrics, otlp::OtlpSpans, printer::TracePrinter};
+use seam_exporter::{
+    metrics::RedMetrics, otlp::OtlpSpans, printer::TracePrinter, selfmetrics::SelfMetrics,
+};
 use seam_proto::msg::{ExporterRequest, SpanBatch};
-use seam_proto::{ipc, privilege, Role};
+use seam_proto::{ipc, privilege, role, selfstats, Role};
 use tokio::sync::mpsc;
 
 #[derive(Debug, Parser)]
@@ -38,6 +40,14 @@ fn main() -> std::process::ExitCode {
 
 fn run(cfg: ExporterConfig) -> Result<()> {
     privilege::enter_and_log(Role::Exporter)?;
+    selfstats::publish(Role::Exporter, &role::run_dir());
+    selfstats::declare_counters(&[
+        "spans_received",
+        "spans_dropped",
+        "spans_exported",
+        "spans_export_failed",
+        "export_retries",
+    ]);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -48,25 +58,25 @@ fn run(cfg: ExporterConfig) -> Result<()> {
         let (tx, rx) = mpsc::channel::<SpanBatch>(cfg.queue_batches);
         let listener = ipc::bind(Role::Exporter)?;
         let policy = ipc::PeerPolicy::for_role(Role::Exporter);
-        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let d = dropped.clone();
+        let received = selfstats::counter("spans_received");
+        let dropped = selfstats::counter("spans_dropped");
+        let depth = selfstats::gauge("export_queue_depth");
         tokio::spawn(ipc::serve::<ExporterRequest, _>(
             listener,
             policy,
             move |_, req, _| match req {
                 ExporterRequest::Spans(batch) => {
                     let n = batch.spans.len() as u64;
+                    received.add(n);
                     if tx.try_send(batch).is_err() {
-                        let total = d.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+                        dropped.add(n);
                         tracing::warn!(
                             spans = n,
-                            total_dropped = total,
+                            total_dropped = dropped.get(),
                             "export queue full: spans dropped"
                         );
                     }
-                }
-                ExporterRequest::Counters { role, counters } => {
-                    tracing::debug!(from = %role, ?counters, "self counters");
+                    depth.set((tx.max_capacity() - tx.capacity()) as u64);
                 }
             },
         ));
@@ -89,6 +99,14 @@ async fn export_loop(cfg: ExporterConfig, mut rx: mpsc::Receiver<SpanBatch>) -> 
         None
     };
     let mut metrics = cfg.otlp.then(RedMetrics::default);
+    let mut own = if cfg.otlp {
+        SelfMetrics::new(role::run_dir())
+    } else {
+        None
+    };
+    let mut last_own = tokio::time::Instant::now();
+    let depth = selfstats::gauge("export_queue_depth");
+    let mut collector = Collector::default();
     let mut printer = TracePrinter::new(cfg.printer, Duration::from_millis(1500));
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut stdout = std::io::stdout();
@@ -96,15 +114,20 @@ async fn export_loop(cfg: ExporterConfig, mut rx: mpsc::Receiver<SpanBatch>) -> 
         tokio::select! {
             batch = rx.recv() => {
                 let Some(batch) = batch else { break };
+                depth.set(rx.len() as u64);
                 printer.add(&batch);
                 if let Some(m) = metrics.as_mut() {
                     m.record(&batch);
                 }
                 if let Some(o) = otlp.as_mut() {
-                    export_with_retry(o, &batch).await;
+                    export_with_retry(o, &batch, &mut collector).await;
                 }
             }
             _ = tick.tick() => {
+                if let Some(own) = own.as_mut().filter(|_| last_own.elapsed() >= selfstats::PUBLISH_EVERY) {
+                    own.refresh();
+                    last_own = tokio::time::Instant::now();
+                }
                 if cfg.printer != PrinterMode::Disabled {
                     printer.flush(&mut stdout, false);
                 }
@@ -114,19 +137,45 @@ async fn export_loop(cfg: ExporterConfig, mut rx: mpsc::Receiver<SpanBatch>) -> 
     if let Some(m) = metrics {
         m.shutdown();
     }
+    if let Some(mut own) = own {
+        own.refresh();
+        own.shutdown();
+    }
     Ok(())
 }
 
-/// Retries with exponential backoff; while it waits, new batches queue (bounded) and overflow is counted.
-async fn export_with_retry(otlp: &mut OtlpSpans, batch: &SpanBatch) {
+/// Whether the collector answered lately: while it does not, each batch gets one attempt, so the
+/// queue drains (and drops are counted) at the rate batches arrive instead of growing in memory.
+#[derive(Debug, Default)]
+struct Collector {
+    down: bool,
+}
+
+/// Retries with exponential backoff while the collector is up; one attempt per batch while it is
+/// down. A batch that fails is dropped and counted.
+async fn export_with_retry(otlp: &mut OtlpSpans, batch: &SpanBatch, collector: &mut Collector) {
+    let n = batch.spans.len() as u64;
+    let attempts = if collector.down { 1 } else { 5 };
     let mut wait = Duration::from_millis(100);
-    for attempt in 1..=5 {
+    for attempt in 1..=attempts {
         match otlp.export(batch).await {
-            Ok(()) => return,
-            Err(e) if attempt == 5 => {
-                tracing::warn!(error = %e, spans = batch.spans.len(), "OTLP export failed: batch dropped");
+            Ok(()) => {
+                selfstats::counter("spans_exported").add(n);
+                if collector.down {
+                    collector.down = false;
+                    tracing::info!("collector answers again");
+                }
+                return;
+            }
+            Err(e) if attempt == attempts => {
+                selfstats::counter("spans_export_failed").add(n);
+                if !collector.down {
+                    collector.down = true;
+                    tracing::warn!(error = %e, spans = n, "OTLP export failed: batch dropped; one attempt per batch until the collector answers");
+                }
             }
             Err(e) => {
+                selfstats::counter("export_retries").add(1);
                 tracing::debug!(error = %e, attempt, "OTLP export failed; retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));

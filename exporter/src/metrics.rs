@@ -6,6 +6,7 @@ use opentelemetry::metrics::{Histogram, MeterProvider as _};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::Resource;
 use seam_proto::msg::{SpanBatch, SpanKind};
 
 /// Semantic-convention default boundaries for HTTP durations, in seconds.
@@ -27,6 +28,26 @@ const CLIENT_KEYS: &[&str] = &[
     "server.address",
     "server.port",
 ];
+
+/// A meter provider exporting over OTLP (OTEL_EXPORTER_OTLP_* and OTEL_METRIC_EXPORT_INTERVAL).
+pub fn otlp_meter_provider(resource: Resource) -> Option<SdkMeterProvider> {
+    let exporter = match opentelemetry_otlp::MetricExporter::builder().build() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "metric exporter unavailable");
+            return None;
+        }
+    };
+    // The async-runtime reader exports from tokio, where the OTLP HTTP client lives; the default
+    // reader's own thread has no tokio reactor.
+    let reader = PeriodicReader::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    Some(
+        SdkMeterProvider::builder()
+            .with_resource(resource)
+            .with_reader(reader)
+            .build(),
+    )
+}
 
 #[derive(Debug)]
 struct ServiceMeters {
@@ -50,21 +71,11 @@ impl RedMetrics {
         let meters = match self.services.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                let exporter = match opentelemetry_otlp::MetricExporter::builder().build() {
-                    Ok(e) => e,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "metric exporter unavailable");
-                        return;
-                    }
+                let Some(provider) =
+                    otlp_meter_provider(crate::resource::of(&batch.service))
+                else {
+                    return;
                 };
-                // The async-runtime reader exports from tokio, where the OTLP HTTP client lives;
-                // the default reader's own thread has no tokio reactor.
-                let reader =
-                    PeriodicReader::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
-                let provider = SdkMeterProvider::builder()
-                    .with_resource(crate::resource::of(&batch.service))
-                    .with_reader(reader)
-                    .build();
                 let meter = provider.meter_with_scope(crate::otlp::scope());
                 let hist = |name: &'static str, what: &'static str| {
                     meter

@@ -65,6 +65,8 @@ pub fn ensure_mounted(pin_dir: &Path) -> Result<()> {
 pub struct Pins {
     dir: PathBuf,
     paths: Vec<PathBuf>,
+    /// Pinned links: removed first on a clean stop, which detaches the programs.
+    links: Vec<PathBuf>,
 }
 
 impl Pins {
@@ -77,6 +79,7 @@ impl Pins {
         let mut pins = Pins {
             dir: dir.to_path_buf(),
             paths: Vec::new(),
+            links: Vec::new(),
         };
         for &(map, file, mode) in PINS {
             let path = dir.join(file);
@@ -93,8 +96,12 @@ impl Pins {
         Ok(pins)
     }
 
+    pub fn add_links(&mut self, links: Vec<PathBuf>) {
+        self.links.extend(links);
+    }
+
     pub fn remove(&self) {
-        for p in &self.paths {
+        for p in self.links.iter().chain(&self.paths) {
             if let Err(e) = std::fs::remove_file(p) {
                 tracing::warn!(path = %p.display(), error = %e, "could not remove pin");
             }

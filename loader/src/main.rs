@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use std::os::fd::OwnedFd;
 
-use seam_proto::{ipc, lifecycle, msg::LoaderRequest, privilege, role, Role};
+use seam_proto::{ipc, lifecycle, msg::LoaderRequest, privilege, role, selfstats, Role};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,20 +53,40 @@ fn run(args: Args) -> Result<()> {
     // bpffs may need mounting, which is the one thing done before dropping privileges.
     bpffs::ensure_mounted(&pin_dir)?;
     privilege::enter_and_log(Role::Loader)?;
+    selfstats::publish(Role::Loader, &role::run_dir());
+    selfstats::declare_counters(&[
+        "requests",
+        "requests_refused",
+        "targets_refused",
+        "pins_taken_over",
+    ]);
 
-    let mut loaded = capture::load(&capture::Settings {
-        capture_bytes: args.capture_bytes,
-        ringbuf_bytes: args.ringbuf_bytes,
-        wakeup_bytes: args.wakeup_bytes,
-    })?;
+    let mut loaded = capture::load(
+        &capture::Settings {
+            capture_bytes: args.capture_bytes,
+            ringbuf_bytes: args.ringbuf_bytes,
+            wakeup_bytes: args.wakeup_bytes,
+        },
+        &pin_dir,
+    )?;
+    if loaded.reused_pins {
+        selfstats::counter("pins_taken_over").add(1);
+    }
+    selfstats::counter("links_taken_over").add(loaded.replaced_links as u64);
     // Before any map leaves the object: the TLS programs share every one of them.
     let tls = tls::TlsProbes::new(&loaded.ebpf);
     // Loading parsed the kernel's BTF twice (aya, libbpf) and freed it: hand that heap back.
     // SAFETY: malloc_trim only releases free memory at the top of glibc's heaps.
     unsafe { libc::malloc_trim(0) };
-    let pins = bpffs::Pins::create(&pin_dir, &mut loaded.ebpf)?;
+    let mut pins = bpffs::Pins::create(&pin_dir, &mut loaded.ebpf)?;
+    pins.add_links(std::mem::take(&mut loaded.links));
     let targets = targets::Targets::new(&mut loaded.ebpf)?;
-    tracing::info!(pin_dir = %pin_dir.display(), programs = loaded.attached, "capture attached");
+    tracing::info!(
+        pin_dir = %pin_dir.display(),
+        programs = loaded.attached,
+        send_begin = loaded.send_begin.unwrap_or("none: outgoing messages start as their send returns"),
+        "capture attached"
+    );
     let state = Arc::new(Mutex::new(State { targets, tls }));
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -106,7 +126,14 @@ struct State {
 }
 
 impl State {
-    fn apply(&mut self, req: LoaderRequest, mut fds: Vec<OwnedFd>) {
+    fn apply(&mut self, req: LoaderRequest, fds: Vec<OwnedFd>) {
+        selfstats::counter("requests").add(1);
+        self.apply_one(req, fds);
+        selfstats::gauge("targets").set(self.targets.len() as u64);
+        selfstats::gauge("tls_probed_files").set(self.tls.probed_files() as u64);
+    }
+
+    fn apply_one(&mut self, req: LoaderRequest, mut fds: Vec<OwnedFd>) {
         match req {
             LoaderRequest::TlsLibrary { pid, file } => {
                 let Some(fd) = fds.pop() else {
@@ -116,6 +143,7 @@ impl State {
                 if self.targets.contains(pid) {
                     self.tls.add(pid, fd, file);
                 } else {
+                    selfstats::counter("requests_refused").add(1);
                     tracing::warn!(pid, "TLS library for a pid that is not a target: ignored");
                 }
             }

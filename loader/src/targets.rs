@@ -1,12 +1,13 @@
 //! The pinned set of instrumented pids, changed only by typed requests from discover.
 
 use std::collections::HashSet;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData};
 use aya::Ebpf;
 use seam_abi::names;
-use seam_proto::{ipc, msg::Propagation, Role};
+use seam_proto::{ipc, msg::Propagation, selfstats, Role};
 
 #[derive(Debug)]
 pub struct Targets {
@@ -19,14 +20,29 @@ impl Targets {
         let map = ebpf
             .take_map(names::TARGETS)
             .context("targets map missing")?;
-        let map = HashMap::try_from(map).context("targets map has the wrong type")?;
+        let mut map: HashMap<MapData, u32, u32> =
+            HashMap::try_from(map).context("targets map has the wrong type")?;
+        // A map taken over from a previous loader keeps its targets (capture went on through the
+        // pinned links), less pids that exited while no loader ran; discover sends every
+        // current target again when it reconnects.
+        let gone: Vec<u32> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            .collect();
+        for pid in gone {
+            let _ = map.remove(&pid);
+        }
         let seam_uids = Role::ALL.iter().filter_map(|&r| ipc::uid_of(r)).collect();
         Ok(Self { map, seam_uids })
     }
 
     pub fn add(&mut self, pid: u32, propagation: Option<Propagation>) {
         match self.refusal(pid) {
-            Some(why) => tracing::warn!(pid, reason = why, "target refused"),
+            Some(why) => {
+                selfstats::counter("targets_refused").add(1);
+                tracing::warn!(pid, reason = why, "target refused")
+            }
             None => match self.map.insert(
                 pid,
                 seam_abi::target_value(propagation.map(|p| p.carriers())),
@@ -42,6 +58,10 @@ impl Targets {
         if self.map.remove(&pid).is_ok() {
             tracing::info!(pid, "target removed");
         }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.keys().count()
     }
 
     pub fn contains(&self, pid: u32) -> bool {

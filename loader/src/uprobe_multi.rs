@@ -74,7 +74,7 @@ impl Drop for UprobePrograms {
 }
 
 /// The aya map behind any of the kinds the capture object declares.
-fn map_data(map: &Map) -> Option<&MapData> {
+pub fn map_data(map: &Map) -> Option<&MapData> {
     Some(match map {
         Map::Array(m)
         | Map::HashMap(m)

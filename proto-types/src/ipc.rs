@@ -120,6 +120,8 @@ pub fn bind_at(path: &Path) -> Result<UnixListener, IpcError> {
         Err(e) => return Err(err(e)),
     }
     let listener = UnixListener::bind(path).map_err(err)?;
+    crate::selfstats::declare_counters(&["peers_refused", "peers_closed_on_bad_input"]);
+    crate::selfstats::gauge("peers_connected");
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
     Ok(listener)
 }
@@ -153,12 +155,19 @@ where
         let handle = handle.clone();
         tokio::spawn(async move {
             let pid = stream.peer_cred().ok().and_then(|c| c.pid());
+            let peers = crate::selfstats::gauge("peers_connected");
             match serve_one::<Req, _>(stream, &policy, &*handle).await {
-                Ok(role) => tracing::info!(peer = %role, peer_pid = ?pid, "peer disconnected"),
+                Ok(role) => {
+                    peers.sub(1);
+                    tracing::info!(peer = %role, peer_pid = ?pid, "peer disconnected")
+                }
                 Err(ConnEnd::Rejected(why)) => {
+                    crate::selfstats::counter("peers_refused").add(1);
                     tracing::warn!(peer_pid = ?pid, reason = %why, "refused connection")
                 }
                 Err(ConnEnd::Broken(role, why)) => {
+                    peers.sub(1);
+                    crate::selfstats::counter("peers_closed_on_bad_input").add(1);
                     tracing::warn!(peer = %role, peer_pid = ?pid, reason = %why, "closed connection on bad input")
                 }
             }
@@ -192,6 +201,8 @@ where
     let role = policy
         .check(cred.uid(), &hello)
         .map_err(ConnEnd::Rejected)?;
+    // From here every end of this connection is a Broken or Ok that takes it off again.
+    crate::selfstats::gauge("peers_connected").add(1);
     write_frame(
         stream.get_mut(),
         &HelloReply::Accepted {
@@ -282,6 +293,18 @@ impl Client {
 
     pub fn server(&self) -> Role {
         self.server
+    }
+
+    /// Whether the server has closed this connection (it never sends after the handshake, so
+    /// anything readable is its end of stream); a client that only writes now and then learns
+    /// of a restarted server here instead of at its next write.
+    pub fn peer_closed(&self) -> bool {
+        let mut byte = [0u8; 1];
+        match self.stream.try_read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Ok(0) | Err(_) => true,
+            Ok(_) => false,
+        }
     }
 }
 

@@ -9,9 +9,10 @@ pub mod msg;
 pub mod privilege;
 pub mod role;
 pub mod sampling;
+pub mod selfstats;
 pub mod telemetry;
 
 pub use role::Role;
 
 /// Bumped whenever a message layout changes; peers with another version are refused.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;

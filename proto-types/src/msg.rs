@@ -323,18 +323,8 @@ pub struct SpanBatch {
     pub spans: Vec<SpanRecord>,
 }
 
-/// Counters a daemon reports about itself.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SelfCounters {
-    pub events: u64,
-    pub lost_events: u64,
-    pub spans: u64,
-    pub dropped_spans: u64,
-}
-
 /// correlator → exporter.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ExporterRequest {
     Spans(SpanBatch),
-    Counters { role: Role, counters: SelfCounters },
 }

@@ -36,9 +36,17 @@ pub fn enter_least_privilege(role: Role) -> Result<Vec<Capability>, PrivilegeErr
         }
     }
     caps::clear(None, CapSet::Ambient)?;
-    caps::clear(None, CapSet::Inheritable)?;
-    caps::set(None, CapSet::Effective, &keep)?;
-    caps::set(None, CapSet::Permitted, &keep)?;
+    // capset only when something changes: a unit's syscall filter may allow it only where the
+    // daemon holds capabilities (systemd already gave a capability-free daemon empty sets).
+    if !caps::read(None, CapSet::Inheritable)?.is_empty() {
+        caps::clear(None, CapSet::Inheritable)?;
+    }
+    if caps::read(None, CapSet::Effective)? != keep {
+        caps::set(None, CapSet::Effective, &keep)?;
+    }
+    if caps::read(None, CapSet::Permitted)? != keep {
+        caps::set(None, CapSet::Permitted, &keep)?;
+    }
     // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes integer arguments only.
     let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
     if rc != 0 {

@@ -159,6 +159,86 @@ mod deployment_tests {
         }
     }
 
+    /// Every daemon's unit carries the whole hardening set; only the exporter may reach IP.
+    #[test]
+    fn systemd_units_are_hardened() {
+        const EVERY_UNIT: &[&str] = &[
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "ProtectHome=yes",
+            "PrivateTmp=yes",
+            "ProtectKernelTunables=yes",
+            "ProtectKernelModules=yes",
+            "ProtectKernelLogs=yes",
+            "ProtectClock=yes",
+            "LockPersonality=yes",
+            "MemoryDenyWriteExecute=yes",
+            "RestrictRealtime=yes",
+            "RestrictSUIDSGID=yes",
+            "RestrictNamespaces=yes",
+            "SystemCallArchitectures=native",
+            "SystemCallFilter=@system-service",
+            "UMask=0077",
+            "Restart=on-failure",
+            "PartOf=seam.target",
+        ];
+        for role in Role::ALL {
+            let unit = repo_file(&format!("systemd/seam-{}.service", role.name()));
+            let lines: Vec<&str> = unit.lines().collect();
+            for want in EVERY_UNIT {
+                assert!(lines.contains(want), "{role}: missing {want}");
+            }
+            let families = lines
+                .iter()
+                .find_map(|l| l.strip_prefix("RestrictAddressFamilies="))
+                .unwrap_or_else(|| panic!("{role}: no RestrictAddressFamilies"));
+            let families: Vec<&str> = families.split_whitespace().collect();
+            assert!(families.contains(&"AF_UNIX"), "{role}");
+            let ip = families.iter().any(|f| f.starts_with("AF_INET"));
+            assert_eq!(ip, role == Role::Exporter, "{role}: {families:?}");
+            assert_eq!(
+                lines.contains(&"IPAddressDeny=any"),
+                role != Role::Exporter,
+                "{role}"
+            );
+            // In a user namespace a peer's SO_PEERCRED uid reads as nobody: every peer check fails.
+            assert!(!lines.contains(&"PrivateUsers=yes"), "{role}: PrivateUsers");
+            // Daemons must not pull each other down: only the target and host setup bind them.
+            for l in &lines {
+                if let Some(deps) = l
+                    .strip_prefix("Requires=")
+                    .or_else(|| l.strip_prefix("BindsTo="))
+                {
+                    assert_eq!(deps, "seam-host.service", "{role}: {l}");
+                }
+            }
+        }
+    }
+
+    /// The README's daemon table states each role's user and capabilities as the code has them.
+    #[test]
+    fn readme_daemon_table_matches_role_table() {
+        let readme = repo_file("README.md");
+        for role in Role::ALL {
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `seam-{}` |", role.name())))
+                .unwrap_or_else(|| panic!("README has no table row for {role}"));
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            assert_eq!(cells[2], format!("`{}`", role.user()), "{row}");
+            let named: Vec<String> = cells[3]
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("CAP_"))
+                .map(str::to_string)
+                .collect();
+            let want: Vec<String> = role.capabilities().iter().map(|c| c.to_string()).collect();
+            assert_eq!(named, want, "{row}");
+            if want.is_empty() {
+                assert!(cells[3].starts_with("none"), "{row}");
+            }
+        }
+    }
+
     #[test]
     fn systemd_units_match_role_table() {
         for role in Role::ALL {

@@ -15,6 +15,17 @@ use anyhow::{bail, Context, Result};
 
 pub const ROLES: [&str; 5] = ["exporter", "loader", "correlator", "ctxprop", "discover"];
 
+/// A test's wait, stretched by `SEAM_TEST_TIME_SCALE` (the VM lane runs under emulation, where
+/// loading the programs alone takes tens of seconds).
+pub fn patience(wait: Duration) -> Duration {
+    let scale = std::env::var("SEAM_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    wait * scale
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -85,12 +96,23 @@ pub struct Stack {
     pub pin_dir: PathBuf,
     pub log_dir: PathBuf,
     children: Vec<(&'static str, Child)>,
+    /// Each daemon runs under scripts/supervise, which restarts it when it dies.
+    supervised: bool,
 }
 
 impl Stack {
     /// Starts the stack with extra environment (selectors, OTLP settings) and waits until the
     /// loader has attached and the correlator reads the ring buffer.
     pub fn start(env: &[(String, String)]) -> Result<Self> {
+        Self::start_with(env, false)
+    }
+
+    /// Like `start`, with every daemon under scripts/supervise (restarted when it dies).
+    pub fn start_supervised(env: &[(String, String)]) -> Result<Self> {
+        Self::start_with(env, true)
+    }
+
+    fn start_with(env: &[(String, String)], supervised: bool) -> Result<Self> {
         let n = STACK_SEQ.fetch_add(1, Ordering::SeqCst);
         let tag = format!("seam-test-{}-{n}", std::process::id());
         let run_dir = PathBuf::from("/run").join(&tag);
@@ -103,6 +125,7 @@ impl Stack {
             pin_dir,
             log_dir,
             children: Vec::new(),
+            supervised,
         };
         // Each daemon is ready (socket bound, signal handlers in place) before the next starts.
         for role in ROLES {
@@ -115,7 +138,12 @@ impl Stack {
     fn spawn(&mut self, role: &'static str, env: &[(String, String)]) -> Result<()> {
         let stderr = File::create(self.log_dir.join(format!("{role}.log")))?;
         let stdout = File::create(self.log_dir.join(format!("{role}.out")))?;
-        let mut cmd = Command::new(repo_root().join("scripts/launch"));
+        let script = if self.supervised {
+            "scripts/supervise"
+        } else {
+            "scripts/launch"
+        };
+        let mut cmd = Command::new(repo_root().join(script));
         cmd.arg(role)
             .env("SEAM_BIN_DIR", bin_dir())
             .env("SEAM_RUN_DIR", &self.run_dir)
@@ -149,6 +177,7 @@ impl Stack {
     }
 
     pub fn wait_log(&self, role: &str, needle: &str, timeout: Duration) -> Result<()> {
+        let timeout = patience(timeout);
         let start = Instant::now();
         while start.elapsed() < timeout {
             if self.log(role).contains(needle) {
@@ -177,11 +206,58 @@ impl Stack {
         )
     }
 
+    /// The daemon's pid: the launched process itself (scripts/launch execs the daemon), or under
+    /// a supervisor the supervisor's current child.
     pub fn pid_of(&self, role: &str) -> Option<u32> {
-        self.children
+        let pid = self
+            .children
             .iter()
             .find(|(r, _)| *r == role)
-            .map(|(_, c)| c.id())
+            .map(|(_, c)| c.id())?;
+        if !self.supervised {
+            return Some(pid);
+        }
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// How many times `role` has logged `needle` (a supervised daemon's restarts append).
+    pub fn log_count(&self, role: &str, needle: &str) -> usize {
+        self.log(role).matches(needle).count()
+    }
+
+    /// What `role` last published about itself (its stats file in this stack's run directory).
+    pub fn stats(&self, role: &str) -> Result<seam_proto::selfstats::Snapshot> {
+        let role = seam_proto::Role::ALL
+            .into_iter()
+            .find(|r| r.name() == role)
+            .with_context(|| format!("no role {role}"))?;
+        Ok(seam_proto::selfstats::read(&self.run_dir, role)?)
+    }
+
+    /// Waits until `role`'s published counters satisfy `pred`; returns the last snapshot read.
+    pub fn wait_stats(
+        &self,
+        role: &str,
+        timeout: Duration,
+        pred: impl Fn(&seam_proto::selfstats::Snapshot) -> bool,
+    ) -> Result<seam_proto::selfstats::Snapshot> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let snap = self.stats(role);
+            match snap {
+                Ok(s) if pred(&s) => return Ok(s),
+                Ok(s) if Instant::now() > deadline => {
+                    bail!("{role}'s counters never got there: {s:?}")
+                }
+                Err(e) if Instant::now() > deadline => return Err(e),
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
     }
 
     pub fn socket(&self, role: &str) -> PathBuf {
@@ -260,6 +336,7 @@ pub fn free_port() -> u16 {
 
 /// Waits until something accepts connections on 127.0.0.1:`port`.
 pub fn wait_port(port: u16, timeout: Duration) -> Result<()> {
+    let timeout = patience(timeout);
     let start = Instant::now();
     while start.elapsed() < timeout {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {

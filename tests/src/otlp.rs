@@ -77,6 +77,8 @@ impl ReceivedSpan {
 struct Store {
     spans: Vec<ReceivedSpan>,
     metric_names: Vec<String>,
+    /// Latest integer point of each seam self-metric, by (metric name, `seam.daemon`).
+    self_points: HashMap<(String, String), i64>,
     requests: HashMap<&'static str, u64>,
 }
 
@@ -111,6 +113,24 @@ fn store_metrics(store: &Shared, req: ExportMetricsServiceRequest) {
     for rm in req.resource_metrics {
         for sm in rm.scope_metrics {
             for m in sm.metrics {
+                use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
+                let points = match &m.data {
+                    Some(Data::Sum(sum)) => sum.data_points.as_slice(),
+                    Some(Data::Gauge(g)) => g.data_points.as_slice(),
+                    _ => &[],
+                };
+                for p in points {
+                    let daemon = p
+                        .attributes
+                        .iter()
+                        .find(|kv| kv.key == "seam.daemon")
+                        .and_then(value_string);
+                    if let (Some(daemon), Some(number_data_point::Value::AsInt(v))) =
+                        (daemon, p.value)
+                    {
+                        s.self_points.insert((m.name.clone(), daemon), v);
+                    }
+                }
                 if !s.metric_names.contains(&m.name) {
                     s.metric_names.push(m.name);
                 }
@@ -213,7 +233,8 @@ pub struct OtlpReceiver {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     store: Shared,
-    _rt: tokio::runtime::Runtime,
+    /// None while paused (the collector is down).
+    rt: Option<tokio::runtime::Runtime>,
 }
 
 impl std::fmt::Debug for OtlpReceiver {
@@ -227,14 +248,29 @@ impl std::fmt::Debug for OtlpReceiver {
 
 impl OtlpReceiver {
     pub fn start() -> anyhow::Result<Self> {
+        let store: Shared = Arc::default();
+        let any: SocketAddr = "127.0.0.1:0".parse()?;
+        let (rt, grpc_addr, http_addr) = Self::serve(any, any, store.clone())?;
+        Ok(Self {
+            grpc_addr,
+            http_addr,
+            store,
+            rt: Some(rt),
+        })
+    }
+
+    fn serve(
+        grpc_at: SocketAddr,
+        http_at: SocketAddr,
+        store: Shared,
+    ) -> anyhow::Result<(tokio::runtime::Runtime, SocketAddr, SocketAddr)> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()?;
-        let store: Shared = Arc::default();
         let (grpc_addr, http_addr) = rt.block_on(async {
-            let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let grpc = tokio::net::TcpListener::bind(grpc_at).await?;
+            let http = tokio::net::TcpListener::bind(http_at).await?;
             let addrs = (grpc.local_addr()?, http.local_addr()?);
             let svc = Grpc(store.clone());
             tokio::spawn(
@@ -246,12 +282,23 @@ impl OtlpReceiver {
             tokio::spawn(serve_http(http, store.clone()));
             Ok::<_, anyhow::Error>(addrs)
         })?;
-        Ok(Self {
-            grpc_addr,
-            http_addr,
-            store,
-            _rt: rt,
-        })
+        Ok((rt, grpc_addr, http_addr))
+    }
+
+    /// Takes the collector down: its listeners and every open connection close.
+    pub fn pause(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Brings the collector back on the same addresses, keeping what it had received.
+    pub fn resume(&mut self) -> anyhow::Result<()> {
+        if self.rt.is_none() {
+            let (rt, _, _) = Self::serve(self.grpc_addr, self.http_addr, self.store.clone())?;
+            self.rt = Some(rt);
+        }
+        Ok(())
     }
 
     /// Environment for seam-exporter to send here with the given protocol (`grpc` or `http/protobuf`).
@@ -287,6 +334,16 @@ impl OtlpReceiver {
             .clone()
     }
 
+    /// The latest value the exporter sent of seam's own metric `name` for `daemon`.
+    pub fn self_metric(&self, name: &str, daemon: &str) -> Option<i64> {
+        self.store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .self_points
+            .get(&(name.to_string(), daemon.to_string()))
+            .copied()
+    }
+
     pub fn requests_via(&self, via: &str) -> u64 {
         self.store
             .lock()
@@ -303,6 +360,7 @@ impl OtlpReceiver {
         timeout: Duration,
         pred: impl Fn(&[ReceivedSpan]) -> bool,
     ) -> Vec<ReceivedSpan> {
+        let timeout = crate::patience(timeout);
         let start = Instant::now();
         loop {
             let spans = self.spans();

@@ -95,7 +95,9 @@ fn server_and_curl_spans(interpreter: &str, fixture: &str, protocol: &str) {
         // the writer's syscall exits.)
         assert!(
             cli.span.start_time_unix_nano <= srv.span.start_time_unix_nano,
-            "span {i}: client starts after server"
+            "span {i}: client starts {} ns after server\n{}",
+            cli.span.start_time_unix_nano - srv.span.start_time_unix_nano,
+            stack.all_logs()
         );
         assert!(
             srv.span.start_time_unix_nano <= cli.span.end_time_unix_nano,

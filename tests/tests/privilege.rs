@@ -209,6 +209,25 @@ fn bad_peers_lose_their_connection_and_spans_keep_flowing() {
         "{}",
         stack.all_logs()
     );
+    // Each refusal is counted where an operator looks (seam-status, OTLP self-metrics).
+    for (role, refused, closed) in [
+        ("loader", 3, 0),
+        ("correlator", 2, 0),
+        ("exporter", 3, 1),
+        ("ctxprop", 2, 0),
+    ] {
+        let snap = stack
+            .wait_stats(role, Duration::from_secs(5), |s| {
+                s.get("peers_refused") >= Some(refused)
+                    && s.get("peers_closed_on_bad_input") >= Some(closed)
+            })
+            .expect("refusals counted");
+        eprintln!(
+            "{role}: refused {:?}, closed on bad input {:?}",
+            snap.get("peers_refused"),
+            snap.get("peers_closed_on_bad_input")
+        );
+    }
 }
 
 #[test]

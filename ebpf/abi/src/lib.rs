@@ -93,6 +93,7 @@ pub mod names {
     pub const TARGETS: &str = "seam_targets";
     pub const EVENTS: &str = "seam_events";
     pub const COUNTERS: &str = "seam_counters";
+    pub const CONN_SEQ: &str = "seam_conn_seq";
     pub const CAPTURE_BYTES: &str = "capture_bytes";
     pub const WAKEUP_BYTES: &str = "wakeup_bytes";
 }
