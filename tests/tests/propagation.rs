@@ -203,6 +203,16 @@ fn run_corpus(
         }
         let stack = Stack::start(&env).expect("stack");
         stack.wait_target(client.pid()).expect("targeted");
+        if selector_propagation.is_some_and(|mode| mode != "disabled") {
+            // ctxprop loads its programs only when this target turns propagation on.
+            stack
+                .wait_log(
+                    "ctxprop",
+                    "propagating context in instrumented processes",
+                    Duration::from_secs(10),
+                )
+                .expect("propagation started for the selector");
+        }
         before(&stack);
         stack
     });
