@@ -62,14 +62,11 @@ seam_build() {
 # Users, groups, mounts and directories the privilege-separated daemons rely on. Idempotent.
 seam_setup_host() {
   getent group seam >/dev/null || groupadd --system seam
-  getent group seam-trace >/dev/null || groupadd --system seam-trace
   local u
   for u in seam-discover seam-loader seam-ctxprop seam seam-exporter; do
     id "$u" >/dev/null 2>&1 || useradd --system --gid seam --no-create-home \
       --home-dir /nonexistent --shell /usr/sbin/nologin "$u"
   done
-  # Only the loader reads tracefs (tracepoint ids); seam-trace is its group for that alone.
-  id -nG seam-loader | grep -qw seam-trace || usermod -a -G seam-trace seam-loader
   "$SEAM_ROOT/scripts/host-setup" mounts
 }
 

@@ -37,6 +37,24 @@ pub struct EngineCounters {
     pub injected_unlinked: u64,
 }
 
+impl EngineCounters {
+    /// Each counter under the name seam's own metrics publish it as.
+    pub fn named(&self) -> [(&'static str, u64); 10] {
+        [
+            ("records", self.records),
+            ("malformed_records", self.malformed_records),
+            ("spans", self.spans),
+            ("unanswered_requests", self.unanswered_requests),
+            ("orphan_responses", self.orphan_responses),
+            ("truncated_starts", self.truncated_starts),
+            ("expired_responses", self.expired_responses),
+            ("injected_spans", self.injected_spans),
+            ("option_contexts", self.option_contexts),
+            ("injected_unlinked", self.injected_unlinked),
+        ]
+    }
+}
+
 /// A context the kernel reported for the request that follows on a connection.
 #[derive(Clone, Debug)]
 enum WireCtx {

@@ -10,10 +10,8 @@ use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
 use clap::Parser;
 use seam_correlator::context::Sampler;
-use seam_correlator::engine::{Engine, EngineCounters, LinkConfig, MonotonicClock};
-use seam_proto::msg::{
-    CorrelatorRequest, ExporterRequest, ServiceIdentity, SpanBatch, SpanRecord,
-};
+use seam_correlator::engine::{Engine, LinkConfig, MonotonicClock};
+use seam_proto::msg::{CorrelatorRequest, ExporterRequest, ServiceIdentity, SpanBatch, SpanRecord};
 use seam_proto::{ipc, privilege, role, selfstats, Role};
 use tokio::sync::mpsc;
 
@@ -50,9 +48,6 @@ struct Args {
 }
 
 type Services = Arc<Mutex<HashMap<u32, ServiceIdentity>>>;
-/// The consumer's latest counters, for the summary logged at shutdown.
-/// What the consumer thread last reported: its own counters and the span engine's.
-type Published = Arc<Mutex<EngineCounters>>;
 
 fn main() -> std::process::ExitCode {
     seam_proto::telemetry::init_logging(Role::Correlator);
@@ -110,10 +105,8 @@ fn run(args: Args, links: LinkConfig) -> Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    let published: Published = Arc::default();
     let consumer = {
         let services = services.clone();
-        let published = published.clone();
         let timeout = Duration::from_secs(args.open_response_timeout);
         tracing::info!(
             black_box = links.black_box,
@@ -123,7 +116,7 @@ fn run(args: Args, links: LinkConfig) -> Result<()> {
         );
         std::thread::Builder::new()
             .name("ringbuf".into())
-            .spawn(move || consume(ring, counters, services, tx, timeout, links, published))
+            .spawn(move || consume(ring, counters, services, tx, timeout, links))
             .context("spawning the ring buffer thread")?
     };
     rt.block_on(async move {
@@ -149,22 +142,23 @@ fn run(args: Args, links: LinkConfig) -> Result<()> {
         Ok::<(), anyhow::Error>(())
     })?;
     let _ = std::fs::remove_file(Role::Correlator.socket_path());
-    let e = *published.lock().unwrap_or_else(|p| p.into_inner());
     selfstats::publish_now(&role::run_dir());
+    // As the consumer last published them (each second).
+    let get = |name| selfstats::counter(name).get();
     tracing::info!(
-        events = selfstats::counter("events").get(),
-        lost_events = selfstats::counter("lost_events").get(),
-        spans = e.spans,
-        dropped_spans = selfstats::counter("spans_dropped").get(),
-        records = e.records,
-        malformed_records = e.malformed_records,
-        unanswered_requests = e.unanswered_requests,
-        orphan_responses = e.orphan_responses,
-        truncated_starts = e.truncated_starts,
-        expired_responses = e.expired_responses,
-        injected_spans = e.injected_spans,
-        injected_unlinked = e.injected_unlinked,
-        option_contexts = e.option_contexts,
+        events = get("events"),
+        lost_events = get("lost_events"),
+        spans = get("spans"),
+        dropped_spans = get("spans_dropped"),
+        records = get("records"),
+        malformed_records = get("malformed_records"),
+        unanswered_requests = get("unanswered_requests"),
+        orphan_responses = get("orphan_responses"),
+        truncated_starts = get("truncated_starts"),
+        expired_responses = get("expired_responses"),
+        injected_spans = get("injected_spans"),
+        injected_unlinked = get("injected_unlinked"),
+        option_contexts = get("option_contexts"),
         "final counters"
     );
     drop(consumer);
@@ -302,7 +296,6 @@ fn consume(
     tx: mpsc::Sender<ExporterRequest>,
     open_timeout: Duration,
     links: LinkConfig,
-    published: Published,
 ) {
     const POLL: Duration = Duration::from_millis(50);
     const FLUSH: Duration = Duration::from_millis(100);
@@ -360,7 +353,6 @@ fn consume(
                 );
                 lost_seen = lost;
             }
-            *published.lock().unwrap_or_else(|p| p.into_inner()) = engine.counters;
             publish_counters(&engine, events_total, lost, &tx);
         }
     }
@@ -373,15 +365,11 @@ fn publish_counters(
     lost_events: u64,
     tx: &mpsc::Sender<ExporterRequest>,
 ) {
-    let c = &engine.counters;
     selfstats::counter("events").set(events);
     selfstats::counter("lost_events").set(lost_events);
-    selfstats::counter("records").set(c.records);
-    selfstats::counter("malformed_records").set(c.malformed_records);
-    selfstats::counter("spans").set(c.spans);
-    selfstats::counter("unanswered_requests").set(c.unanswered_requests);
-    selfstats::counter("orphan_responses").set(c.orphan_responses);
-    selfstats::counter("expired_responses").set(c.expired_responses);
+    for (name, value) in engine.counters.named() {
+        selfstats::counter(name).set(value);
+    }
     selfstats::gauge("open_connections").set(engine.open_connections() as u64);
     selfstats::gauge("export_queue_depth").set((tx.max_capacity() - tx.capacity()) as u64);
 }

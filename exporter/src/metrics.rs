@@ -71,8 +71,7 @@ impl RedMetrics {
         let meters = match self.services.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                let Some(provider) =
-                    otlp_meter_provider(crate::resource::of(&batch.service))
+                let Some(provider) = otlp_meter_provider(crate::resource::of(&batch.service))
                 else {
                     return;
                 };

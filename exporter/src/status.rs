@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use clap::Parser;
 use seam_proto::selfstats::{self, Kind};
@@ -19,14 +19,6 @@ struct Args {
     /// The daemons' run directory (default: SEAM_RUN_DIR, else /run/seam).
     #[arg(long)]
     run_dir: Option<PathBuf>,
-}
-
-fn since(ms: u64, now: SystemTime) -> Duration {
-    let now_ms = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    Duration::from_millis(now_ms.saturating_sub(ms))
 }
 
 fn human(d: Duration) -> String {
@@ -57,8 +49,8 @@ fn main() -> ExitCode {
                     role.name(),
                     if live { "up" } else { "DOWN" },
                     snap.pid,
-                    human(since(snap.started_ms, now).saturating_sub(since(snap.updated_ms, now))),
-                    human(since(snap.updated_ms, now)),
+                    human(snap.uptime()),
+                    human(snap.age(now)),
                 ));
                 for (name, kind, value) in &snap.metrics {
                     let kind = match kind {

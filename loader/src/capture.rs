@@ -91,8 +91,7 @@ fn same_shape(ebpf: &Ebpf, name: &str, pin: &Path) -> bool {
             .and_then(crate::uprobe_multi::map_data)
             .map(|m| m.info()),
         MapInfo::from_pin(pin),
-    )
-    else {
+    ) else {
         return false;
     };
     ours.map_type().ok() == pinned.map_type().ok()
@@ -111,7 +110,9 @@ pub fn load(settings: &Settings, pin_dir: &Path) -> Result<Loaded> {
         .iter()
         .map(|&(map, file, _)| (map, pin_dir.join(file)))
         .collect();
-    let reusable = pinned.iter().all(|(map, path)| same_shape(&fresh, map, path));
+    let reusable = pinned
+        .iter()
+        .all(|(map, path)| same_shape(&fresh, map, path));
     let mut ebpf = if reusable {
         drop(fresh);
         tracing::info!(pin_dir = %pin_dir.display(), "taking over the maps a previous loader left pinned");
@@ -128,10 +129,7 @@ pub fn load(settings: &Settings, pin_dir: &Path) -> Result<Loaded> {
     let unlisted: Vec<&str> = ebpf
         .programs()
         .map(|(name, _)| name)
-        .filter(|name| {
-            !all_programs().any(|p| p == *name)
-                && !crate::tls::PROGRAMS.contains(name)
-        })
+        .filter(|name| !all_programs().any(|p| p == *name) && !crate::tls::PROGRAMS.contains(name))
         .collect();
     if !unlisted.is_empty() {
         bail!("programs without an attach point: {unlisted:?}");

@@ -101,9 +101,21 @@ fn run(args: Args) -> Result<()> {
         let server = ipc::serve::<LoaderRequest, _>(listener, policy, move |_, req, fds| {
             s.lock().unwrap_or_else(|p| p.into_inner()).apply(req, fds);
         });
+        let reported = state.clone();
+        let report = async move {
+            let mut every = tokio::time::interval(selfstats::PUBLISH_EVERY);
+            loop {
+                every.tick().await;
+                reported
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .publish_gauges();
+            }
+        };
         seam_proto::lifecycle::ready(Role::Loader);
         tokio::select! {
             _ = server => Ok::<(), anyhow::Error>(()),
+            _ = report => Ok(()),
             _ = shutdown.wait() => {
                 tracing::info!("detaching programs and removing pins");
                 Ok(())
@@ -126,14 +138,8 @@ struct State {
 }
 
 impl State {
-    fn apply(&mut self, req: LoaderRequest, fds: Vec<OwnedFd>) {
+    fn apply(&mut self, req: LoaderRequest, mut fds: Vec<OwnedFd>) {
         selfstats::counter("requests").add(1);
-        self.apply_one(req, fds);
-        selfstats::gauge("targets").set(self.targets.len() as u64);
-        selfstats::gauge("tls_probed_files").set(self.tls.probed_files() as u64);
-    }
-
-    fn apply_one(&mut self, req: LoaderRequest, mut fds: Vec<OwnedFd>) {
         match req {
             LoaderRequest::TlsLibrary { pid, file } => {
                 let Some(fd) = fds.pop() else {
@@ -153,5 +159,12 @@ impl State {
             }
             LoaderRequest::AddTarget { pid, propagation } => self.targets.add(pid, propagation),
         }
+    }
+
+    /// Levels for seam-status, once a second rather than per request: counting the target set
+    /// walks the kernel map (it also holds the children the kernel added on fork).
+    fn publish_gauges(&self) {
+        selfstats::gauge("targets").set(self.targets.len() as u64);
+        selfstats::gauge("tls_probed_files").set(self.tls.probed_files() as u64);
     }
 }

@@ -142,12 +142,12 @@ impl TlsProbes {
         }
     }
 
-    /// `pid` is gone: files it was the last user of lose their probes.
     /// Files with OpenSSL probes attached.
     pub fn probed_files(&self) -> usize {
         self.files.len()
     }
 
+    /// `pid` is gone: files it was the last user of lose their probes.
     pub fn remove_pid(&mut self, pid: u32) {
         let Some(keys) = self.by_pid.remove(&pid) else {
             return;

@@ -82,10 +82,7 @@ fn registry() -> &'static Registry {
 }
 
 fn metric(name: &'static str, kind: Kind) -> &'static Metric {
-    let mut metrics = registry()
-        .metrics
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let mut metrics = registry().metrics.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((_, k, m)) = metrics.iter().find(|(n, _, _)| *n == name) {
         debug_assert_eq!(*k, kind, "{name} registered as both kinds");
         return m;
@@ -202,10 +199,19 @@ impl Snapshot {
             .map(|(_, _, v)| *v)
     }
 
+    /// How long ago it was published.
+    pub fn age(&self, now: SystemTime) -> Duration {
+        Duration::from_millis(unix_ms(now).saturating_sub(self.updated_ms))
+    }
+
+    /// How long the daemon had been running when it published.
+    pub fn uptime(&self) -> Duration {
+        Duration::from_millis(self.updated_ms.saturating_sub(self.started_ms))
+    }
+
     /// Published recently by a process that is still there.
     pub fn is_live(&self, now: SystemTime) -> bool {
-        let fresh = unix_ms(now).saturating_sub(self.updated_ms) <= STALE_AFTER.as_millis() as u64;
-        fresh && Path::new(&format!("/proc/{}", self.pid)).exists()
+        self.age(now) <= STALE_AFTER && Path::new(&format!("/proc/{}", self.pid)).exists()
     }
 }
 
@@ -265,19 +271,21 @@ pub fn parse(path: &str, text: &str) -> Result<Snapshot, StatsError> {
 pub fn read(run_dir: &Path, role: Role) -> Result<Snapshot, StatsError> {
     let path = stats_path(run_dir, role);
     let shown = path.display().to_string();
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
+    let io = |source| StatsError::Io {
+        path: shown.clone(),
+        source,
+    };
+    // One open: the owner checked is the owner of the text read.
+    let mut file = match std::fs::File::open(&path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(StatsError::Missing(shown))
         }
-        Err(source) => return Err(StatsError::Io { path: shown, source }),
+        Err(source) => return Err(io(source)),
     };
-    let owner = std::fs::metadata(&path)
-        .map_err(|source| StatsError::Io {
-            path: shown.clone(),
-            source,
-        })?
-        .uid();
+    let owner = file.metadata().map_err(io)?.uid();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(io)?;
     if owner != 0 && Some(owner) != crate::ipc::uid_of(role) {
         return Err(StatsError::WrongOwner {
             path: shown,

@@ -86,7 +86,12 @@ fn a_missing_capability_is_named() {
                 .filter(|c| *c != missing)
                 .map(|c| format!("+{}", short(c)))
                 .collect();
-            cases.push((role.name(), role.user(), kept.join(","), missing.to_string()));
+            cases.push((
+                role.name(),
+                role.user(),
+                kept.join(","),
+                missing.to_string(),
+            ));
         }
     }
     assert_eq!(cases.len(), 6, "every capability of every role is a case");
@@ -181,7 +186,9 @@ fn a_listener_opened_after_its_bind_is_found() {
     assert_eq!(line.trim(), "bound");
     // Explaining this listener makes discover read every process's sockets, the bound one's too.
     let other = start_server("python3", "pyserver.py", other_port, "other").expect("server");
-    stack.wait_target(other.pid()).expect("other listener noticed");
+    stack
+        .wait_target(other.pid())
+        .expect("other listener noticed");
     let mut stdin = late.stdin.take().expect("stdin");
     writeln!(stdin).expect("go");
     line.clear();
@@ -312,9 +319,13 @@ fn own_counters_reach_seam_status_and_otlp_metrics() {
         std::thread::sleep(Duration::from_millis(300));
     };
     eprintln!("{text}");
-    let v = |d: &str, n: &str| status_value(&text, d, n).unwrap_or_else(|| panic!("{d} {n}:\n{text}"));
+    let v =
+        |d: &str, n: &str| status_value(&text, d, n).unwrap_or_else(|| panic!("{d} {n}:\n{text}"));
     assert_eq!(v("correlator", "spans"), 40);
-    assert!(v("correlator", "events") >= 80, "a request and a response each");
+    assert!(
+        v("correlator", "events") >= 80,
+        "a request and a response each"
+    );
     assert_eq!(v("correlator", "lost_events"), 0);
     assert_eq!(v("correlator", "spans_dropped"), 0);
     assert_eq!(v("correlator", "spans_shipped"), 40);

@@ -27,7 +27,11 @@ fn measured_exposure() -> BTreeMap<&'static str, f64> {
         let text = String::from_utf8_lossy(&out.stdout);
         let score = text
             .lines()
-            .find_map(|l| l.split_once("Overall exposure level for ")?.1.split_once(": "))
+            .find_map(|l| {
+                l.split_once("Overall exposure level for ")?
+                    .1
+                    .split_once(": ")
+            })
             .and_then(|(_, rest)| rest.split_whitespace().next()?.parse::<f64>().ok())
             .unwrap_or_else(|| panic!("no overall exposure for {role}: {text}"));
         scores.insert(role, score);

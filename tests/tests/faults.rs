@@ -27,7 +27,8 @@ fn one_request(port: u16, n: u64) -> Result<(), String> {
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
     // One write: a head split across segments is a different test.
-    let request = format!("GET /fault/{n} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET /fault/{n} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     s.write_all(request.as_bytes())
         .map_err(|e| format!("send: {e}"))?;
     let mut answer = Vec::new();
@@ -53,7 +54,9 @@ impl Load {
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::Relaxed) {
                 let n = se.load(Ordering::Relaxed);
-                ti.lock().unwrap_or_else(|p| p.into_inner()).push(Instant::now());
+                ti.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(Instant::now());
                 if let Err(e) = one_request(port, n) {
                     fa.lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -167,7 +170,12 @@ fn each_daemon_killed_under_load_comes_back_and_spans_resume() {
         let back = killed.elapsed();
         let first_after_back = load.sent();
         let new_pid = stack.pid_of(role).expect("restarted");
-        assert_ne!(new_pid, victim, "{role} not restarted:\n{}", stack.all_logs());
+        assert_ne!(
+            new_pid,
+            victim,
+            "{role} not restarted:\n{}",
+            stack.all_logs()
+        );
         assert!(
             stack.log_count(role, " ready role=") > ready_before,
             "{role} never ready again:\n{}",
@@ -182,10 +190,7 @@ fn each_daemon_killed_under_load_comes_back_and_spans_resume() {
             .iter()
             .any(|&n| n >= first_after_back)
             .then(|| killed.elapsed());
-        let first_span_after = spanned(&rx)
-            .into_iter()
-            .filter(|&n| n >= first_after)
-            .min();
+        let first_span_after = spanned(&rx).into_iter().filter(|&n| n >= first_after).min();
         assert!(
             resume.is_some_and(|r| r <= Duration::from_secs(5)),
             "{role}: spans resumed after {resume:?} ({} spans in all)\n{}",
@@ -195,7 +200,11 @@ fn each_daemon_killed_under_load_comes_back_and_spans_resume() {
         // The others never stopped.
         for (other, pid) in before {
             if other != role {
-                assert_eq!(stack.pid_of(other), Some(pid), "{other} changed when {role} was killed");
+                assert_eq!(
+                    stack.pid_of(other),
+                    Some(pid),
+                    "{other} changed when {role} was killed"
+                );
             }
         }
         let gap = first_span_after
@@ -239,8 +248,7 @@ fn each_daemon_killed_under_load_comes_back_and_spans_resume() {
         eprintln!("  {role}.{name} = {value}");
     }
     eprintln!("  spans the killed exporter held = {held_by_killed_exporter}");
-    let accounted: u64 =
-        counted.iter().map(|(_, _, v)| v).sum::<u64>() + held_by_killed_exporter;
+    let accounted: u64 = counted.iter().map(|(_, _, v)| v).sum::<u64>() + held_by_killed_exporter;
     // Capture went on from the pinned links while no loader ran; the new one took them over.
     assert_eq!(counter(&stack, "loader", "pins_taken_over"), 1);
     // The new loader pinned the same programs' links as the one it replaced.

@@ -4,13 +4,21 @@
 
 use libfuzzer_sys::fuzz_target;
 use seam_abi::{
-    Event, DIR_EGRESS, EV_CLOSE, EV_DATA, EV_EXEC, EV_EXIT, EV_INJECTED, EV_SPAWN,
-    EV_TCP_CONTEXT, TAIL_LEN,
+    Event, DIR_EGRESS, EV_CLOSE, EV_DATA, EV_EXEC, EV_EXIT, EV_INJECTED, EV_SPAWN, EV_TCP_CONTEXT,
+    TAIL_LEN,
 };
 use seam_correlator::engine::{Engine, LinkConfig};
 
 const KINDS: [u8; 10] = [
-    EV_DATA, EV_DATA, EV_DATA, EV_DATA, EV_CLOSE, EV_EXEC, EV_SPAWN, EV_EXIT, EV_INJECTED,
+    EV_DATA,
+    EV_DATA,
+    EV_DATA,
+    EV_DATA,
+    EV_CLOSE,
+    EV_EXEC,
+    EV_SPAWN,
+    EV_EXIT,
+    EV_INJECTED,
     EV_TCP_CONTEXT,
 ];
 
