@@ -274,18 +274,12 @@ impl Conn {
         if let Some(open) = self.response.take() {
             self.finish(open, out);
         }
-        let method = self.pending.front().map(|p| p.head.method.clone());
-        let Some(method) = method else {
+        let Some(body) = self.pending.front().map(|p| head.body_len(&p.head.method)) else {
             self.leftovers.orphan_responses += 1;
             return None;
         };
-        let (mut tracker, used) = Tracker::first(
-            head.body_len(&method),
-            head.fields.head_len,
-            captured,
-            avail,
-            chunk,
-        );
+        let (mut tracker, used) =
+            Tracker::first(body, head.fields.head_len, captured, avail, chunk);
         if head.is_interim() {
             return used;
         }

@@ -93,8 +93,17 @@ impl ResponseHead {
 }
 
 /// Length of the line starting at `from`, up to (not including) its CRLF; `None` if no CRLF follows.
+/// A bare LF inside the line is part of it, as before the search was vectorised.
 fn line_len(buf: &[u8], from: usize) -> Option<usize> {
-    buf.get(from..)?.windows(2).position(|w| w == b"\r\n")
+    let rest = buf.get(from..)?;
+    let mut at = 0;
+    loop {
+        let lf = at + memchr::memchr(b'\n', &rest[at..])?;
+        if lf > 0 && rest[lf - 1] == b'\r' {
+            return Some(lf - 1);
+        }
+        at = lf + 1;
+    }
 }
 
 fn is_token(b: u8) -> bool {
@@ -163,7 +172,7 @@ fn parse_fields(buf: &[u8], mut pos: usize) -> Fields {
             f.head_len = Some(pos);
             break;
         }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
         let name = &line[..colon];
@@ -289,6 +298,33 @@ mod tests {
             &"POST /a/b?x=1#f HTTP/1.1\r\nHost: svc:8080\r\nContent-Length: 12\r\ntraceparent: 00-ab\r\nTraceState: k=v\r\n\r\nhello"[r.fields.head_len.expect("complete")..],
             "hello"
         );
+    }
+
+    /// Every string of up to seven bytes over {a, CR, LF} from every start: the line ends where
+    /// the first CRLF at or after the start begins, whatever bare CRs and LFs come before it.
+    #[test]
+    fn line_len_finds_the_first_crlf() {
+        fn reference(buf: &[u8], from: usize) -> Option<usize> {
+            buf.get(from..)?.windows(2).position(|w| w == b"\r\n")
+        }
+        let alphabet = [b'a', b'\r', b'\n'];
+        let mut checked = 0;
+        for len in 0..=7u32 {
+            for code in 0..3usize.pow(len) {
+                let buf: Vec<u8> = (0..len)
+                    .map(|i| alphabet[code / 3usize.pow(i) % 3])
+                    .collect();
+                for from in 0..=buf.len() + 1 {
+                    assert_eq!(
+                        line_len(&buf, from),
+                        reference(&buf, from),
+                        "{buf:?} from {from}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 20_000);
     }
 
     #[test]

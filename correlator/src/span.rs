@@ -1,5 +1,6 @@
 //! Builds OpenTelemetry HTTP spans (semantic conventions) from finished exchanges.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use seam_proto::msg::{AttrKey, AttrValue, Known, SpanKind, SpanRecord, SpanStatus};
@@ -69,9 +70,10 @@ pub fn build(ex: &Exchange, ends: &Endpoints, clock: &dyn Clock, ctx: SpanCtx) -
     let method = &ex.request.method;
     let mut attrs: Vec<(AttrKey, AttrValue)> = Vec::with_capacity(16);
     let mut put = |k: AttrKey, v: AttrValue| attrs.push((k, v));
+    let known_method = Known::method(method);
     put(
         AttrKey::HttpRequestMethod,
-        Known::method(method).map_or_else(|| AttrValue::Str(method.clone()), AttrValue::Known),
+        known_method.map_or_else(|| AttrValue::Str(method.clone()), AttrValue::Known),
     );
     put(
         AttrKey::HttpResponseStatusCode,
@@ -120,14 +122,22 @@ pub fn build(ex: &Exchange, ends: &Endpoints, clock: &dyn Clock, ctx: SpanCtx) -
     put(AttrKey::ServerPort, AttrValue::Int(i64::from(port)));
     match ex.side {
         Side::Server => put(AttrKey::ClientAddress, AttrValue::Ip(ends.remote_ip)),
-        Side::Client => put(
-            AttrKey::UrlFull,
-            AttrValue::Str(format!(
-                "{}://{host}:{port}{}",
-                scheme.as_str(),
-                ex.request.target_for_url()
-            )),
-        ),
+        Side::Client => {
+            // an IPv6 literal is bracketed in a URL (RFC 3986 §3.2.2)
+            let (open, close) = if host.contains(':') {
+                ("[", "]")
+            } else {
+                ("", "")
+            };
+            put(
+                AttrKey::UrlFull,
+                AttrValue::Str(format!(
+                    "{}://{open}{host}{close}:{port}{}",
+                    scheme.as_str(),
+                    ex.request.target_for_url()
+                )),
+            );
+        }
     }
     put(AttrKey::ThreadId, AttrValue::Int(i64::from(ex.tid)));
     if ends.tls {
@@ -145,7 +155,8 @@ pub fn build(ex: &Exchange, ends: &Endpoints, clock: &dyn Clock, ctx: SpanCtx) -
         trace_flags: ctx.flags,
         tracestate: ctx.tracestate,
         parent_is_remote: ctx.parent_is_remote,
-        name: method.clone(),
+        name: known_method
+            .map_or_else(|| Cow::Owned(method.clone()), |k| Cow::Borrowed(k.as_str())),
         kind,
         start_unix_nanos: clock.unix_nanos(ex.start_ns),
         end_unix_nanos: clock.unix_nanos(ex.end_ns),
@@ -269,6 +280,20 @@ mod tests {
             Some(&AttrValue::Str("http://127.0.0.1:50000/x?y".into()))
         );
         assert_eq!(split_host("[::1]:9"), ("::1", Some(9)));
+        let v6 = exchange(
+            Side::Client,
+            "GET /x HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+            "HTTP/1.1 200 OK\r\n\r\n",
+        );
+        let s = build(&v6, &ends(), &Fixed, SpanCtx::root());
+        assert_eq!(
+            s.attr("url.full"),
+            Some(&AttrValue::Str("http://[::1]:8080/x".into()))
+        );
+        assert_eq!(
+            s.attr("server.address"),
+            Some(&AttrValue::Str("::1".into()))
+        );
         assert_eq!(split_host("h"), ("h", None));
     }
 }

@@ -333,18 +333,19 @@ static __always_inline __u64 next_conn_id(void)
 	return __sync_fetch_and_add(seq, 1) + 1;
 }
 
-/* Fills the tuple when sk is a TCP socket. */
+/* Fills the tuple when sk is a TCP socket. sk is the tracepoint's own BTF pointer, so its scalar
+ * fields are plain loads (a probe read each costs a helper call); the IPv6 arrays are copied. */
 static __always_inline int tcp_tuple(struct sock *sk, struct seam_tuple *t)
 {
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 family = sk->__sk_common.skc_family;
 	t->family = family;
-	t->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
-	t->remote_port = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	t->local_port = sk->__sk_common.skc_num;
+	t->remote_port = __builtin_bswap16(sk->__sk_common.skc_dport);
 	if (family == AF_INET) {
-		__be32 l = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
-		__be32 r = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__be32 l = sk->__sk_common.skc_rcv_saddr;
+		__be32 r = sk->__sk_common.skc_daddr;
 		__builtin_memcpy(t->local_addr, &l, 4);
 		__builtin_memcpy(t->remote_addr, &r, 4);
 		return 1;
@@ -366,7 +367,7 @@ static __always_inline struct conn_info *conn_of(struct sock *sk)
 	struct conn_info *ci = bpf_map_lookup_elem(&seam_conns, &key);
 	if (ci)
 		return ci;
-	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_CLOSE)
+	if (sk->__sk_common.skc_state == TCP_CLOSE)
 		return NULL;
 	struct conn_info info = {};
 	if (tcp_tuple(sk, &info.tuple)) {
@@ -501,9 +502,9 @@ static __always_inline void caller_io(struct io_args *a)
 	a->kind = IO_NOBUF;
 	if (!regs)
 		return;
-	unsigned long nr = BPF_CORE_READ(regs, orig_ax);
-	a->ptr = BPF_CORE_READ(regs, si);
-	a->len = BPF_CORE_READ(regs, dx);
+	unsigned long nr = regs->orig_ax;
+	a->ptr = regs->si;
+	a->len = regs->dx;
 	switch (nr) {
 	case NR_read:
 	case NR_write:
@@ -522,7 +523,7 @@ static __always_inline void caller_io(struct io_args *a)
 	default:
 		return;
 	}
-	a->fd = (__s32)BPF_CORE_READ(regs, di);
+	a->fd = (__s32)regs->di;
 }
 
 static __always_inline struct scratch *scratch_for(struct conn_info *ci, __u32 pid, __u64 pid_tgid,
@@ -972,9 +973,13 @@ static __always_inline __u64 send_began_at(struct sock *sk, __u64 pid_tgid, int 
 		return now;
 	__u64 began = now;
 	if (b->sk == (__u64)sk && b->ns <= now && now - b->ns < SEND_MARK_MAX_NS && ret > 0) {
-		__u32 before = BPF_CORE_READ((struct tcp_sock *)sk, write_seq) - (__u32)ret;
-		if (!b->from_xmit || (__s32)(b->write_seq - before) > 0)
+		if (!b->from_xmit) {
 			began = b->ns;
+		} else {
+			struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+			if (tp && (__s32)(b->write_seq - (tp->write_seq - (__u32)ret)) > 0)
+				began = b->ns;
+		}
 	}
 	b->pid_tgid = 0;
 	return began;

@@ -1,6 +1,5 @@
 //! OTLP span export through opentelemetry-otlp (gRPC or HTTP/protobuf, chosen by OTEL_* variables).
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
@@ -56,7 +55,7 @@ pub fn to_span_data(s: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
             msg::SpanKind::Server => SpanKind::Server,
             msg::SpanKind::Client => SpanKind::Client,
         },
-        name: Cow::Owned(s.name.clone()),
+        name: s.name.clone(),
         start_time: time(s.start_unix_nanos),
         end_time: time(s.end_unix_nanos),
         attributes: s.attributes.iter().map(|(k, v)| key_value(k, v)).collect(),

@@ -295,7 +295,8 @@ pub struct SpanRecord {
     pub tracestate: String,
     /// The parent came from another process (e.g. an incoming traceparent).
     pub parent_is_remote: bool,
-    pub name: String,
+    /// Borrowed where it is a method seam knows, so most spans' names cost no allocation.
+    pub name: std::borrow::Cow<'static, str>,
     pub kind: SpanKind,
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,

@@ -249,6 +249,99 @@ fn large_upload_and_response_in_many_writes() {
     }
 }
 
+/// A dual-stack server: curl over IPv6 ([::1]) and over IPv4 (mapped onto the IPv6 socket).
+/// Both sides' spans carry the peer as it is (`::1`, and `127.0.0.1` rather than its mapped
+/// form), and a client's `url.full` brackets the IPv6 literal.
+#[test]
+fn ipv6_and_mapped_ipv4_peers() {
+    if !require_root() {
+        return;
+    }
+    let rx = OtlpReceiver::start().expect("collector");
+    let port = free_port();
+    let service = format!("v6-{port}");
+    let server = seam_tests::start_server_env(
+        "python3",
+        "pyserver.py",
+        port,
+        &service,
+        &[("BIND_ADDR", "::")],
+    )
+    .expect("server");
+    let hosts = ["[::1]", "127.0.0.1", "[::1]", "127.0.0.1"];
+    let script: String = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            format!("curl -gs -o /dev/null 'http://{h}:{port}/status/200?n={i}'; sleep 0.05; ")
+        })
+        .collect();
+    let client = GatedShell::new(&script).expect("client");
+    let mut env = selector_env(&[port], &[client.pid()]);
+    env.extend(rx.exporter_env("grpc"));
+    let stack = Stack::start(&env).expect("stack");
+    stack.wait_target(server.pid()).expect("server targeted");
+    stack.wait_target(client.pid()).expect("client targeted");
+    client.run().expect("curl ran");
+    let ours = |s: &ReceivedSpan| s.attr("server.port").as_deref() == Some(&port.to_string());
+    let spans = rx.wait_for(WAIT, |all| {
+        all.iter().filter(|s| ours(s)).count() >= 2 * hosts.len()
+    });
+    let by_query = |server_side: bool, i: usize| {
+        let found: Vec<&ReceivedSpan> = spans
+            .iter()
+            .filter(|s| ours(s) && s.is_server() == server_side)
+            .filter(|s| {
+                s.attr("url.query") == Some(format!("n={i}"))
+                    || s.attr("url.full")
+                        .is_some_and(|u| u.ends_with(&format!("?n={i}")))
+            })
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "request {i}, server side {server_side}\n{}",
+            stack.all_logs()
+        );
+        found[0]
+    };
+    for (i, h) in hosts.iter().enumerate() {
+        let ip = h.trim_start_matches('[').trim_end_matches(']');
+        let srv = by_query(true, i);
+        let cli = by_query(false, i);
+        assert_eq!(srv.service(), service);
+        assert_eq!(
+            srv.attr("network.peer.address").as_deref(),
+            Some(ip),
+            "request {i}"
+        );
+        assert_eq!(
+            srv.attr("client.address").as_deref(),
+            Some(ip),
+            "request {i}"
+        );
+        assert_eq!(
+            srv.attr("server.address").as_deref(),
+            Some(ip),
+            "request {i}"
+        );
+        assert_eq!(cli.service(), "curl");
+        assert_eq!(
+            cli.attr("network.peer.address").as_deref(),
+            Some(ip),
+            "request {i}"
+        );
+        assert_eq!(
+            cli.attr("url.full"),
+            Some(format!("http://{h}:{port}/status/200?n={i}"))
+        );
+        assert_eq!(cli.attr_i64("http.response.status_code"), Some(200));
+        // same-host link: the server span is the child of curl's
+        assert_eq!(srv.span.trace_id, cli.span.trace_id, "request {i}");
+        assert_eq!(srv.span.parent_span_id, cli.span.span_id, "request {i}");
+    }
+}
+
 #[test]
 fn plain_tcp_echo_makes_no_spans() {
     if !require_root() {
