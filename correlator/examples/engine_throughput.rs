@@ -4,8 +4,12 @@
 //! connections, 16 requests in flight, every span linked (black-box and in-process). The loop
 //! does what the correlator's consumer thread does per record and per batch — the span engine,
 //! then bincode framing of 512-span batches — without the ring buffer's reads or the socket write.
+//! Heap allocations are counted too: unlike the time, their number per span does not drift with
+//! the machine's load.
 //!   cargo run --release -p seam-correlator --example engine_throughput [requests]
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use seam_abi::{Event, AF_INET, DATA_HTTP_START, DIR_EGRESS, DIR_INGRESS, EV_DATA};
@@ -13,6 +17,35 @@ use seam_correlator::engine::Engine;
 use seam_proto::msg::{ExporterRequest, ServiceIdentity, SpanBatch, SpanRecord};
 
 const LANES: u64 = 16;
+
+/// The system allocator, counting allocations and reallocations.
+#[derive(Debug)]
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is passed unchanged to the system allocator.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above; ptr came from this allocator, which is the system's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 /// One socket event: (connection, pid, tid, direction, local port, remote port, payload).
 struct Step {
@@ -127,34 +160,44 @@ fn main() {
     let mut with_parent = 0usize;
     let mut bytes = 0usize;
     let service = ServiceIdentity::default();
+    let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
     let start = Instant::now();
+    let mut ship = |out: &mut Vec<(u32, SpanRecord)>| {
+        let batch = SpanBatch {
+            service: service.clone(),
+            spans: out.drain(..).map(|(_, s)| s).collect(),
+        };
+        spans += batch.spans.len();
+        with_parent += batch
+            .spans
+            .iter()
+            .filter(|s| s.parent_span_id.is_some())
+            .count();
+        frame.clear();
+        seam_proto::codec::encode_into(&ExporterRequest::Spans(batch), u64::MAX, &mut frame)
+            .expect("encodes");
+        bytes += frame.len();
+    };
     for (ev, payload) in &steps {
         engine.on_event(ev, payload, &mut out);
         if out.len() >= 512 {
-            let batch = SpanBatch {
-                service: service.clone(),
-                spans: out.drain(..).map(|(_, s)| s).collect(),
-            };
-            spans += batch.spans.len();
-            with_parent += batch
-                .spans
-                .iter()
-                .filter(|s| s.parent_span_id.is_some())
-                .count();
-            frame.clear();
-            seam_proto::codec::encode_into(&ExporterRequest::Spans(batch), u64::MAX, &mut frame)
-                .expect("encodes");
-            bytes += frame.len();
+            ship(&mut out);
         }
     }
+    if !out.is_empty() {
+        ship(&mut out);
+    }
     let elapsed = start.elapsed();
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations_before;
     println!(
         "{} records, {spans} spans ({with_parent} with a parent: every one but the client's) in \
-         {:.3} s on one core: {:.0} spans/s, {:.2} µs per span ({} MB of frames)",
+         {:.3} s on one core: {:.0} spans/s, {:.2} µs per span, {:.2} allocations per span ({} MB \
+         of frames)",
         steps.len(),
         elapsed.as_secs_f64(),
         spans as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64() * 1e6 / spans.max(1) as f64,
+        allocations as f64 / spans.max(1) as f64,
         bytes / 1_000_000,
     );
     assert_eq!(

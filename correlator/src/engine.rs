@@ -673,7 +673,7 @@ impl Engine {
                 }
             }
             self.counters.spans += 1;
-            let record = span::build(&ex, &entry.ends, &self.clock, ctx);
+            let record = span::build(ex, &entry.ends, &self.clock, ctx);
             self.handoffs.finish(pid, record, out);
         }
         self.exchanges = done;

@@ -65,12 +65,77 @@ fn addr_string(ip: IpAddr) -> String {
     unmapped(ip).to_string()
 }
 
-pub fn build(ex: &Exchange, ends: &Endpoints, clock: &dyn Clock, ctx: SpanCtx) -> SpanRecord {
-    let status_code = ex.response.status;
-    let method = &ex.request.method;
+/// Where `part` lies in `whole`, if it is a slice of it (a path may also be a constant "/").
+fn range_in(whole: &str, part: &str) -> Option<std::ops::Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    (start + part.len() <= whole.len()).then_some(start..start + part.len())
+}
+
+/// `text` cut down to `range` in place: the head's own allocation becomes the attribute's.
+fn keep_only(mut text: String, range: std::ops::Range<usize>) -> String {
+    text.truncate(range.end);
+    text.drain(..range.start);
+    text
+}
+
+/// Takes the exchange by value: its request's method, target and Host text become the span's
+/// name and attributes without being copied.
+pub fn build(ex: Exchange, ends: &Endpoints, clock: &dyn Clock, ctx: SpanCtx) -> SpanRecord {
+    let Exchange {
+        side,
+        request,
+        response,
+        start_ns,
+        end_ns,
+        request_body_bytes,
+        response_body_bytes,
+        tid,
+        ..
+    } = ex;
+    let status_code = response.status;
+    let scheme = if ends.tls { Known::Https } else { Known::Http };
+    let (server_end, server_text, kind) = match side {
+        Side::Server => (ends.local, &ends.local_text, SpanKind::Server),
+        Side::Client => (ends.remote, &ends.remote_text, SpanKind::Client),
+    };
+    let (host_range, port) = match &request.fields.host {
+        Some(h) => {
+            let (name, p) = split_host(h);
+            (range_in(h, name), p.unwrap_or(server_end.1))
+        }
+        None => (None, server_end.1),
+    };
+    let host = match (&request.fields.host, &host_range) {
+        (Some(h), Some(r)) => &h[r.clone()],
+        _ => server_text.as_str(),
+    };
+    // Built while the head's text is still whole; after this it moves into the attributes.
+    let url_full = (side == Side::Client).then(|| {
+        // an IPv6 literal is bracketed in a URL (RFC 3986 §3.2.2)
+        let (open, close) = if host.contains(':') {
+            ("[", "]")
+        } else {
+            ("", "")
+        };
+        format!(
+            "{}://{open}{host}{close}:{port}{}",
+            scheme.as_str(),
+            request.target_for_url()
+        )
+    });
+    let query = request.query().map(str::to_string);
+    let path = request.path();
+    let path_range = range_in(&request.target, path).ok_or_else(|| path.to_string());
+    let minor_version = request.minor_version;
+    let server_address = match (request.fields.host, host_range) {
+        (Some(h), Some(r)) => keep_only(h, r),
+        _ => server_text.clone(),
+    };
+    let method = request.method;
+    let known_method = Known::method(&method);
+
     let mut attrs: Vec<(AttrKey, AttrValue)> = Vec::with_capacity(16);
     let mut put = |k: AttrKey, v: AttrValue| attrs.push((k, v));
-    let known_method = Known::method(method);
     put(
         AttrKey::HttpRequestMethod,
         known_method.map_or_else(|| AttrValue::Str(method.clone()), AttrValue::Known),
@@ -81,16 +146,18 @@ pub fn build(ex: &Exchange, ends: &Endpoints, clock: &dyn Clock, ctx: SpanCtx) -
     );
     put(
         AttrKey::UrlPath,
-        AttrValue::Str(ex.request.path().to_string()),
+        AttrValue::Str(match path_range {
+            Ok(range) => keep_only(request.target, range),
+            Err(constant) => constant,
+        }),
     );
-    if let Some(q) = ex.request.query() {
-        put(AttrKey::UrlQuery, AttrValue::Str(q.to_string()));
+    if let Some(q) = query {
+        put(AttrKey::UrlQuery, AttrValue::Str(q));
     }
-    let scheme = if ends.tls { Known::Https } else { Known::Http };
     put(AttrKey::UrlScheme, AttrValue::Known(scheme));
     put(
         AttrKey::NetworkProtocolVersion,
-        AttrValue::Known(if ex.request.minor_version == 0 {
+        AttrValue::Known(if minor_version == 0 {
             Known::Http10
         } else {
             Known::Http11
@@ -101,50 +168,24 @@ pub fn build(ex: &Exchange, ends: &Endpoints, clock: &dyn Clock, ctx: SpanCtx) -
         AttrKey::NetworkPeerPort,
         AttrValue::Int(i64::from(ends.remote.1)),
     );
-    if let Some(n) = ex.request_body_bytes {
+    if let Some(n) = request_body_bytes {
         put(AttrKey::HttpRequestBodySize, AttrValue::Int(n as i64));
     }
-    if let Some(n) = ex.response_body_bytes {
+    if let Some(n) = response_body_bytes {
         put(AttrKey::HttpResponseBodySize, AttrValue::Int(n as i64));
     }
-    let (server_end, server_text, kind) = match ex.side {
-        Side::Server => (ends.local, &ends.local_text, SpanKind::Server),
-        Side::Client => (ends.remote, &ends.remote_text, SpanKind::Client),
-    };
-    let (host, port) = match &ex.request.fields.host {
-        Some(h) => {
-            let (name, p) = split_host(h);
-            (name, p.unwrap_or(server_end.1))
-        }
-        None => (server_text.as_str(), server_end.1),
-    };
-    put(AttrKey::ServerAddress, AttrValue::Str(host.to_string()));
+    put(AttrKey::ServerAddress, AttrValue::Str(server_address));
     put(AttrKey::ServerPort, AttrValue::Int(i64::from(port)));
-    match ex.side {
-        Side::Server => put(AttrKey::ClientAddress, AttrValue::Ip(ends.remote_ip)),
-        Side::Client => {
-            // an IPv6 literal is bracketed in a URL (RFC 3986 §3.2.2)
-            let (open, close) = if host.contains(':') {
-                ("[", "]")
-            } else {
-                ("", "")
-            };
-            put(
-                AttrKey::UrlFull,
-                AttrValue::Str(format!(
-                    "{}://{open}{host}{close}:{port}{}",
-                    scheme.as_str(),
-                    ex.request.target_for_url()
-                )),
-            );
-        }
+    match url_full {
+        None => put(AttrKey::ClientAddress, AttrValue::Ip(ends.remote_ip)),
+        Some(url) => put(AttrKey::UrlFull, AttrValue::Str(url)),
     }
-    put(AttrKey::ThreadId, AttrValue::Int(i64::from(ex.tid)));
+    put(AttrKey::ThreadId, AttrValue::Int(i64::from(tid)));
     if ends.tls {
         put(AttrKey::SeamCapture, AttrValue::Known(Known::Tls));
     }
 
-    let error = match ex.side {
+    let error = match side {
         Side::Server => status_code >= 500,
         Side::Client => status_code >= 400,
     };
@@ -155,11 +196,10 @@ pub fn build(ex: &Exchange, ends: &Endpoints, clock: &dyn Clock, ctx: SpanCtx) -
         trace_flags: ctx.flags,
         tracestate: ctx.tracestate,
         parent_is_remote: ctx.parent_is_remote,
-        name: known_method
-            .map_or_else(|| Cow::Owned(method.clone()), |k| Cow::Borrowed(k.as_str())),
+        name: known_method.map_or(Cow::Owned(method), |k| Cow::Borrowed(k.as_str())),
         kind,
-        start_unix_nanos: clock.unix_nanos(ex.start_ns),
-        end_unix_nanos: clock.unix_nanos(ex.end_ns),
+        start_unix_nanos: clock.unix_nanos(start_ns),
+        end_unix_nanos: clock.unix_nanos(end_ns),
         status: if error {
             SpanStatus::Error
         } else {
@@ -232,7 +272,7 @@ mod tests {
             &ex.request.fields.tracestate,
         )
         .expect("valid header");
-        let s = build(&ex, &ends(), &Fixed, SpanCtx::continuing(&h, state));
+        let s = build(ex, &ends(), &Fixed, SpanCtx::continuing(&h, state));
         assert_eq!(
             traceparent::hex(&s.trace_id),
             "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -272,7 +312,7 @@ mod tests {
             "GET /x?y HTTP/1.1\r\n\r\n",
             "HTTP/1.1 404 Not Found\r\n\r\n",
         );
-        let s = build(&ex, &ends(), &Fixed, SpanCtx::root());
+        let s = build(ex, &ends(), &Fixed, SpanCtx::root());
         assert_eq!(s.kind, SpanKind::Client);
         assert_eq!(s.status, SpanStatus::Error);
         assert_eq!(
@@ -280,12 +320,39 @@ mod tests {
             Some(&AttrValue::Str("http://127.0.0.1:50000/x?y".into()))
         );
         assert_eq!(split_host("[::1]:9"), ("::1", Some(9)));
+        let no_path = exchange(
+            Side::Client,
+            "OPTIONS http://h:1 HTTP/1.1\r\nHost: h:1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\n\r\n",
+        );
+        let s = build(no_path, &ends(), &Fixed, SpanCtx::root());
+        assert_eq!(s.attr("url.path"), Some(&AttrValue::Str("/".into())));
+        assert_eq!(s.attr("server.address"), Some(&AttrValue::Str("h".into())));
+        assert_eq!(s.name, "OPTIONS");
+        let unknown = exchange(
+            Side::Server,
+            "PURGE /p/q?r#s HTTP/1.1\r\nHost: [fe80::1]\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\n\r\n",
+        );
+        let s = build(unknown, &ends(), &Fixed, SpanCtx::root());
+        assert_eq!(s.name, "PURGE");
+        assert_eq!(
+            s.attr("http.request.method"),
+            Some(&AttrValue::Str("PURGE".into()))
+        );
+        assert_eq!(s.attr("url.path"), Some(&AttrValue::Str("/p/q".into())));
+        assert_eq!(s.attr("url.query"), Some(&AttrValue::Str("r".into())));
+        assert_eq!(
+            s.attr("server.address"),
+            Some(&AttrValue::Str("fe80::1".into()))
+        );
+        assert_eq!(s.attr("server.port"), Some(&AttrValue::Int(8080)));
         let v6 = exchange(
             Side::Client,
             "GET /x HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
             "HTTP/1.1 200 OK\r\n\r\n",
         );
-        let s = build(&v6, &ends(), &Fixed, SpanCtx::root());
+        let s = build(v6, &ends(), &Fixed, SpanCtx::root());
         assert_eq!(
             s.attr("url.full"),
             Some(&AttrValue::Str("http://[::1]:8080/x".into()))
