@@ -153,6 +153,8 @@ fn main() {
             }
         }
     }
+    // as the daemon runs: batch memory kept for the next batch
+    seam_proto::heap::keep_batch_memory();
     let mut engine = Engine::default();
     let mut out: Vec<(u32, SpanRecord)> = Vec::new();
     let mut frame = Vec::new();

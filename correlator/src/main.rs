@@ -91,6 +91,7 @@ fn link_config(args: &Args) -> Result<LinkConfig> {
 
 fn run(args: Args, links: LinkConfig) -> Result<()> {
     privilege::enter_and_log(Role::Correlator)?;
+    seam_proto::heap::keep_batch_memory();
     selfstats::publish(Role::Correlator, &role::run_dir());
     selfstats::declare_counters(&["spans_shipped", "spans_dropped", "exporter_reconnects"]);
     let pin_dir = args.pin_dir.clone().unwrap_or_else(role::pin_dir);

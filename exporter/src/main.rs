@@ -40,6 +40,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(cfg: ExporterConfig) -> Result<()> {
     privilege::enter_and_log(Role::Exporter)?;
+    seam_proto::heap::keep_batch_memory();
     selfstats::publish(Role::Exporter, &role::run_dir());
     selfstats::declare_counters(&[
         "spans_received",

@@ -301,6 +301,7 @@ pub struct SpanRecord {
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
     pub status: SpanStatus,
+    #[serde(with = "crate::attr_wire")]
     pub attributes: Vec<(AttrKey, AttrValue)>,
 }
 
