@@ -93,7 +93,7 @@ impl ResponseHead {
 }
 
 /// Length of the line starting at `from`, up to (not including) its CRLF; `None` if no CRLF follows.
-/// A bare LF inside the line is part of it, as before the search was vectorised.
+/// A bare LF inside the line is part of it: only CRLF ends a line here.
 fn line_len(buf: &[u8], from: usize) -> Option<usize> {
     let rest = buf.get(from..)?;
     let mut at = 0;
