@@ -1,5 +1,9 @@
 //! HTTP/1.x message heads from a captured prefix: what a span needs, and where the message ends.
 
+use std::borrow::Cow;
+
+use seam_proto::msg::Known;
+
 /// How the body of a message is delimited (RFC 9112 §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BodyLen {
@@ -25,7 +29,8 @@ pub struct Fields {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestHead {
-    pub method: String,
+    /// Borrowed for the methods seam knows, so most requests' method costs no allocation.
+    pub method: Cow<'static, str>,
     pub target: String,
     pub minor_version: u8,
     pub fields: Fields,
@@ -153,7 +158,10 @@ pub fn parse_head(buf: &[u8]) -> Option<Head> {
     }
     let minor_version = parse_version(version)?;
     Some(Head::Request(RequestHead {
-        method: String::from_utf8_lossy(method).into_owned(),
+        method: match std::str::from_utf8(method).ok().and_then(Known::method) {
+            Some(known) => Cow::Borrowed(known.as_str()),
+            None => Cow::Owned(String::from_utf8_lossy(method).into_owned()),
+        },
         target: String::from_utf8_lossy(target).into_owned(),
         minor_version,
         fields: parse_fields(buf, fields_start),

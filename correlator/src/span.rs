@@ -1,6 +1,5 @@
 //! Builds OpenTelemetry HTTP spans (semantic conventions) from finished exchanges.
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 
 use seam_proto::msg::{AttrKey, AttrValue, Known, SpanKind, SpanRecord, SpanStatus};
@@ -138,7 +137,7 @@ pub fn build(ex: Exchange, ends: &Endpoints, clock: &dyn Clock, ctx: SpanCtx) ->
     let mut put = |k: AttrKey, v: AttrValue| attrs.push((k, v));
     put(
         AttrKey::HttpRequestMethod,
-        known_method.map_or_else(|| AttrValue::Str(method.clone()), AttrValue::Known),
+        known_method.map_or_else(|| AttrValue::Str(method.to_string()), AttrValue::Known),
     );
     put(
         AttrKey::HttpResponseStatusCode,
@@ -196,7 +195,7 @@ pub fn build(ex: Exchange, ends: &Endpoints, clock: &dyn Clock, ctx: SpanCtx) ->
         trace_flags: ctx.flags,
         tracestate: ctx.tracestate,
         parent_is_remote: ctx.parent_is_remote,
-        name: known_method.map_or(Cow::Owned(method), |k| Cow::Borrowed(k.as_str())),
+        name: method,
         kind,
         start_unix_nanos: clock.unix_nanos(start_ns),
         end_unix_nanos: clock.unix_nanos(end_ns),
