@@ -274,7 +274,11 @@ impl Conn {
         if let Some(open) = self.response.take() {
             self.finish(open, out);
         }
-        let Some(body) = self.pending.front().map(|p| head.body_len(&p.head.method)) else {
+        let Some(body) = self
+            .pending
+            .front()
+            .map(|p| head.body_len(p.head.method.as_str()))
+        else {
             self.leftovers.orphan_responses += 1;
             return None;
         };

@@ -1,7 +1,5 @@
 //! HTTP/1.x message heads from a captured prefix: what a span needs, and where the message ends.
 
-use std::borrow::Cow;
-
 use seam_proto::msg::Known;
 
 /// How the body of a message is delimited (RFC 9112 §6).
@@ -27,10 +25,31 @@ pub struct Fields {
     pub head_len: Option<usize>,
 }
 
+/// A request method: one seam knows (no allocation, and spans use it as it is) or another token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Method {
+    Known(Known),
+    Other(String),
+}
+
+impl Method {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Method::Known(k) => k.as_str(),
+            Method::Other(m) => m,
+        }
+    }
+}
+
+impl PartialEq<&str> for Method {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestHead {
-    /// Borrowed for the methods seam knows, so most requests' method costs no allocation.
-    pub method: Cow<'static, str>,
+    pub method: Method,
     pub target: String,
     pub minor_version: u8,
     pub fields: Fields,
@@ -159,8 +178,8 @@ pub fn parse_head(buf: &[u8]) -> Option<Head> {
     let minor_version = parse_version(version)?;
     Some(Head::Request(RequestHead {
         method: match std::str::from_utf8(method).ok().and_then(Known::method) {
-            Some(known) => Cow::Borrowed(known.as_str()),
-            None => Cow::Owned(String::from_utf8_lossy(method).into_owned()),
+            Some(known) => Method::Known(known),
+            None => Method::Other(String::from_utf8_lossy(method).into_owned()),
         },
         target: String::from_utf8_lossy(target).into_owned(),
         minor_version,

@@ -1,11 +1,13 @@
 //! Builds OpenTelemetry HTTP spans (semantic conventions) from finished exchanges.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use seam_proto::msg::{AttrKey, AttrValue, Known, SpanKind, SpanRecord, SpanStatus};
 
 use crate::conn::{Exchange, Side};
 use crate::context::SpanCtx;
+use crate::http::Method;
 
 /// Local and remote ends of the connection, as the kernel saw them, with their text formatted
 /// once per connection rather than once per span.
@@ -132,15 +134,14 @@ pub fn build(ex: Exchange, ends: &Endpoints, clock: &dyn Clock, ctx: SpanCtx) ->
         (Some(h), Some(r)) => keep_only(h, r),
         _ => server_text.clone(),
     };
-    let method = request.method;
-    let known_method = Known::method(&method);
+    let (method_attr, name) = match request.method {
+        Method::Known(k) => (AttrValue::Known(k), Cow::Borrowed(k.as_str())),
+        Method::Other(m) => (AttrValue::Str(m.clone()), Cow::Owned(m)),
+    };
 
     let mut attrs: Vec<(AttrKey, AttrValue)> = Vec::with_capacity(16);
     let mut put = |k: AttrKey, v: AttrValue| attrs.push((k, v));
-    put(
-        AttrKey::HttpRequestMethod,
-        known_method.map_or_else(|| AttrValue::Str(method.to_string()), AttrValue::Known),
-    );
+    put(AttrKey::HttpRequestMethod, method_attr);
     put(
         AttrKey::HttpResponseStatusCode,
         AttrValue::Int(i64::from(status_code)),
@@ -197,7 +198,7 @@ pub fn build(ex: Exchange, ends: &Endpoints, clock: &dyn Clock, ctx: SpanCtx) ->
         trace_flags: ctx.flags,
         tracestate: ctx.tracestate,
         parent_is_remote: ctx.parent_is_remote,
-        name: method,
+        name,
         kind,
         start_unix_nanos: clock.unix_nanos(start_ns),
         end_unix_nanos: clock.unix_nanos(end_ns),

@@ -12,48 +12,69 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::msg::{AttrKey, AttrValue, Known};
 
-/// The slots, borrowed from the list being sent.
-#[derive(Default, Serialize)]
-struct Slots<'a> {
-    method: Option<Known>,
-    status_code: Option<i64>,
-    path: Option<&'a str>,
-    query: Option<&'a str>,
-    scheme: Option<Known>,
-    full: Option<&'a str>,
-    protocol_version: Option<Known>,
-    peer_address: Option<IpAddr>,
-    peer_port: Option<i64>,
-    request_body_size: Option<i64>,
-    response_body_size: Option<i64>,
-    server_address: Option<&'a str>,
-    server_port: Option<i64>,
-    client_address: Option<IpAddr>,
-    thread_id: Option<i64>,
-    capture: Option<Known>,
-    rest: Vec<&'a (AttrKey, AttrValue)>,
+/// The one table of slots: key, slot, the slot's type (`T` is the text type: borrowed when
+/// sending, owned when receiving), how a value is read into it, and the variant it comes back as.
+macro_rules! slots {
+    ($($key:ident => $slot:ident: $ty:ty, $read:ident, $variant:ident;)*) => {
+        /// Slots in a fixed order; `R` is a pair of the rest, borrowed or owned like `T`.
+        #[derive(Serialize, Deserialize)]
+        struct Slots<T, R> {
+            $($slot: Option<$ty>,)*
+            rest: Vec<R>,
+        }
+
+        pub fn serialize<S: Serializer>(
+            attrs: &[(AttrKey, AttrValue)],
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            let mut s = Slots::<&str, &(AttrKey, AttrValue)> {
+                $($slot: None,)*
+                rest: Vec::new(),
+            };
+            for pair in attrs {
+                let (k, v) = pair;
+                let placed = match k {
+                    $(AttrKey::$key => fill(&mut s.$slot, $read(v)),)*
+                    AttrKey::Other(_) => false,
+                };
+                if !placed {
+                    s.rest.push(pair);
+                }
+            }
+            s.serialize(serializer)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Vec<(AttrKey, AttrValue)>, D::Error> {
+            let s = Slots::<String, (AttrKey, AttrValue)>::deserialize(deserializer)?;
+            let mut attrs = Vec::with_capacity(16 + s.rest.len());
+            $(if let Some(v) = s.$slot {
+                attrs.push((AttrKey::$key, AttrValue::$variant(v)));
+            })*
+            attrs.extend(s.rest);
+            Ok(attrs)
+        }
+    };
 }
 
-/// The same slots as they arrive (field for field the layout of [`Slots`]).
-#[derive(Deserialize)]
-struct OwnedSlots {
-    method: Option<Known>,
-    status_code: Option<i64>,
-    path: Option<String>,
-    query: Option<String>,
-    scheme: Option<Known>,
-    full: Option<String>,
-    protocol_version: Option<Known>,
-    peer_address: Option<IpAddr>,
-    peer_port: Option<i64>,
-    request_body_size: Option<i64>,
-    response_body_size: Option<i64>,
-    server_address: Option<String>,
-    server_port: Option<i64>,
-    client_address: Option<IpAddr>,
-    thread_id: Option<i64>,
-    capture: Option<Known>,
-    rest: Vec<(AttrKey, AttrValue)>,
+slots! {
+    HttpRequestMethod => method: Known, known, Known;
+    HttpResponseStatusCode => status_code: i64, int, Int;
+    UrlPath => path: T, text, Str;
+    UrlQuery => query: T, text, Str;
+    UrlScheme => scheme: Known, known, Known;
+    UrlFull => full: T, text, Str;
+    NetworkProtocolVersion => protocol_version: Known, known, Known;
+    NetworkPeerAddress => peer_address: IpAddr, ip, Ip;
+    NetworkPeerPort => peer_port: i64, int, Int;
+    HttpRequestBodySize => request_body_size: i64, int, Int;
+    HttpResponseBodySize => response_body_size: i64, int, Int;
+    ServerAddress => server_address: T, text, Str;
+    ServerPort => server_port: i64, int, Int;
+    ClientAddress => client_address: IpAddr, ip, Ip;
+    ThreadId => thread_id: i64, int, Int;
+    SeamCapture => capture: Known, known, Known;
 }
 
 /// Puts `value` in `slot` if the slot is free; says whether it did.
@@ -93,84 +114,6 @@ fn ip(v: &AttrValue) -> Option<IpAddr> {
         AttrValue::Ip(a) => Some(*a),
         _ => None,
     }
-}
-
-pub fn serialize<S: Serializer>(
-    attrs: &[(AttrKey, AttrValue)],
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    let mut s = Slots::default();
-    for pair in attrs {
-        let (k, v) = pair;
-        let placed = match k {
-            AttrKey::HttpRequestMethod => fill(&mut s.method, known(v)),
-            AttrKey::HttpResponseStatusCode => fill(&mut s.status_code, int(v)),
-            AttrKey::UrlPath => fill(&mut s.path, text(v)),
-            AttrKey::UrlQuery => fill(&mut s.query, text(v)),
-            AttrKey::UrlScheme => fill(&mut s.scheme, known(v)),
-            AttrKey::UrlFull => fill(&mut s.full, text(v)),
-            AttrKey::NetworkProtocolVersion => fill(&mut s.protocol_version, known(v)),
-            AttrKey::NetworkPeerAddress => fill(&mut s.peer_address, ip(v)),
-            AttrKey::NetworkPeerPort => fill(&mut s.peer_port, int(v)),
-            AttrKey::HttpRequestBodySize => fill(&mut s.request_body_size, int(v)),
-            AttrKey::HttpResponseBodySize => fill(&mut s.response_body_size, int(v)),
-            AttrKey::ServerAddress => fill(&mut s.server_address, text(v)),
-            AttrKey::ServerPort => fill(&mut s.server_port, int(v)),
-            AttrKey::ClientAddress => fill(&mut s.client_address, ip(v)),
-            AttrKey::ThreadId => fill(&mut s.thread_id, int(v)),
-            AttrKey::SeamCapture => fill(&mut s.capture, known(v)),
-            AttrKey::Other(_) => false,
-        };
-        if !placed {
-            s.rest.push(pair);
-        }
-    }
-    s.serialize(serializer)
-}
-
-pub fn deserialize<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Vec<(AttrKey, AttrValue)>, D::Error> {
-    let s = OwnedSlots::deserialize(deserializer)?;
-    let mut attrs = Vec::with_capacity(16 + s.rest.len());
-    let mut put = |k: AttrKey, v: Option<AttrValue>| {
-        if let Some(v) = v {
-            attrs.push((k, v));
-        }
-    };
-    put(AttrKey::HttpRequestMethod, s.method.map(AttrValue::Known));
-    put(
-        AttrKey::HttpResponseStatusCode,
-        s.status_code.map(AttrValue::Int),
-    );
-    put(AttrKey::UrlPath, s.path.map(AttrValue::Str));
-    put(AttrKey::UrlQuery, s.query.map(AttrValue::Str));
-    put(AttrKey::UrlScheme, s.scheme.map(AttrValue::Known));
-    put(AttrKey::UrlFull, s.full.map(AttrValue::Str));
-    put(
-        AttrKey::NetworkProtocolVersion,
-        s.protocol_version.map(AttrValue::Known),
-    );
-    put(
-        AttrKey::NetworkPeerAddress,
-        s.peer_address.map(AttrValue::Ip),
-    );
-    put(AttrKey::NetworkPeerPort, s.peer_port.map(AttrValue::Int));
-    put(
-        AttrKey::HttpRequestBodySize,
-        s.request_body_size.map(AttrValue::Int),
-    );
-    put(
-        AttrKey::HttpResponseBodySize,
-        s.response_body_size.map(AttrValue::Int),
-    );
-    put(AttrKey::ServerAddress, s.server_address.map(AttrValue::Str));
-    put(AttrKey::ServerPort, s.server_port.map(AttrValue::Int));
-    put(AttrKey::ClientAddress, s.client_address.map(AttrValue::Ip));
-    put(AttrKey::ThreadId, s.thread_id.map(AttrValue::Int));
-    put(AttrKey::SeamCapture, s.capture.map(AttrValue::Known));
-    attrs.extend(s.rest);
-    Ok(attrs)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! correlator's periodic `malloc_trim` still gives back what a burst left behind.
 
 /// Free memory glibc may keep at the top of the heap.
-pub const KEEP_FREE: i32 = 2 << 20;
+const KEEP_FREE: i32 = 2 << 20;
 /// Allocations at least this large get their own mapping (frames near the size cap, say).
 const OWN_MAPPING: i32 = 1 << 20;
 
