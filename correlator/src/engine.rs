@@ -4,8 +4,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use seam_abi::{
-    Event, Injected, Tuple, AF_INET, DIR_INGRESS, EV_CLOSE, EV_DATA, EV_EXEC, EV_EXIT, EV_INJECTED,
-    EV_SPAWN, EV_TCP_CONTEXT, INJ_CHILD,
+    Event, Injected, NodeAccept, Tuple, AF_INET, DIR_INGRESS, EV_CLOSE, EV_DATA, EV_EXEC, EV_EXIT,
+    EV_INJECTED, EV_NODE_ACCEPT, EV_SPAWN, EV_TCP_CONTEXT, INJ_CHILD,
 };
 use seam_proto::msg::SpanRecord;
 
@@ -13,6 +13,7 @@ use crate::conn::{Chunk, Conn, Dir, Exchange, Side, Started};
 use crate::context::{self, ApplySampling, Sampler, SpanCtx};
 use crate::handoff::{Handoffs, RequestKey};
 use crate::idhash::IdMap;
+use crate::node::{NodeCall, NodeLoops, SetupIds};
 use crate::span::{self, unmapped, Clock, Endpoints};
 use crate::traceparent::TraceContext;
 
@@ -121,6 +122,8 @@ struct Entry {
     pid: u32,
     ends: Endpoints,
     reqs: Reqs,
+    /// Async ids a Node process allocated setting up this connection it accepted.
+    node_setup: Option<SetupIds>,
 }
 
 /// One direction of a TCP connection, IPv4-mapped addresses folded to IPv4.
@@ -285,6 +288,7 @@ pub struct Engine {
     handoffs: Handoffs,
     /// The context the kernel reported for the next request on a connection, just before it.
     wire: IdMap<u64, WireCtx>,
+    node: NodeLoops,
     pub counters: EngineCounters,
 }
 
@@ -316,6 +320,7 @@ impl Engine {
             handed: IdMap::default(),
             handoffs: Handoffs::default(),
             wire: IdMap::default(),
+            node: NodeLoops::default(),
             counters: EngineCounters::default(),
         }
     }
@@ -339,14 +344,20 @@ impl Engine {
     pub fn on_event(&mut self, ev: &Event, payload: &[u8], out: &mut Vec<(u32, SpanRecord)>) {
         match ev.kind {
             EV_DATA => {
-                if !self.conns.contains_key(&ev.conn_id) && self.conns.len() >= MAX_CONNS {
-                    self.evict_idle();
-                }
+                let node_setup = if self.conns.contains_key(&ev.conn_id) {
+                    None
+                } else {
+                    if self.conns.len() >= MAX_CONNS {
+                        self.evict_idle();
+                    }
+                    self.node.take_setup(ev.pid, ev.fd)
+                };
                 let entry = self.conns.entry(ev.conn_id).or_insert_with(|| Entry {
                     conn: Conn::default(),
                     pid: ev.pid,
                     ends: endpoints(&ev.tuple),
                     reqs: Reqs::default(),
+                    node_setup,
                 });
                 entry.ends.tls |= ev.is_tls();
                 let chunk = Chunk {
@@ -367,8 +378,11 @@ impl Engine {
                 // Moved through a kept buffer: no allocation per request start.
                 self.started.append(&mut entry.conn.started);
                 let mut started = std::mem::take(&mut self.started);
+                // Node's ids place a request only when its read held it alone, from its start.
+                let node = NodeCall::of(ev);
+                let alone = started.len() == 1 && ev.is_http_start();
                 for st in started.drain(..) {
-                    self.on_started(ev.conn_id, st);
+                    self.on_started(ev.conn_id, ev.pid, st, node.filter(|_| alone));
                 }
                 self.started = started;
                 // a context is reported right before its request's event: never later
@@ -401,7 +415,18 @@ impl Engine {
             // Process names are the daemon's concern, not the span engine's.
             EV_EXEC => {}
             EV_SPAWN => self.on_spawn(ev.tid, ev.bytes),
+            EV_NODE_ACCEPT => match NodeAccept::parse(payload) {
+                Some(acc) => {
+                    if let Some(setup) = SetupIds::of(&acc) {
+                        self.node.accepted(ev.pid, ev.fd, setup);
+                    }
+                }
+                None => self.counters.malformed_records += 1,
+            },
             EV_EXIT => {
+                if ev.tid == ev.pid {
+                    self.node.process_exited(ev.pid);
+                }
                 self.handed.remove(&ev.tid);
                 self.handoffs.thread_exited(
                     ev.tid,
@@ -417,7 +442,7 @@ impl Engine {
 
     /// Gives a request its context as it starts. Client requests are settled at once (their
     /// callee may look them up); server requests wait until something needs them.
-    fn on_started(&mut self, conn_id: u64, st: Started) {
+    fn on_started(&mut self, conn_id: u64, pid: u32, st: Started, node: Option<NodeCall>) {
         let Some(entry) = self.conns.get(&conn_id) else {
             return;
         };
@@ -435,6 +460,9 @@ impl Engine {
         });
         let ctx = match st.side {
             Side::Server => {
+                if let Some(call) = &node {
+                    self.node.request_read(pid, call, conn_id, st.seq);
+                }
                 let item = (conn_id, st.seq);
                 self.serving_by_tid.entry(st.tid).or_default().push(item);
                 None
@@ -444,7 +472,10 @@ impl Engine {
                 let ctx = match (&header, injected) {
                     (Some((h, state)), _) => SpanCtx::adopting(h, state.clone()),
                     (None, Some(inj)) => self.as_injected(st.tid, st.start_ns, &inj),
-                    (None, None) => match self.in_process_parent(st.tid, st.start_ns) {
+                    (None, None) => match self
+                        .node_parent(pid, node.as_ref(), st.start_ns)
+                        .or_else(|| self.in_process_parent(st.tid, st.start_ns))
+                    {
                         Some(InProcess::Serving((c, s))) => {
                             SpanCtx::child_of(&self.resolve(c, s), false)
                         }
@@ -606,6 +637,17 @@ impl Engine {
         };
         let req = self.conns.get(&conn)?.reqs.get(&seq)?;
         (now_ns.saturating_sub(req.start_ns) <= self.links.max_transaction_ns).then_some(candidate)
+    }
+
+    /// The server request a Node main thread's call belongs to, by Node's async ids (see
+    /// `node`), while that request is open and within the transaction time.
+    fn node_parent(&self, pid: u32, call: Option<&NodeCall>, now_ns: u64) -> Option<InProcess> {
+        let (conn, seq) = self
+            .node
+            .parent(pid, call?, |c| self.conns.get(&c)?.node_setup)?;
+        let req = self.conns.get(&conn)?.reqs.get(&seq)?;
+        let fresh = now_ns.saturating_sub(req.start_ns) <= self.links.max_transaction_ns;
+        (req.side == Side::Server && fresh).then_some(InProcess::Serving((conn, seq)))
     }
 
     /// Settles a request's context: an incoming header, else the same-host client span that sent

@@ -7,5 +7,6 @@ pub mod engine;
 pub mod handoff;
 pub mod http;
 pub mod idhash;
+pub mod node;
 pub mod span;
 pub mod traceparent;

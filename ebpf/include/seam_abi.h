@@ -20,6 +20,8 @@ enum seam_event_kind {
 			       * (payload: struct seam_injected) */
 	SEAM_EV_TCP_CONTEXT = 7, /* the request that follows on conn_id came with this context in a
 				  * TCP option (payload: struct seam_injected, span_id = the caller's) */
+	SEAM_EV_NODE_ACCEPT = 8, /* a Node main thread set up the connection it accepted as `fd`
+				  * (payload: struct seam_node_accept) */
 };
 
 enum seam_direction {
@@ -47,6 +49,22 @@ struct seam_tuple {
 	__u16 pad;
 };
 
+/* Node's async context on its main thread at a socket call: the first three of AsyncHooks'
+ * async_id_fields (doubles, as their bits) and how many socket reads the thread had made. */
+struct seam_async {
+	__u64 exec_id;    /* executionAsyncId: the resource whose callback runs */
+	__u64 trigger_id; /* triggerAsyncId: the resource that caused that one */
+	__u64 last_id;    /* the last async id allocated */
+	__u32 read_seq;
+	__u32 valid; /* 1 when the fields above were read */
+};
+
+/* Async ids a Node connection's setup allocated: those in (before, after]. */
+struct seam_node_accept {
+	__u64 before; /* bits of the last async id before its connection callback */
+	__u64 after;  /* bits of the last async id when that callback returned */
+};
+
 struct seam_event {
 	__u64 conn_id;  /* unique per connection seen, never reused while seam runs */
 	__u64 start_ns; /* CLOCK_MONOTONIC when the bytes were sent or received */
@@ -64,6 +82,7 @@ struct seam_event {
 	__u32 tail_len;
 	__u8 tail[SEAM_TAIL_LEN];
 	__u32 pad;
+	struct seam_async async; /* Node targets' main thread only; zero elsewhere */
 	/* followed by `captured` payload bytes */
 };
 
@@ -71,6 +90,7 @@ struct seam_event {
 enum seam_target_flags {
 	SEAM_TARGET_SELECTED = 1,  /* chosen by discover */
 	SEAM_TARGET_INHERITED = 2, /* forked by a target */
+	SEAM_TARGET_NODE = 4,      /* a Node process whose async id fields are in seam_node_rt */
 };
 
 /* Context carriers (context_propagation). A target's value may carry its selector's override in
@@ -138,6 +158,8 @@ _Static_assert(sizeof(struct seam_prop_rule) == 16, "seam_prop_rule layout");
 _Static_assert(sizeof(struct seam_injected) == 32, "seam_injected layout");
 _Static_assert(sizeof(struct seam_serving) == 24, "seam_serving layout");
 _Static_assert(sizeof(struct seam_tuple) == 40, "seam_tuple layout");
-_Static_assert(sizeof(struct seam_event) == 112, "seam_event layout");
+_Static_assert(sizeof(struct seam_async) == 32, "seam_async layout");
+_Static_assert(sizeof(struct seam_node_accept) == 16, "seam_node_accept layout");
+_Static_assert(sizeof(struct seam_event) == 144, "seam_event layout");
 
 #endif

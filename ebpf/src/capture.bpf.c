@@ -170,6 +170,8 @@ struct scratch {
 	/* a TLS write held in seam_tls_pending: its SSL object and when its call returned */
 	__u64 held_ssl;
 	__u64 held_ns;
+	/* Node's async context for the event on_payload builds next (taken and cleared there) */
+	struct seam_async async_next;
 };
 
 struct {
@@ -298,6 +300,23 @@ struct {
 	__type(value, struct send_began);
 } seam_send_began SEC(".maps");
 
+/* A Node process whose main thread's async context the capture reads: where AsyncHooks keeps
+ * async_id_fields (found by node_learn), and how many socket reads that thread has made. A read
+ * starts each libuv callback that reads a socket, so two calls with the same count ran in the
+ * same turn: no socket read came between them. */
+struct node_rt {
+	__u64 fields;
+	__u32 read_seq;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32); /* tgid */
+	__type(value, struct node_rt);
+} seam_node_rt SEC(".maps");
+
 enum io_kind {
 	IO_FLAT = 1,   /* read/write/recvfrom/sendto: one buffer */
 	IO_IOV = 2,    /* readv/writev: an iovec array */
@@ -416,16 +435,22 @@ static __always_inline __u64 submit_flags(void)
 										   : BPF_RB_NO_WAKEUP;
 }
 
+/* One record into the ring buffer, counted as written or lost. */
+static __always_inline void output(void *record, __u64 size)
+{
+	if (bpf_ringbuf_output(&seam_events, record, size, submit_flags()) == 0)
+		count(SEAM_CNT_EVENTS);
+	else
+		count(SEAM_CNT_RINGBUF_FULL);
+}
+
 static __always_inline void emit(struct scratch *s, __u32 captured)
 {
 	__u64 size = sizeof(struct seam_event) + captured;
 	asm volatile("" : "+r"(size));
 	if (size > sizeof(struct seam_event) + SEAM_MAX_CAPTURE)
 		size = sizeof(struct seam_event) + SEAM_MAX_CAPTURE;
-	if (bpf_ringbuf_output(&seam_events, s, size, submit_flags()) == 0)
-		count(SEAM_CNT_EVENTS);
-	else
-		count(SEAM_CNT_RINGBUF_FULL);
+	output(s, size);
 }
 
 /* Copies up to `want` bytes from user memory into the scratch payload at `off`; returns bytes copied. */
@@ -711,10 +736,7 @@ static __always_inline void report_context(struct conn_info *ci, __u32 pid, __u3
 	r->ev.tuple = ci->tuple;
 	r->ev.captured = sizeof(r->inj);
 	r->inj = *ctx;
-	if (bpf_ringbuf_output(&seam_events, r, sizeof(*r), submit_flags()) == 0)
-		count(SEAM_CNT_EVENTS);
-	else
-		count(SEAM_CNT_RINGBUF_FULL);
+	output(r, sizeof(*r));
 }
 
 /* Reports what ctxprop injected into the request this thread is sending on ci, so user space
@@ -831,6 +853,8 @@ static __always_inline int on_payload(struct conn_info *ci, struct sock *sk, __u
 	struct scratch *s = scratch_for(ci, pid, pid_tgid, args->fd, now);
 	if (!s)
 		return 0;
+	s->ev.async = s->async_next;
+	s->async_next.valid = 0;
 	s->ev.start_ns = began;
 	/* The prefix is copied first and the start looked for in the copy: one user read, not two. */
 	__u32 captured = args->kind == IO_NOBUF ? 0 : capture_payload(s, args, ret);
@@ -985,17 +1009,42 @@ static __always_inline __u64 send_began_at(struct sock *sk, __u64 pid_tgid, int 
 	return began;
 }
 
+static __always_inline void count_node_read(__u32 pid)
+{
+	struct node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
+	if (rt)
+		rt->read_seq++;
+}
+
+/* Node's async ids now, for the event on_payload builds next. */
+static __always_inline void node_snapshot(__u32 pid)
+{
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&seam_scratch, &zero);
+	struct node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
+	if (!s || !rt)
+		return;
+	if (bpf_probe_read_user(&s->async_next, 3 * sizeof(__u64), (const void *)rt->fields) == 0) {
+		s->async_next.read_seq = rt->read_seq;
+		s->async_next.valid = 1;
+	}
+}
+
 static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 direction)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 pid = pid_tgid >> 32;
-	if (!sk || !is_target(pid))
+	__u32 *target = bpf_map_lookup_elem(&seam_targets, &pid);
+	if (!sk || !target)
 		return 0;
 	/* Before any other lookup: on loopback the peer may already be reading what this delivered. */
 	__u64 now = bpf_ktime_get_ns();
 	__u64 began = direction == SEAM_DIR_EGRESS ? send_began_at(sk, pid_tgid, ret, now) : now;
 	if (ret < 0)
 		return 0;
+	int node = (*target & SEAM_TARGET_NODE) && (__u32)pid_tgid == pid;
+	if (node && direction == SEAM_DIR_INGRESS && !(flags & MSG_PEEK))
+		count_node_read(pid); /* every socket read, whatever the socket: each may start a callback */
 	if (direction == SEAM_DIR_INGRESS && (flags & MSG_PEEK))
 		return 0; /* the same bytes will be read again */
 	struct conn_info *ci = conn_of(sk);
@@ -1021,6 +1070,8 @@ static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 
 	caller_io(&args);
 	if (args.kind == IO_NOBUF && !(ci->flags & CONN_HTTP))
 		return 0;
+	if (node)
+		node_snapshot(pid);
 	return on_payload(ci, sk, pid, pid_tgid, &args, ret, direction, 0, began, now);
 }
 
@@ -1277,6 +1328,124 @@ int tls_return(struct pt_regs *ctx)
 	__u64 now = bpf_ktime_get_ns();
 	return on_payload(ci, (struct sock *)sk, pid, pid_tgid, &args, moved, call.direction,
 			  SEAM_DATA_TLS | before, now, now);
+}
+
+/* Node keeps its async context in AsyncHooks, a C++ object of the main thread's Environment: three
+ * AliasedBuffers of the same isolate in a row (the id stack, the hook counts, the id fields),
+ * each { isolate, count, byte offset, data, ... }. The id fields are the one of 4 doubles
+ * (execution id, trigger id, id counter, default trigger id), Node's layout since version 8;
+ * the one found is checked against those meanings before it is used. */
+#define NODE_HOOKS_WORDS 32
+/* An AliasedBuffer's size in words: 7 since Node 18 (an index pointer), 6 before. */
+#define NODE_BUFFER_WORDS 7
+#define NODE_ID_FIELDS 4
+#define NODE_MINUS_ONE 0xbff0000000000000ULL /* -1.0: no default trigger set */
+#define NODE_SIGN 0x8000000000000000ULL
+
+/* node::AsyncHooks::push_async_context(this, ...), attached for one process until it has been
+ * seen once: finds the id fields from `this` and keeps their address for the capture. Only the
+ * main thread's: worker threads have Environments of their own. */
+SEC("uprobe")
+int node_learn(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 pid = pid_tgid >> 32;
+	if ((__u32)pid_tgid != pid || bpf_map_lookup_elem(&seam_node_rt, &pid))
+		return 0;
+	__u64 w[NODE_HOOKS_WORDS];
+	if (bpf_probe_read_user(w, sizeof(w), (const void *)ctx->di) != 0)
+		return 0;
+	__u64 fields = 0;
+	/* unrolled: constant indices keep the verifier's work linear */
+#pragma unroll
+	for (int o = NODE_BUFFER_WORDS; o + 3 < NODE_HOOKS_WORDS; o++) {
+		if (!fields && w[o + 1] == NODE_ID_FIELDS && w[o + 2] == 0 && w[o] != 0 &&
+		    w[o + 3] != 0 && (w[o] == w[o - NODE_BUFFER_WORDS] || w[o] == w[o - NODE_BUFFER_WORDS + 1]))
+			fields = w[o + 3];
+	}
+	__u64 f[NODE_ID_FIELDS];
+	if (!fields || bpf_probe_read_user(f, sizeof(f), (const void *)fields) != 0)
+		return 0;
+	/* ids are non-negative, the counter has counted, the default trigger is -1 or an id */
+	if ((f[0] | f[1] | f[2]) & NODE_SIGN || f[2] == 0 ||
+	    (f[3] != NODE_MINUS_ONE && (f[3] & NODE_SIGN)))
+		return 0;
+	struct node_rt rt = {.fields = fields};
+	__u32 *target = bpf_map_lookup_elem(&seam_targets, &pid);
+	if (!target || bpf_map_update_elem(&seam_node_rt, &pid, &rt, BPF_NOEXIST) != 0)
+		return 0;
+	*target |= SEAM_TARGET_NODE; /* the capture reads the fields from now on */
+	return 0;
+}
+
+/* libuv's uv_stream_t.accepted_fd (libuv 1.x's public layout on 64-bit Linux). */
+#define UV_ACCEPTED_FD_OFFSET 0xec
+
+struct node_accepting {
+	__u64 before;
+	__s32 fd;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32); /* tgid: main threads only */
+	__type(value, struct node_accepting);
+} seam_node_accepting SEC(".maps");
+
+static __always_inline int node_last_id(struct node_rt *rt, __u64 *out)
+{
+	return bpf_probe_read_user(out, sizeof(*out), (const void *)(rt->fields + 2 * sizeof(__u64)));
+}
+
+/* node::ConnectionWrap<TCPWrap>::OnConnection(server, status): libuv accepted a connection and
+ * Node sets it up (its socket, its HTTP parser) before the next accept. Entry and return bound
+ * the async ids that setup allocated. */
+SEC("uprobe")
+int node_accept_enter(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 pid = pid_tgid >> 32;
+	if ((__u32)pid_tgid != pid || (int)ctx->si != 0)
+		return 0;
+	struct node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
+	struct node_accepting a = {};
+	if (!rt || node_last_id(rt, &a.before) != 0 ||
+	    bpf_probe_read_user(&a.fd, sizeof(a.fd), (const void *)(ctx->di + UV_ACCEPTED_FD_OFFSET)) != 0 ||
+	    a.fd < 0)
+		return 0;
+	bpf_map_update_elem(&seam_node_accepting, &pid, &a, BPF_ANY);
+	return 0;
+}
+
+struct node_accept_record {
+	struct seam_event ev;
+	struct seam_node_accept acc;
+};
+
+SEC("uretprobe")
+int node_accept_return(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 pid = pid_tgid >> 32;
+	struct node_accepting *a = bpf_map_lookup_elem(&seam_node_accepting, &pid);
+	if (!a)
+		return 0;
+	struct node_accept_record r = {};
+	r.ev.kind = SEAM_EV_NODE_ACCEPT;
+	r.ev.pid = pid;
+	r.ev.tid = (__u32)pid_tgid;
+	r.ev.fd = a->fd;
+	r.ev.start_ns = r.ev.end_ns = bpf_ktime_get_ns();
+	r.ev.captured = sizeof(r.acc);
+	r.acc.before = a->before;
+	bpf_map_delete_elem(&seam_node_accepting, &pid);
+	struct node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
+	if (!rt || node_last_id(rt, &r.acc.after) != 0)
+		return 0;
+	output(&r, sizeof(r));
+	return 0;
 }
 
 /* A new process forked by a target is a target from its first instruction: short-lived children

@@ -129,7 +129,11 @@ pub fn load(settings: &Settings, pin_dir: &Path) -> Result<Loaded> {
     let unlisted: Vec<&str> = ebpf
         .programs()
         .map(|(name, _)| name)
-        .filter(|name| !all_programs().any(|p| p == *name) && !crate::tls::PROGRAMS.contains(name))
+        .filter(|name| {
+            !all_programs().any(|p| p == *name)
+                && !crate::tls::PROGRAMS.contains(name)
+                && !crate::node::PROGRAMS.contains(name)
+        })
         .collect();
     if !unlisted.is_empty() {
         bail!("programs without an attach point: {unlisted:?}");

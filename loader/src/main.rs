@@ -2,6 +2,7 @@
 
 mod bpffs;
 mod capture;
+mod node;
 mod targets;
 mod tls;
 mod uprobe_multi;
@@ -13,7 +14,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use std::os::fd::OwnedFd;
 
-use seam_proto::{ipc, lifecycle, msg::LoaderRequest, privilege, role, selfstats, Role};
+use seam_proto::msg::{LoaderRequest, TlsFile};
+use seam_proto::{ipc, lifecycle, privilege, role, selfstats, Role};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -75,6 +77,8 @@ fn run(args: Args) -> Result<()> {
     selfstats::counter("links_taken_over").add(loaded.replaced_links as u64);
     // Before any map leaves the object: the TLS programs share every one of them.
     let tls = tls::TlsProbes::new(&loaded.ebpf);
+    let mut node = node::NodeProbes::new(&loaded.ebpf);
+    node.take_map(&mut loaded.ebpf);
     // Loading parsed the kernel's BTF twice (aya, libbpf) and freed it: hand that heap back.
     // SAFETY: malloc_trim only releases free memory at the top of glibc's heaps.
     unsafe { libc::malloc_trim(0) };
@@ -87,7 +91,7 @@ fn run(args: Args) -> Result<()> {
         send_begin = loaded.send_begin.unwrap_or("none: outgoing messages start as their send returns"),
         "capture attached"
     );
-    let state = Arc::new(Mutex::new(State { targets, tls }));
+    let state = Arc::new(Mutex::new(State { targets, tls, node }));
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -106,10 +110,9 @@ fn run(args: Args) -> Result<()> {
             let mut every = tokio::time::interval(selfstats::PUBLISH_EVERY);
             loop {
                 every.tick().await;
-                reported
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .publish_gauges();
+                let mut state = reported.lock().unwrap_or_else(|p| p.into_inner());
+                state.settle_node();
+                state.publish_gauges();
             }
         };
         seam_proto::lifecycle::ready(Role::Loader);
@@ -135,6 +138,7 @@ fn run(args: Args) -> Result<()> {
 struct State {
     targets: targets::Targets,
     tls: tls::TlsProbes,
+    node: node::NodeProbes,
 }
 
 impl State {
@@ -147,6 +151,9 @@ impl State {
                 };
                 // Only a current target's files: a file alone proves nothing about who maps it.
                 if self.targets.contains(pid) {
+                    if file == TlsFile::Executable {
+                        self.node.add(pid, &fd);
+                    }
                     self.tls.add(pid, fd, file);
                 } else {
                     selfstats::counter("requests_refused").add(1);
@@ -155,10 +162,16 @@ impl State {
             }
             LoaderRequest::RemoveTarget { pid } => {
                 self.tls.remove_pid(pid);
+                self.node.remove_pid(pid);
                 self.targets.remove(pid);
             }
             LoaderRequest::AddTarget { pid, propagation } => self.targets.add(pid, propagation),
         }
+    }
+
+    /// Node processes whose async context was just found lose the probe that found it.
+    fn settle_node(&mut self) {
+        self.node.detach_learned();
     }
 
     /// Levels for seam-status, once a second rather than per request: counting the target set

@@ -45,7 +45,12 @@ impl Targets {
             }
             None => match self.map.insert(
                 pid,
-                seam_abi::target_value(propagation.map(|p| p.carriers())),
+                // A target sent again (discover reconnected) keeps what the capture learned.
+                seam_abi::target_value(propagation.map(|p| p.carriers()))
+                    | self
+                        .map
+                        .get(&pid, 0)
+                        .map_or(0, |v| v & seam_abi::TARGET_NODE),
                 0,
             ) {
                 Ok(()) => tracing::info!(pid, ?propagation, "target added"),

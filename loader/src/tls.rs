@@ -31,7 +31,7 @@ const OPTIONAL: &[(&str, u64)] = &[
 
 /// A file by device and inode: the same library seen through different paths or mount
 /// namespaces is one file.
-type FileKey = (u64, u64);
+pub type FileKey = (u64, u64);
 
 #[derive(Debug)]
 struct Probed {
@@ -41,7 +41,7 @@ struct Probed {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub enum ProbeError {
     #[error("not a regular file")]
     NotAFile,
     #[error("cannot read the file: {0}")]
@@ -170,10 +170,10 @@ impl TlsProbes {
 }
 
 /// Probes the OpenSSL functions `file` defines; returns the links and how many functions.
-fn attach(programs: &UprobePrograms, file: &OwnedFd) -> Result<([OwnedFd; 2], usize), TlsError> {
-    let reader = std::fs::File::from(file.try_clone().map_err(TlsError::Read)?);
+fn attach(programs: &UprobePrograms, file: &OwnedFd) -> Result<([OwnedFd; 2], usize), ProbeError> {
+    let reader = std::fs::File::from(file.try_clone().map_err(ProbeError::Read)?);
     let cache = object::ReadCache::new(reader);
-    let elf = object::File::parse(&cache).map_err(TlsError::NotElf)?;
+    let elf = object::File::parse(&cache).map_err(ProbeError::NotElf)?;
     let mut offsets = Vec::new();
     let mut cookies = Vec::new();
     for &(function, cookie) in REQUIRED {
@@ -190,40 +190,40 @@ fn attach(programs: &UprobePrograms, file: &OwnedFd) -> Result<([OwnedFd; 2], us
         }
     }
     let entry = programs
-        .attach("tls_enter", file, &offsets, &cookies, false)
-        .map_err(TlsError::Attach)?;
+        .attach("tls_enter", file, &offsets, &cookies, false, 0)
+        .map_err(ProbeError::Attach)?;
     let ret = programs
-        .attach("tls_return", file, &offsets, &cookies, true)
-        .map_err(TlsError::Attach)?;
+        .attach("tls_return", file, &offsets, &cookies, true, 0)
+        .map_err(ProbeError::Attach)?;
     Ok(([entry, ret], offsets.len()))
 }
 
 /// Where `function`'s first instruction is in the file (uprobes are placed by file offset).
-fn file_offset<'d, R: object::ReadRef<'d>>(
+pub fn file_offset<'d, R: object::ReadRef<'d>>(
     elf: &object::File<'d, R>,
     function: &'static str,
-) -> Result<u64, TlsError> {
+) -> Result<u64, ProbeError> {
     let addr = elf
         .dynamic_symbols()
         .chain(elf.symbols())
         .find(|s| s.is_definition() && s.name() == Ok(function))
         .map(|s| s.address())
-        .ok_or(TlsError::NoSymbol(function))?;
+        .ok_or(ProbeError::NoSymbol(function))?;
     elf.segments()
         .find_map(|seg| {
             let (file_start, file_len) = seg.file_range();
             let start = seg.address();
             (addr >= start && addr < start + file_len).then(|| addr - start + file_start)
         })
-        .ok_or(TlsError::NotMapped(function))
+        .ok_or(ProbeError::NotMapped(function))
 }
 
-fn file_key(file: &OwnedFd) -> Result<FileKey, TlsError> {
-    let meta = std::fs::File::from(file.try_clone().map_err(TlsError::Read)?)
+pub fn file_key(file: &OwnedFd) -> Result<FileKey, ProbeError> {
+    let meta = std::fs::File::from(file.try_clone().map_err(ProbeError::Read)?)
         .metadata()
-        .map_err(TlsError::Read)?;
+        .map_err(ProbeError::Read)?;
     if !meta.is_file() {
-        return Err(TlsError::NotAFile);
+        return Err(ProbeError::NotAFile);
     }
     Ok((meta.dev(), meta.ino()))
 }
@@ -240,7 +240,7 @@ mod tests {
         let elf = object::File::parse(&cache).expect("elf");
         assert!(matches!(
             file_offset(&elf, "SSL_write"),
-            Err(TlsError::NoSymbol("SSL_write"))
+            Err(ProbeError::NoSymbol("SSL_write"))
         ));
         let main = elf
             .symbols()

@@ -166,8 +166,10 @@ impl UprobePrograms {
         Ok(loaded)
     }
 
-    /// Attaches `program` at each of `offsets` in the file open as `file` (for every process
-    /// that runs it), with a cookie per offset; the link lasts until the returned fd is closed.
+    /// Attaches `program` at each of `offsets` in the file open as `file`, with a cookie per
+    /// offset, for process `pid` alone (the kernel places the breakpoints in it only, so other
+    /// processes running the file pay nothing) or, with 0, for every process that runs it; the
+    /// link lasts until the returned fd is closed.
     pub fn attach(
         &self,
         program: &'static str,
@@ -175,6 +177,7 @@ impl UprobePrograms {
         offsets: &[u64],
         cookies: &[u64],
         on_return: bool,
+        pid: u32,
     ) -> std::io::Result<OwnedFd> {
         let prog_fd = *self
             .fds
@@ -217,6 +220,7 @@ impl UprobePrograms {
             } else {
                 0
             },
+            pid,
             ..LinkCreate::default()
         };
         // SAFETY: attr is a complete, initialised bpf_attr prefix of the size passed; the

@@ -206,6 +206,16 @@ impl Stack {
         )
     }
 
+    /// Waits until the loader probes Node process `pid` for its async context: connections it
+    /// accepts before its first callback after that stay unlinked.
+    pub fn wait_node_probe(&self, pid: u32) -> Result<()> {
+        self.wait_log(
+            "loader",
+            &format!("Node async context probe attached pid={pid}"),
+            Duration::from_secs(10),
+        )
+    }
+
     /// The daemon's pid: the launched process itself (scripts/launch execs the daemon), or under
     /// a supervisor the supervisor's current child.
     pub fn pid_of(&self, role: &str) -> Option<u32> {

@@ -19,6 +19,9 @@ pub const EV_INJECTED: u8 = 6;
 /// The request that follows on the same connection came with this context in a TCP option (an
 /// [`Injected`] whose span id is the caller's).
 pub const EV_TCP_CONTEXT: u8 = 7;
+/// A Node main thread set up the connection it accepted as the event's `fd` (payload: a
+/// [`NodeAccept`]).
+pub const EV_NODE_ACCEPT: u8 = 8;
 pub const COMM_LEN: usize = 16;
 
 pub const DIR_INGRESS: u8 = 0;
@@ -34,6 +37,8 @@ pub const DATA_TLS: u8 = 2;
 
 pub const TARGET_SELECTED: u32 = 1;
 pub const TARGET_INHERITED: u32 = 2;
+/// A Node process whose async id fields the capture reads (`seam_node_rt` holds where).
+pub const TARGET_NODE: u32 = 4;
 /// A target value's selector override of the carriers, stored as carriers + 1 in these bits.
 pub const OVERRIDE_SHIFT: u32 = 8;
 
@@ -96,6 +101,8 @@ pub mod names {
     pub const CONN_SEQ: &str = "seam_conn_seq";
     pub const CAPTURE_BYTES: &str = "capture_bytes";
     pub const WAKEUP_BYTES: &str = "wakeup_bytes";
+    /// Per Node process: where its main thread's async id fields are.
+    pub const NODE_RT: &str = "seam_node_rt";
 }
 
 #[repr(C)]
@@ -128,6 +135,59 @@ pub struct Event {
     pub tail_len: u32,
     pub tail: [u8; TAIL_LEN],
     pub pad: u32,
+    pub async_ctx: Async,
+}
+
+/// Node's async context at a socket call on its main thread (mirror of `struct seam_async`):
+/// the ids are doubles' bits, as Node keeps them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Async {
+    pub exec_id: u64,
+    pub trigger_id: u64,
+    pub last_id: u64,
+    pub read_seq: u32,
+    pub valid: u32,
+}
+
+/// An async id from a double's bits: Node's ids are whole numbers from 1 up; anything else
+/// (0 = no resource, -1 = unset, or bits that are no such number) is `None`.
+pub fn async_id(bits: u64) -> Option<u64> {
+    let v = f64::from_bits(bits);
+    // Exact below 2^53; the bound also rejects NaN and infinities (no_std: no fract()).
+    if !(1.0..9_007_199_254_740_992.0).contains(&v) {
+        return None;
+    }
+    let whole = v as u64;
+    (whole as f64 == v).then_some(whole)
+}
+
+/// Async ids a Node connection's setup allocated: those in (before, after] (mirror of
+/// `struct seam_node_accept`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeAccept {
+    pub before: u64,
+    pub after: u64,
+}
+
+impl NodeAccept {
+    pub fn parse(payload: &[u8]) -> Option<NodeAccept> {
+        // SAFETY: NodeAccept is plain old data: any bit pattern is valid.
+        unsafe { read_prefix(payload) }
+    }
+}
+
+/// A record from the start of `bytes`, which need not be aligned; `None` when too short.
+///
+/// # Safety
+/// Every bit pattern must be a valid `T` (a `#[repr(C)]` struct of integers and byte arrays).
+unsafe fn read_prefix<T: Copy>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: length checked; the caller vouches for T; read_unaligned needs no alignment.
+    Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
 /// What ctxprop put on the wire for one outgoing request (mirror of `struct seam_injected`).
@@ -144,11 +204,8 @@ pub struct Injected {
 
 impl Injected {
     pub fn parse(payload: &[u8]) -> Option<Injected> {
-        if payload.len() < size_of::<Injected>() {
-            return None;
-        }
-        // SAFETY: length checked; plain old data, any bit pattern is valid; unaligned read.
-        Some(unsafe { core::ptr::read_unaligned(payload.as_ptr().cast::<Injected>()) })
+        // SAFETY: Injected is plain old data: any bit pattern is valid.
+        unsafe { read_prefix(payload) }
     }
 }
 
@@ -187,17 +244,15 @@ const _: () = assert!(size_of::<Injected>() == 32);
 const _: () = assert!(size_of::<PropRule>() == 16);
 const _: () = assert!(size_of::<Serving>() == 24);
 const _: () = assert!(size_of::<Tuple>() == 40);
-const _: () = assert!(size_of::<Event>() == 112);
+const _: () = assert!(size_of::<Async>() == 32);
+const _: () = assert!(size_of::<NodeAccept>() == 16);
+const _: () = assert!(size_of::<Event>() == 144);
 
 impl Event {
     /// Reads an event header from the start of a ring-buffer record; the payload follows it.
     pub fn parse(record: &[u8]) -> Option<(Event, &[u8])> {
-        if record.len() < size_of::<Event>() {
-            return None;
-        }
-        // SAFETY: length checked above; Event is plain old data, any bit pattern is valid,
-        // and read_unaligned does not require the ring buffer record to be aligned.
-        let ev = unsafe { core::ptr::read_unaligned(record.as_ptr().cast::<Event>()) };
+        // SAFETY: Event is plain old data: any bit pattern is valid.
+        let ev: Event = unsafe { read_prefix(record) }?;
         let rest = &record[size_of::<Event>()..];
         let captured = (ev.captured as usize).min(rest.len());
         Some((ev, &rest[..captured]))
@@ -258,11 +313,21 @@ mod tests {
     }
 
     #[test]
+    fn async_ids_are_whole_numbers_from_one() {
+        assert_eq!(async_id(16f64.to_bits()), Some(16));
+        assert_eq!(async_id(0f64.to_bits()), None);
+        assert_eq!(async_id((-1f64).to_bits()), None);
+        assert_eq!(async_id(1.5f64.to_bits()), None);
+        assert_eq!(async_id(f64::NAN.to_bits()), None);
+        assert_eq!(async_id(u64::MAX), None);
+    }
+
+    #[test]
     fn parse_rejects_short_records_and_bounds_payload() {
         assert!(Event::parse(&[0u8; 10]).is_none());
-        let mut rec = [0u8; 112 + 8];
+        let mut rec = [0u8; 144 + 8];
         rec[40..44].copy_from_slice(&100u32.to_ne_bytes()); // captured claims more than present
-        rec[112..].copy_from_slice(b"GET / HT");
+        rec[144..].copy_from_slice(b"GET / HT");
         let (ev, payload) = Event::parse(&rec).expect("full header");
         assert_eq!(ev.captured, 100);
         assert_eq!(payload, b"GET / HT");

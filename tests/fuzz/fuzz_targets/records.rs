@@ -4,12 +4,12 @@
 
 use libfuzzer_sys::fuzz_target;
 use seam_abi::{
-    Event, DIR_EGRESS, EV_CLOSE, EV_DATA, EV_EXEC, EV_EXIT, EV_INJECTED, EV_SPAWN, EV_TCP_CONTEXT,
-    TAIL_LEN,
+    Async, Event, DIR_EGRESS, EV_CLOSE, EV_DATA, EV_EXEC, EV_EXIT, EV_INJECTED, EV_NODE_ACCEPT,
+    EV_SPAWN, EV_TCP_CONTEXT, TAIL_LEN,
 };
 use seam_correlator::engine::{Engine, LinkConfig};
 
-const KINDS: [u8; 10] = [
+const KINDS: [u8; 11] = [
     EV_DATA,
     EV_DATA,
     EV_DATA,
@@ -20,6 +20,7 @@ const KINDS: [u8; 10] = [
     EV_EXIT,
     EV_INJECTED,
     EV_TCP_CONTEXT,
+    EV_NODE_ACCEPT,
 ];
 
 fn structured(mut rest: &[u8], engine: &mut Engine) {
@@ -41,6 +42,18 @@ fn structured(mut rest: &[u8], engine: &mut Engine) {
             ..Event::default()
         };
         ev.tid = ev.pid + u32::from(a >> 6);
+        ev.fd = i32::from(b & 3);
+        if b & 0x10 != 0 {
+            // Node's async ids, small so that setups, reads and calls meet
+            let id = |k: u8| f64::from(k).to_bits();
+            ev.async_ctx = Async {
+                exec_id: id(a),
+                trigger_id: id(b & 0x1f),
+                last_id: id(a / 2),
+                read_seq: u32::from(a >> 5),
+                valid: 1,
+            };
+        }
         now += 1_000 + u64::from(a & 0x0f) * 1_000_000;
         ev.start_ns = now;
         ev.end_ns = now + 500;

@@ -1,0 +1,227 @@
+//! Node's event loop: which server request an outgoing call belongs to, from Node's async ids.
+//!
+//! An event loop serves many requests on one thread, so the thread says nothing. Node numbers
+//! every async resource from one counter and, at every moment, knows which resource's callback
+//! runs (its execution id) and which resource caused that one (its trigger id); the capture reads
+//! the three at each socket call of a Node main thread, and numbers the thread's socket reads.
+//!
+//! A call is the child of server request R, read on connection C, only when all of these hold:
+//! - C's setup allocated the trigger id: the call runs in a callback of a resource made when C
+//!   was accepted (its socket, its HTTP parser), and such resources work for C alone;
+//! - the execution id was allocated after R's bytes were read: that resource was made while
+//!   C's resources were working on R, since C's next request had not been read;
+//! - no socket read came between R's read and the call: the call runs in the same loop turn, so
+//!   a resource made during R and kept for later (a pooled client socket) cannot be taking a
+//!   later request's call for R's;
+//! - R's read held R's head alone, from its first byte (no other request's bytes in the turn).
+//!
+//! Calls made later (after a timer, after the callee's connection is set up, after a promise
+//! settles) stay unlinked: the ids then no longer prove which request caused them.
+
+use seam_abi::{async_id, Event, NodeAccept};
+
+use crate::idhash::IdMap;
+
+/// Accepted connections whose first bytes have not been seen yet, per process: bounded so a
+/// process that accepts and never reads cannot grow it.
+const MAX_PENDING_ACCEPTS: usize = 4096;
+
+/// Node's async ids at one socket call of a main thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeCall {
+    pub exec: Option<u64>,
+    pub trigger: Option<u64>,
+    /// The last id allocated (0 when none yet).
+    pub last_id: u64,
+    pub read_seq: u32,
+}
+
+impl NodeCall {
+    pub fn of(ev: &Event) -> Option<Self> {
+        let a = &ev.async_ctx;
+        (a.valid == 1).then(|| Self {
+            exec: async_id(a.exec_id),
+            trigger: async_id(a.trigger_id),
+            last_id: async_id(a.last_id).unwrap_or(0),
+            read_seq: a.read_seq,
+        })
+    }
+}
+
+/// The ids a connection's setup allocated: those in (before, after].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetupIds {
+    before: u64,
+    after: u64,
+}
+
+impl SetupIds {
+    pub fn of(acc: &NodeAccept) -> Option<Self> {
+        let before = async_id(acc.before).unwrap_or(0);
+        let after = async_id(acc.after)?;
+        (after > before).then_some(Self { before, after })
+    }
+
+    fn holds(&self, id: u64) -> bool {
+        self.before < id && id <= self.after
+    }
+}
+
+/// The last server request a Node main thread read, when its read held that request alone.
+#[derive(Clone, Copy, Debug)]
+struct Turn {
+    read_seq: u32,
+    /// The last async id allocated when the request had been read.
+    read_at_id: u64,
+    conn: u64,
+    seq: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct NodeLoops {
+    /// (pid << 32 | fd) → the setup ids of the connection accepted as fd.
+    accepts: IdMap<u64, SetupIds>,
+    turns: IdMap<u32, Turn>,
+}
+
+fn accept_key(pid: u32, fd: i32) -> u64 {
+    (u64::from(pid) << 32) | u64::from(fd as u32)
+}
+
+impl NodeLoops {
+    pub fn accepted(&mut self, pid: u32, fd: i32, setup: SetupIds) {
+        if self.accepts.len() >= MAX_PENDING_ACCEPTS {
+            self.accepts.clear();
+        }
+        self.accepts.insert(accept_key(pid, fd), setup);
+    }
+
+    /// The setup of the connection a process accepted as `fd`, taken by its first bytes.
+    pub fn take_setup(&mut self, pid: u32, fd: i32) -> Option<SetupIds> {
+        if self.accepts.is_empty() || fd < 0 {
+            return None;
+        }
+        self.accepts.remove(&accept_key(pid, fd))
+    }
+
+    /// A server request `seq` on `conn` started in a read that held it alone.
+    pub fn request_read(&mut self, pid: u32, call: &NodeCall, conn: u64, seq: u64) {
+        self.turns.insert(
+            pid,
+            Turn {
+                read_seq: call.read_seq,
+                read_at_id: call.last_id,
+                conn,
+                seq,
+            },
+        );
+    }
+
+    /// The server request (connection, seq) a call belongs to, by the rules in this module's
+    /// comment; `setup` gives a connection's setup ids.
+    pub fn parent(
+        &self,
+        pid: u32,
+        call: &NodeCall,
+        setup: impl FnOnce(u64) -> Option<SetupIds>,
+    ) -> Option<(u64, u64)> {
+        let turn = self.turns.get(&pid)?;
+        if turn.read_seq != call.read_seq || call.exec? <= turn.read_at_id {
+            return None;
+        }
+        setup(turn.conn)?
+            .holds(call.trigger?)
+            .then_some((turn.conn, turn.seq))
+    }
+
+    pub fn process_exited(&mut self, pid: u32) {
+        self.turns.remove(&pid);
+        self.accepts.retain(|k, _| (k >> 32) as u32 != pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(exec: u64, trigger: u64, last_id: u64, read_seq: u32) -> NodeCall {
+        NodeCall {
+            exec: Some(exec),
+            trigger: Some(trigger),
+            last_id,
+            read_seq,
+        }
+    }
+
+    fn setup(before: u64, after: u64) -> Option<SetupIds> {
+        SetupIds::of(&NodeAccept {
+            before: (before as f64).to_bits(),
+            after: (after as f64).to_bits(),
+        })
+    }
+
+    /// Connection 7 was set up with ids 15 and 16 (its socket, its parser); its request 3 was
+    /// read when the counter stood at 70, as the thread's fifth socket read.
+    fn loops() -> NodeLoops {
+        let mut n = NodeLoops::default();
+        n.request_read(1, &call(0, 0, 70, 5), 7, 3);
+        n
+    }
+
+    #[test]
+    fn a_call_in_the_requests_turn_from_its_connections_parser_is_its_child() {
+        // a tick made by the handler (parser 16's callback) sends in the same turn
+        let got = loops().parent(1, &call(77, 16, 78, 5), |_| setup(14, 16));
+        assert_eq!(got, Some((7, 3)));
+    }
+
+    #[test]
+    fn a_call_after_another_socket_read_is_not_linked() {
+        let got = loops().parent(1, &call(77, 16, 78, 6), |_| setup(14, 16));
+        assert_eq!(got, None);
+    }
+
+    #[test]
+    fn a_resource_made_before_the_request_was_read_is_not_linked() {
+        // a timer set while an earlier request ran fires now: its id predates this read
+        let got = loops().parent(1, &call(60, 16, 78, 5), |_| setup(14, 16));
+        assert_eq!(got, None);
+    }
+
+    #[test]
+    fn a_trigger_outside_the_connections_setup_is_not_linked() {
+        // a fresh client socket (id 19) connecting: its cause is not provable
+        for trigger in [14, 17, 19] {
+            let got = loops().parent(1, &call(77, trigger, 78, 5), |_| setup(14, 16));
+            assert_eq!(got, None, "trigger {trigger}");
+        }
+    }
+
+    #[test]
+    fn unknown_ids_or_setups_never_link() {
+        let n = loops();
+        let no_exec = NodeCall {
+            exec: None,
+            ..call(77, 16, 78, 5)
+        };
+        assert_eq!(n.parent(1, &no_exec, |_| setup(14, 16)), None);
+        assert_eq!(n.parent(1, &call(77, 16, 78, 5), |_| None), None);
+        assert_eq!(n.parent(2, &call(77, 16, 78, 5), |_| setup(14, 16)), None);
+        assert_eq!(setup(16, 16), None, "an empty setup holds nothing");
+    }
+
+    #[test]
+    fn accepts_are_taken_once_and_forgotten_with_their_process() {
+        let mut n = loops();
+        let s = setup(14, 16).expect("setup");
+        n.accepted(1, 9, s);
+        n.accepted(2, 9, s);
+        assert_eq!(n.take_setup(1, 9), Some(s));
+        assert_eq!(n.take_setup(1, 9), None);
+        n.process_exited(2);
+        assert_eq!(n.take_setup(2, 9), None);
+        assert_eq!(n.parent(1, &call(77, 16, 78, 5), |_| Some(s)), Some((7, 3)));
+        n.process_exited(1);
+        assert_eq!(n.parent(1, &call(77, 16, 78, 5), |_| Some(s)), None);
+    }
+}

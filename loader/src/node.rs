@@ -1,0 +1,178 @@
+//! Uprobes on Node executables so the capture can read each Node process's async context.
+//!
+//! Two kinds: per file, on the function that sets up an accepted TCP connection (once per
+//! connection, so cheap); per process, on `AsyncHooks::push_async_context`, which runs on every
+//! callback, only until it has shown where that process keeps its async id fields.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::OwnedFd;
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::Ebpf;
+
+use crate::tls::{file_key, file_offset, FileKey, ProbeError};
+use crate::uprobe_multi::UprobePrograms;
+
+pub const PROGRAMS: &[&str] = &["node_learn", "node_accept_enter", "node_accept_return"];
+
+/// node::AsyncHooks::push_async_context(double, double, v8::Local<v8::Object>)
+const PUSH_ASYNC_CONTEXT: &str =
+    "_ZN4node10AsyncHooks18push_async_contextEddN2v85LocalINS1_6ObjectEEE";
+/// node::ConnectionWrap<node::TCPWrap, uv_tcp_s>::OnConnection(uv_stream_s*, int)
+const ON_CONNECTION: &str =
+    "_ZN4node14ConnectionWrapINS_7TCPWrapE8uv_tcp_sE12OnConnectionEP11uv_stream_si";
+
+/// Where a Node executable's two functions start, by file offset.
+#[derive(Clone, Copy, Debug)]
+struct Offsets {
+    push_async_context: u64,
+    on_connection: u64,
+}
+
+#[derive(Debug)]
+struct Probed {
+    offsets: Offsets,
+    /// Entry and return on OnConnection; dropping them detaches.
+    _links: [OwnedFd; 2],
+    users: HashSet<u32>,
+}
+
+#[derive(Debug)]
+pub struct NodeProbes {
+    programs: Option<UprobePrograms>,
+    rt: Option<BpfHashMap<MapData, u32, [u8; 16]>>,
+    files: HashMap<FileKey, Probed>,
+    not_node: HashSet<FileKey>,
+    by_pid: HashMap<u32, FileKey>,
+    /// Processes whose async id fields are not found yet, with their learning probe.
+    learning: HashMap<u32, OwnedFd>,
+}
+
+impl NodeProbes {
+    /// Loads the programs onto the capture's maps (before any map leaves the object).
+    pub fn new(ebpf: &Ebpf) -> Self {
+        let programs = match UprobePrograms::load(seam_abi::objects::CAPTURE, ebpf, PROGRAMS) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "Node async context unavailable: uprobe programs not loaded");
+                None
+            }
+        };
+        Self {
+            programs,
+            rt: None,
+            files: HashMap::new(),
+            not_node: HashSet::new(),
+            by_pid: HashMap::new(),
+            learning: HashMap::new(),
+        }
+    }
+
+    /// Takes the map of learned fields out of the object: only this side reads or clears it.
+    pub fn take_map(&mut self, ebpf: &mut Ebpf) {
+        self.rt = ebpf
+            .take_map(seam_abi::names::NODE_RT)
+            .and_then(|m| BpfHashMap::try_from(m).ok());
+        if self.rt.is_none() {
+            tracing::warn!("Node async context unavailable: its map is missing");
+        }
+    }
+
+    /// `pid` runs the executable `file`: when it is Node, probe it.
+    pub fn add(&mut self, pid: u32, file: &OwnedFd) {
+        let (Some(programs), Some(_)) = (self.programs.as_ref(), self.rt.as_ref()) else {
+            return;
+        };
+        let Ok(key) = file_key(file) else {
+            return;
+        };
+        if self.not_node.contains(&key) || self.by_pid.contains_key(&pid) {
+            return;
+        }
+        let probed = match self.files.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => match probe_file(programs, file) {
+                Ok(p) => {
+                    tracing::info!(pid, dev = key.0, inode = key.1, "Node executable probed");
+                    e.insert(p)
+                }
+                Err(err) => {
+                    tracing::debug!(pid, error = %err, "executable is not a Node seam can read");
+                    self.not_node.insert(key);
+                    return;
+                }
+            },
+        };
+        match programs.attach(
+            "node_learn",
+            file,
+            &[probed.offsets.push_async_context],
+            &[0],
+            false,
+            pid,
+        ) {
+            Ok(link) => {
+                tracing::info!(pid, "Node async context probe attached");
+                probed.users.insert(pid);
+                self.by_pid.insert(pid, key);
+                self.learning.insert(pid, link);
+            }
+            Err(e) => tracing::warn!(pid, error = %e, "Node async context probe refused"),
+        }
+    }
+
+    /// Detaches the learning probe (it runs on every callback) of each process whose async id
+    /// fields were found (the capture reads them from then on).
+    pub fn detach_learned(&mut self) {
+        let Some(rt) = self.rt.as_ref() else {
+            return;
+        };
+        self.learning.retain(|pid, _| {
+            let found = rt.get(pid, 0).is_ok();
+            if found {
+                tracing::info!(pid, "Node async context found");
+            }
+            !found
+        });
+    }
+
+    /// `pid` is gone: its probes and learned fields go; a file's probes with its last user.
+    pub fn remove_pid(&mut self, pid: u32) {
+        self.learning.remove(&pid);
+        if let Some(rt) = self.rt.as_mut() {
+            // A pid reused by another Node process must learn its own fields.
+            let _ = rt.remove(&pid);
+        }
+        let Some(key) = self.by_pid.remove(&pid) else {
+            return;
+        };
+        if let Some(p) = self.files.get_mut(&key) {
+            p.users.remove(&pid);
+            if p.users.is_empty() {
+                self.files.remove(&key);
+            }
+        }
+    }
+}
+
+fn probe_file(programs: &UprobePrograms, file: &OwnedFd) -> Result<Probed, ProbeError> {
+    let reader = std::fs::File::from(file.try_clone().map_err(ProbeError::Read)?);
+    let cache = object::ReadCache::new(reader);
+    let elf = object::File::parse(&cache).map_err(ProbeError::NotElf)?;
+    let offsets = Offsets {
+        push_async_context: file_offset(&elf, PUSH_ASYNC_CONTEXT)?,
+        on_connection: file_offset(&elf, ON_CONNECTION)?,
+    };
+    let at = [offsets.on_connection];
+    let entry = programs
+        .attach("node_accept_enter", file, &at, &[0], false, 0)
+        .map_err(ProbeError::Attach)?;
+    let ret = programs
+        .attach("node_accept_return", file, &at, &[0], true, 0)
+        .map_err(ProbeError::Attach)?;
+    Ok(Probed {
+        offsets,
+        _links: [entry, ret],
+        users: HashSet::new(),
+    })
+}
