@@ -42,6 +42,18 @@ CONF
   worker=$(pgrep -P "$nginx_master" | head -1)
 }
 
+# bench_node PORT: the Node test service (tests/fixtures/nodeserver.js: keep-alive, 200 for any
+# path) pinned to CPU 0 on 127.0.0.1:PORT, in place of nginx: sets the same variables (`worker`
+# is the Node process) and bench_stop_nginx stops it too.
+bench_node() {
+  work=$(mktemp -d)
+  scheme=http
+  taskset -c 0 node "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../tests/fixtures/nodeserver.js" "$1" \
+    >/dev/null 2>&1 & nginx_master=$!
+  bench_wait_port "$1"
+  worker=$nginx_master
+}
+
 bench_stop_nginx() {
   kill -TERM "$nginx_master" 2>/dev/null || true
   wait "$nginx_master" 2>/dev/null || true

@@ -8,6 +8,8 @@
 # SEAM_BENCH_OTLP=1 also exports every span and the RED metrics over OTLP/HTTP to a loopback sink.
 # SEAM_BENCH_TLS=1 serves HTTPS: seam then reads the plaintext through its OpenSSL uprobes (wrk's
 # own SSL calls hit them too, filtered out in the kernel: that cost is part of the figure).
+# SEAM_BENCH_SERVER=node measures the Node test service (one process on CPU 0) instead of nginx:
+# seam then also reads Node's async ids at each of its socket calls.
 #   bench/nginx.sh [seconds per phase, default 8] [rounds, default 3]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,7 +19,11 @@ secs=${1:-8}
 rounds=${2:-3}
 bench_prepare
 port=18480
-bench_nginx "$port"
+if [ "${SEAM_BENCH_SERVER:-nginx}" = node ]; then
+  bench_node "$port"
+else
+  bench_nginx "$port"
+fi
 cat > "$work/paced.lua" <<'LUA'
 -- each connection waits 1 ms between requests: 13 connections give about 10k requests/s
 function delay() return 1 end
@@ -55,7 +61,7 @@ if [ "${SEAM_BENCH_OTLP:-0}" = 1 ]; then
   export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:18481 OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
   export_mode="OTLP/HTTP to a loopback sink (spans and metrics)"
 fi
-export_mode="$export_mode; scheme: $scheme"
+export_mode="$export_mode; scheme: $scheme; server: ${SEAM_BENCH_SERVER:-nginx}"
 export SEAM_RUN_DIR=/run/seam-bench SEAM_PIN_DIR=/sys/fs/bpf/seam-bench
 start_seam() {
   SEAM_OPEN_PORT=$port "$here/../scripts/run" 2>>"$work/daemons.log" & stack=$!

@@ -65,6 +65,17 @@ struct seam_node_accept {
 	__u64 after;  /* bits of the last async id when that callback returned */
 };
 
+/* A Node process whose main thread's async context the capture reads: where AsyncHooks keeps
+ * async_id_fields (found by node_learn), and how many socket reads that thread has made. A read
+ * starts each libuv callback that reads a socket, so two calls with the same count ran in the
+ * same turn: no socket read came between them. Kept by the capture, read by the loader. */
+struct seam_node_rt {
+	__u64 fields;
+	__u64 learned_at; /* bits of the id counter when the fields were found */
+	__u32 read_seq;
+	__u32 pad;
+};
+
 struct seam_event {
 	__u64 conn_id;  /* unique per connection seen, never reused while seam runs */
 	__u64 start_ns; /* CLOCK_MONOTONIC when the bytes were sent or received */
@@ -159,6 +170,7 @@ _Static_assert(sizeof(struct seam_injected) == 32, "seam_injected layout");
 _Static_assert(sizeof(struct seam_serving) == 24, "seam_serving layout");
 _Static_assert(sizeof(struct seam_tuple) == 40, "seam_tuple layout");
 _Static_assert(sizeof(struct seam_async) == 32, "seam_async layout");
+_Static_assert(sizeof(struct seam_node_rt) == 24, "seam_node_rt layout");
 _Static_assert(sizeof(struct seam_node_accept) == 16, "seam_node_accept layout");
 _Static_assert(sizeof(struct seam_event) == 144, "seam_event layout");
 

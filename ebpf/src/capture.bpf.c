@@ -300,21 +300,11 @@ struct {
 	__type(value, struct send_began);
 } seam_send_began SEC(".maps");
 
-/* A Node process whose main thread's async context the capture reads: where AsyncHooks keeps
- * async_id_fields (found by node_learn), and how many socket reads that thread has made. A read
- * starts each libuv callback that reads a socket, so two calls with the same count ran in the
- * same turn: no socket read came between them. */
-struct node_rt {
-	__u64 fields;
-	__u32 read_seq;
-	__u32 pad;
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u32); /* tgid */
-	__type(value, struct node_rt);
+	__type(value, struct seam_node_rt);
 } seam_node_rt SEC(".maps");
 
 enum io_kind {
@@ -1011,7 +1001,7 @@ static __always_inline __u64 send_began_at(struct sock *sk, __u64 pid_tgid, int 
 
 static __always_inline void count_node_read(__u32 pid)
 {
-	struct node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
+	struct seam_node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
 	if (rt)
 		rt->read_seq++;
 }
@@ -1021,7 +1011,7 @@ static __always_inline void node_snapshot(__u32 pid)
 {
 	__u32 zero = 0;
 	struct scratch *s = bpf_map_lookup_elem(&seam_scratch, &zero);
-	struct node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
+	struct seam_node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
 	if (!s || !rt)
 		return;
 	if (bpf_probe_read_user(&s->async_next, 3 * sizeof(__u64), (const void *)rt->fields) == 0) {
@@ -1370,7 +1360,7 @@ int node_learn(struct pt_regs *ctx)
 	if ((f[0] | f[1] | f[2]) & NODE_SIGN || f[2] == 0 ||
 	    (f[3] != NODE_MINUS_ONE && (f[3] & NODE_SIGN)))
 		return 0;
-	struct node_rt rt = {.fields = fields};
+	struct seam_node_rt rt = {.fields = fields, .learned_at = f[2]};
 	__u32 *target = bpf_map_lookup_elem(&seam_targets, &pid);
 	if (!target || bpf_map_update_elem(&seam_node_rt, &pid, &rt, BPF_NOEXIST) != 0)
 		return 0;
@@ -1394,7 +1384,7 @@ struct {
 	__type(value, struct node_accepting);
 } seam_node_accepting SEC(".maps");
 
-static __always_inline int node_last_id(struct node_rt *rt, __u64 *out)
+static __always_inline int node_last_id(struct seam_node_rt *rt, __u64 *out)
 {
 	return bpf_probe_read_user(out, sizeof(*out), (const void *)(rt->fields + 2 * sizeof(__u64)));
 }
@@ -1409,9 +1399,13 @@ int node_accept_enter(struct pt_regs *ctx)
 	__u32 pid = pid_tgid >> 32;
 	if ((__u32)pid_tgid != pid || (int)ctx->si != 0)
 		return 0;
-	struct node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
+	struct seam_node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
 	struct node_accepting a = {};
-	if (!rt || node_last_id(rt, &a.before) != 0 ||
+	/* Not found yet: this connection's callback is what will find them (the process waited for
+	 * it idle), so the return bounds its ids from there (before stays 0: not known here). */
+	if (!rt && !is_target(pid))
+		return 0;
+	if ((rt && node_last_id(rt, &a.before) != 0) ||
 	    bpf_probe_read_user(&a.fd, sizeof(a.fd), (const void *)(ctx->di + UV_ACCEPTED_FD_OFFSET)) != 0 ||
 	    a.fd < 0)
 		return 0;
@@ -1441,9 +1435,13 @@ int node_accept_return(struct pt_regs *ctx)
 	r.ev.captured = sizeof(r.acc);
 	r.acc.before = a->before;
 	bpf_map_delete_elem(&seam_node_accepting, &pid);
-	struct node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
+	struct seam_node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
 	if (!rt || node_last_id(rt, &r.acc.after) != 0)
 		return 0;
+	/* found during this callback: the ids since then are this connection's (its socket's id,
+	 * made before, is left out) */
+	if (!r.acc.before)
+		r.acc.before = rt->learned_at;
 	output(&r, sizeof(r));
 	return 0;
 }

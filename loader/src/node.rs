@@ -40,7 +40,7 @@ struct Probed {
 #[derive(Debug)]
 pub struct NodeProbes {
     programs: Option<UprobePrograms>,
-    rt: Option<BpfHashMap<MapData, u32, [u8; 16]>>,
+    rt: Option<BpfHashMap<MapData, u32, [u8; seam_abi::NODE_RT_SIZE]>>,
     files: HashMap<FileKey, Probed>,
     not_node: HashSet<FileKey>,
     by_pid: HashMap<u32, FileKey>,

@@ -37,6 +37,10 @@ pub const DATA_TLS: u8 = 2;
 
 pub const TARGET_SELECTED: u32 = 1;
 pub const TARGET_INHERITED: u32 = 2;
+/// Bytes of `struct seam_node_rt`, the value of the capture's Node map (the loader only checks
+/// that a process has one and clears it).
+pub const NODE_RT_SIZE: usize = 24;
+
 /// A Node process whose async id fields the capture reads (`seam_node_rt` holds where).
 pub const TARGET_NODE: u32 = 4;
 /// A target value's selector override of the carriers, stored as carriers + 1 in these bits.
@@ -101,7 +105,8 @@ pub mod names {
     pub const CONN_SEQ: &str = "seam_conn_seq";
     pub const CAPTURE_BYTES: &str = "capture_bytes";
     pub const WAKEUP_BYTES: &str = "wakeup_bytes";
-    /// Per Node process: where its main thread's async id fields are.
+    /// Per Node process: where its main thread's async id fields are (a
+    /// [`NODE_RT_SIZE`](crate::NODE_RT_SIZE)-byte `struct seam_node_rt`).
     pub const NODE_RT: &str = "seam_node_rt";
 }
 
