@@ -3,6 +3,7 @@
 # kernel's own accounting (kernel.bpf_stats_enabled, which adds ~50 ns per run while on).
 # Averages are over every call, wrk's (not a target) included. SEAM_BENCH_TLS=1 serves HTTPS
 # (the TLS uprobe programs then run too, for wrk's SSL calls as well as nginx's).
+# SEAM_BENCH_SERVER=node measures the Node test service instead (its Node uprobes are listed too).
 #   bench/bpf-cost.sh [seconds, default 8]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -12,7 +13,7 @@ secs=${1:-8}
 bench_prepare
 port=18497
 stats_before=$(sysctl -n kernel.bpf_stats_enabled)
-bench_nginx "$port"
+bench_server "$port"
 SEAM_OPEN_PORT=$port SEAM_TRACE_PRINTER=disabled SEAM_RUN_DIR=/run/seam-bpfcost SEAM_PIN_DIR=/sys/fs/bpf/seam-bpfcost \
   "$here/../scripts/run" 2>/dev/null & stack=$!
 cleanup() {
@@ -27,7 +28,7 @@ taskset -c 1 wrk -t1 -c32 -d"${secs}s" "$scheme://127.0.0.1:$port/index.html" | 
 bpftool -j prog show | python3 -c '
 import json, sys
 for p in json.load(sys.stdin):
-    if p.get("run_cnt", 0) > 1000 and p["name"] in ("on_send", "on_recv", "on_send_begin", "on_xmit", "tls_enter", "tls_return"):
+    if p.get("run_cnt", 0) > 1000 and p["name"] in ("on_send", "on_recv", "on_send_begin", "on_xmit", "tls_enter", "tls_return", "node_learn", "node_accept_e", "node_accept_r"):
         name, runs, avg = p["name"], p["run_cnt"], p["run_time_ns"] / p["run_cnt"]
         print(f"{name:10} runs {runs:>9}  average {avg:6.0f} ns")
 '

@@ -54,6 +54,16 @@ bench_node() {
   worker=$nginx_master
 }
 
+# bench_server PORT: the server a benchmark measures: nginx, or with SEAM_BENCH_SERVER=node the
+# Node test service.
+bench_server() {
+  if [ "${SEAM_BENCH_SERVER:-nginx}" = node ]; then
+    bench_node "$1"
+  else
+    bench_nginx "$1"
+  fi
+}
+
 bench_stop_nginx() {
   kill -TERM "$nginx_master" 2>/dev/null || true
   wait "$nginx_master" 2>/dev/null || true

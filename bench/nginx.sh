@@ -19,11 +19,7 @@ secs=${1:-8}
 rounds=${2:-3}
 bench_prepare
 port=18480
-if [ "${SEAM_BENCH_SERVER:-nginx}" = node ]; then
-  bench_node "$port"
-else
-  bench_nginx "$port"
-fi
+bench_server "$port"
 cat > "$work/paced.lua" <<'LUA'
 -- each connection waits 1 ms between requests: 13 connections give about 10k requests/s
 function delay() return 1 end

@@ -120,12 +120,7 @@ pub fn load(settings: &Settings, pin_dir: &Path) -> Result<Loaded> {
     } else {
         fresh
     };
-    seed_connection_ids(&mut ebpf)?;
-    let send_begin = load_programs(&mut ebpf)?;
-    // The predecessor's links go only now, when the new programs are verified: capture is blind
-    // just for the few milliseconds the attaches below take.
-    let replaced = unpin_links(pin_dir);
-    let links = attach_and_pin(&mut ebpf, pin_dir, send_begin)?;
+    // Before anything is attached or pinned: a refused object leaves nothing behind.
     let unlisted: Vec<&str> = ebpf
         .programs()
         .map(|(name, _)| name)
@@ -138,6 +133,12 @@ pub fn load(settings: &Settings, pin_dir: &Path) -> Result<Loaded> {
     if !unlisted.is_empty() {
         bail!("programs without an attach point: {unlisted:?}");
     }
+    seed_connection_ids(&mut ebpf)?;
+    let send_begin = load_programs(&mut ebpf)?;
+    // The predecessor's links go only now, when the new programs are verified: capture is blind
+    // just for the few milliseconds the attaches below take.
+    let replaced = unpin_links(pin_dir);
+    let links = attach_and_pin(&mut ebpf, pin_dir, send_begin)?;
     Ok(Loaded {
         ebpf,
         attached: links.len(),
