@@ -447,6 +447,7 @@ impl Engine {
             return;
         };
         let flow = Flow::outbound(&entry.ends);
+        let node_setup = entry.node_setup;
         let (received, injected) = match self.take_wire(conn_id) {
             Some(WireCtx::Received(ctx)) => (Some(ctx), None),
             Some(WireCtx::Sent(inj)) => (None, Some(inj)),
@@ -461,7 +462,8 @@ impl Engine {
         let ctx = match st.side {
             Side::Server => {
                 if let Some(call) = &node {
-                    self.node.request_read(pid, call, conn_id, st.seq);
+                    self.node
+                        .request_read(pid, call, conn_id, st.seq, node_setup);
                 }
                 let item = (conn_id, st.seq);
                 self.serving_by_tid.entry(st.tid).or_default().push(item);
@@ -642,9 +644,7 @@ impl Engine {
     /// The server request a Node main thread's call belongs to, by Node's async ids (see
     /// `node`), while that request is open and within the transaction time.
     fn node_parent(&self, pid: u32, call: Option<&NodeCall>, now_ns: u64) -> Option<InProcess> {
-        let (conn, seq) = self
-            .node
-            .parent(pid, call?, |c| self.conns.get(&c)?.node_setup)?;
+        let (conn, seq) = self.node.parent(pid, call?)?;
         let req = self.conns.get(&conn)?.reqs.get(&seq)?;
         let fresh = now_ns.saturating_sub(req.start_ns) <= self.links.max_transaction_ns;
         (req.side == Side::Server && fresh).then_some(InProcess::Serving((conn, seq)))

@@ -67,7 +67,8 @@ impl SetupIds {
     }
 }
 
-/// The last server request a Node main thread read, when its read held that request alone.
+/// The last server request a Node main thread read, when its read held that request alone and
+/// its connection's setup is known.
 #[derive(Clone, Copy, Debug)]
 struct Turn {
     read_seq: u32,
@@ -75,6 +76,7 @@ struct Turn {
     read_at_id: u64,
     conn: u64,
     seq: u64,
+    setup: SetupIds,
 }
 
 #[derive(Debug, Default)]
@@ -104,8 +106,20 @@ impl NodeLoops {
         self.accepts.remove(&accept_key(pid, fd))
     }
 
-    /// A server request `seq` on `conn` started in a read that held it alone.
-    pub fn request_read(&mut self, pid: u32, call: &NodeCall, conn: u64, seq: u64) {
+    /// A server request `seq` on `conn` (whose setup ids are `setup`, when known) started in a
+    /// read that held it alone. Without a setup nothing can link to it, and nothing is kept: the
+    /// read itself moved the thread's read count past any earlier request's.
+    pub fn request_read(
+        &mut self,
+        pid: u32,
+        call: &NodeCall,
+        conn: u64,
+        seq: u64,
+        setup: Option<SetupIds>,
+    ) {
+        let Some(setup) = setup else {
+            return;
+        };
         self.turns.insert(
             pid,
             Turn {
@@ -113,25 +127,17 @@ impl NodeLoops {
                 read_at_id: call.last_id,
                 conn,
                 seq,
+                setup,
             },
         );
     }
 
     /// The server request (connection, seq) a call belongs to, by the rules in this module's
-    /// comment; `setup` gives a connection's setup ids.
-    pub fn parent(
-        &self,
-        pid: u32,
-        call: &NodeCall,
-        setup: impl FnOnce(u64) -> Option<SetupIds>,
-    ) -> Option<(u64, u64)> {
+    /// comment.
+    pub fn parent(&self, pid: u32, call: &NodeCall) -> Option<(u64, u64)> {
         let turn = self.turns.get(&pid)?;
-        if turn.read_seq != call.read_seq || call.exec? <= turn.read_at_id {
-            return None;
-        }
-        setup(turn.conn)?
-            .holds(call.trigger?)
-            .then_some((turn.conn, turn.seq))
+        let same_turn = turn.read_seq == call.read_seq && call.exec? > turn.read_at_id;
+        (same_turn && turn.setup.holds(call.trigger?)).then_some((turn.conn, turn.seq))
     }
 
     pub fn process_exited(&mut self, pid: u32) {
@@ -160,31 +166,35 @@ mod tests {
         })
     }
 
-    /// Connection 7 was set up with ids 15 and 16 (its socket, its parser); its request 3 was
-    /// read when the counter stood at 70, as the thread's fifth socket read.
-    fn loops() -> NodeLoops {
+    /// Connection 7 was set up with ids 15 and 16 (its socket, its parser) — or with `setup` —;
+    /// its request 3 was read when the counter stood at 70, as the thread's fifth socket read.
+    fn loops_with(setup: Option<SetupIds>) -> NodeLoops {
         let mut n = NodeLoops::default();
-        n.request_read(1, &call(0, 0, 70, 5), 7, 3);
+        n.request_read(1, &call(0, 0, 70, 5), 7, 3, setup);
         n
+    }
+
+    fn loops() -> NodeLoops {
+        loops_with(setup(14, 16))
     }
 
     #[test]
     fn a_call_in_the_requests_turn_from_its_connections_parser_is_its_child() {
         // a tick made by the handler (parser 16's callback) sends in the same turn
-        let got = loops().parent(1, &call(77, 16, 78, 5), |_| setup(14, 16));
+        let got = loops().parent(1, &call(77, 16, 78, 5));
         assert_eq!(got, Some((7, 3)));
     }
 
     #[test]
     fn a_call_after_another_socket_read_is_not_linked() {
-        let got = loops().parent(1, &call(77, 16, 78, 6), |_| setup(14, 16));
+        let got = loops().parent(1, &call(77, 16, 78, 6));
         assert_eq!(got, None);
     }
 
     #[test]
     fn a_resource_made_before_the_request_was_read_is_not_linked() {
         // a timer set while an earlier request ran fires now: its id predates this read
-        let got = loops().parent(1, &call(60, 16, 78, 5), |_| setup(14, 16));
+        let got = loops().parent(1, &call(60, 16, 78, 5));
         assert_eq!(got, None);
     }
 
@@ -192,7 +202,7 @@ mod tests {
     fn a_trigger_outside_the_connections_setup_is_not_linked() {
         // a fresh client socket (id 19) connecting: its cause is not provable
         for trigger in [14, 17, 19] {
-            let got = loops().parent(1, &call(77, trigger, 78, 5), |_| setup(14, 16));
+            let got = loops().parent(1, &call(77, trigger, 78, 5));
             assert_eq!(got, None, "trigger {trigger}");
         }
     }
@@ -204,9 +214,9 @@ mod tests {
             exec: None,
             ..call(77, 16, 78, 5)
         };
-        assert_eq!(n.parent(1, &no_exec, |_| setup(14, 16)), None);
-        assert_eq!(n.parent(1, &call(77, 16, 78, 5), |_| None), None);
-        assert_eq!(n.parent(2, &call(77, 16, 78, 5), |_| setup(14, 16)), None);
+        assert_eq!(n.parent(1, &no_exec), None);
+        assert_eq!(loops_with(None).parent(1, &call(77, 16, 78, 5)), None);
+        assert_eq!(n.parent(2, &call(77, 16, 78, 5)), None);
         assert_eq!(setup(16, 16), None, "an empty setup holds nothing");
     }
 
@@ -220,8 +230,8 @@ mod tests {
         assert_eq!(n.take_setup(1, 9), None);
         n.process_exited(2);
         assert_eq!(n.take_setup(2, 9), None);
-        assert_eq!(n.parent(1, &call(77, 16, 78, 5), |_| Some(s)), Some((7, 3)));
+        assert_eq!(n.parent(1, &call(77, 16, 78, 5)), Some((7, 3)));
         n.process_exited(1);
-        assert_eq!(n.parent(1, &call(77, 16, 78, 5), |_| Some(s)), None);
+        assert_eq!(n.parent(1, &call(77, 16, 78, 5)), None);
     }
 }

@@ -75,10 +75,9 @@ fn run(args: Args) -> Result<()> {
         selfstats::counter("pins_taken_over").add(1);
     }
     selfstats::counter("links_taken_over").add(loaded.replaced_links as u64);
-    // Before any map leaves the object: the TLS programs share every one of them.
-    let tls = tls::TlsProbes::new(&loaded.ebpf);
-    let mut node = node::NodeProbes::new(&loaded.ebpf);
-    node.take_map(&mut loaded.ebpf);
+    // Before any map leaves the object: the uprobe programs share every one of them.
+    let (uprobes, node_loaded) = load_uprobes(&loaded.ebpf);
+    let node = node::NodeProbes::new(&mut loaded.ebpf, node_loaded);
     // Loading parsed the kernel's BTF twice (aya, libbpf) and freed it: hand that heap back.
     // SAFETY: malloc_trim only releases free memory at the top of glibc's heaps.
     unsafe { libc::malloc_trim(0) };
@@ -91,7 +90,12 @@ fn run(args: Args) -> Result<()> {
         send_begin = loaded.send_begin.unwrap_or("none: outgoing messages start as their send returns"),
         "capture attached"
     );
-    let state = Arc::new(Mutex::new(State { targets, tls, node }));
+    let state = Arc::new(Mutex::new(State {
+        targets,
+        uprobes,
+        tls: tls::TlsProbes::default(),
+        node,
+    }));
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -111,7 +115,8 @@ fn run(args: Args) -> Result<()> {
             loop {
                 every.tick().await;
                 let mut state = reported.lock().unwrap_or_else(|p| p.into_inner());
-                state.settle_node();
+                // a found process's learning probe runs on every callback: detach it
+                state.node.detach_learned();
                 state.publish_gauges();
             }
         };
@@ -132,11 +137,39 @@ fn run(args: Args) -> Result<()> {
     result
 }
 
-/// What the loader keeps between requests: the target set and the TLS probes (which own the
-/// capture object, so its programs live as long as the daemon).
+/// The capture object's uprobe programs, loaded once for TLS and Node (a libbpf load parses the
+/// object and the kernel's BTF); TLS alone when this kernel refuses the Node ones, and none when
+/// it refuses those too. Says whether the Node programs are loaded.
+fn load_uprobes(ebpf: &aya::Ebpf) -> (Option<uprobe_multi::UprobePrograms>, bool) {
+    use uprobe_multi::UprobePrograms;
+    let capture = seam_abi::objects::CAPTURE;
+    let both: Vec<&'static str> = tls::PROGRAMS
+        .iter()
+        .chain(node::PROGRAMS)
+        .copied()
+        .collect();
+    match UprobePrograms::load(capture, ebpf, &both) {
+        Ok(p) => return (Some(p), true),
+        Err(e) => {
+            tracing::warn!(error = %e, "Node async context unavailable: its uprobe programs were refused")
+        }
+    }
+    match UprobePrograms::load(capture, ebpf, tls::PROGRAMS) {
+        Ok(p) => (Some(p), false),
+        Err(e) => {
+            tracing::warn!(error = %e, "TLS capture unavailable: uprobe programs not loaded");
+            (None, false)
+        }
+    }
+}
+
+/// What the loader keeps between requests: the target set, the uprobe programs (their libbpf
+/// object lives as long as the daemon) and the TLS and Node probes attached from them.
 #[derive(Debug)]
 struct State {
     targets: targets::Targets,
+    /// None when this kernel refused the uprobe programs (said once): plain capture goes on.
+    uprobes: Option<uprobe_multi::UprobePrograms>,
     tls: tls::TlsProbes,
     node: node::NodeProbes,
 }
@@ -150,14 +183,14 @@ impl State {
                     return; // the server hands over exactly one; never reached
                 };
                 // Only a current target's files: a file alone proves nothing about who maps it.
-                if self.targets.contains(pid) {
-                    if file == TlsFile::Executable {
-                        self.node.add(pid, &fd);
-                    }
-                    self.tls.add(pid, fd, file);
-                } else {
+                if !self.targets.contains(pid) {
                     selfstats::counter("requests_refused").add(1);
                     tracing::warn!(pid, "TLS library for a pid that is not a target: ignored");
+                } else if let Some(programs) = &self.uprobes {
+                    if file == TlsFile::Executable {
+                        self.node.add(programs, pid, &fd);
+                    }
+                    self.tls.add(programs, pid, fd, file);
                 }
             }
             LoaderRequest::RemoveTarget { pid } => {
@@ -167,11 +200,6 @@ impl State {
             }
             LoaderRequest::AddTarget { pid, propagation } => self.targets.add(pid, propagation),
         }
-    }
-
-    /// Node processes whose async context was just found lose the probe that found it.
-    fn settle_node(&mut self) {
-        self.node.detach_learned();
     }
 
     /// Levels for seam-status, once a second rather than per request: counting the target set

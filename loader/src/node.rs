@@ -39,7 +39,7 @@ struct Probed {
 
 #[derive(Debug)]
 pub struct NodeProbes {
-    programs: Option<UprobePrograms>,
+    /// None when the Node programs were not loaded or their map is missing: no Node probes.
     rt: Option<BpfHashMap<MapData, u32, [u8; seam_abi::NODE_RT_SIZE]>>,
     files: HashMap<FileKey, Probed>,
     not_node: HashSet<FileKey>,
@@ -49,18 +49,18 @@ pub struct NodeProbes {
 }
 
 impl NodeProbes {
-    /// Loads the programs onto the capture's maps (before any map leaves the object).
-    pub fn new(ebpf: &Ebpf) -> Self {
-        let programs = match UprobePrograms::load(seam_abi::objects::CAPTURE, ebpf, PROGRAMS) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                tracing::warn!(error = %e, "Node async context unavailable: uprobe programs not loaded");
-                None
-            }
-        };
+    /// With `loaded` (the Node programs are among the loaded uprobe programs), takes the map of
+    /// learned fields out of the object: only this side reads or clears it.
+    pub fn new(ebpf: &mut Ebpf, loaded: bool) -> Self {
+        let rt = loaded
+            .then(|| ebpf.take_map(seam_abi::names::NODE_RT))
+            .flatten()
+            .and_then(|m| BpfHashMap::try_from(m).ok());
+        if loaded && rt.is_none() {
+            tracing::warn!("Node async context unavailable: its map is missing");
+        }
         Self {
-            programs,
-            rt: None,
+            rt,
             files: HashMap::new(),
             not_node: HashSet::new(),
             by_pid: HashMap::new(),
@@ -68,21 +68,11 @@ impl NodeProbes {
         }
     }
 
-    /// Takes the map of learned fields out of the object: only this side reads or clears it.
-    pub fn take_map(&mut self, ebpf: &mut Ebpf) {
-        self.rt = ebpf
-            .take_map(seam_abi::names::NODE_RT)
-            .and_then(|m| BpfHashMap::try_from(m).ok());
-        if self.rt.is_none() {
-            tracing::warn!("Node async context unavailable: its map is missing");
-        }
-    }
-
     /// `pid` runs the executable `file`: when it is Node, probe it.
-    pub fn add(&mut self, pid: u32, file: &OwnedFd) {
-        let (Some(programs), Some(_)) = (self.programs.as_ref(), self.rt.as_ref()) else {
+    pub fn add(&mut self, programs: &UprobePrograms, pid: u32, file: &OwnedFd) {
+        if self.rt.is_none() {
             return;
-        };
+        }
         let Ok(key) = file_key(file) else {
             return;
         };

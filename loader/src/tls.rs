@@ -4,7 +4,6 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 
-use aya::Ebpf;
 use object::{Object, ObjectSegment, ObjectSymbol};
 use seam_proto::msg::TlsFile;
 
@@ -56,10 +55,8 @@ pub enum ProbeError {
     Attach(std::io::Error),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct TlsProbes {
-    /// None when this kernel refused the programs (said once): plain capture goes on alone.
-    programs: Option<UprobePrograms>,
     files: HashMap<FileKey, Probed>,
     /// Files already found to hold no OpenSSL, so they are not parsed again.
     without_openssl: HashSet<FileKey>,
@@ -67,28 +64,8 @@ pub struct TlsProbes {
 }
 
 impl TlsProbes {
-    /// Loads the uprobe programs onto the capture's maps.
-    pub fn new(ebpf: &Ebpf) -> Self {
-        let programs = match UprobePrograms::load(seam_abi::objects::CAPTURE, ebpf, PROGRAMS) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                tracing::warn!(error = %e, "TLS capture unavailable: uprobe programs not loaded");
-                None
-            }
-        };
-        Self {
-            programs,
-            files: HashMap::new(),
-            without_openssl: HashSet::new(),
-            by_pid: HashMap::new(),
-        }
-    }
-
     /// `pid` maps `file`: probe it unless it already is (or is known to hold no OpenSSL).
-    pub fn add(&mut self, pid: u32, file: OwnedFd, kind: TlsFile) {
-        let Some(programs) = self.programs.as_ref() else {
-            return;
-        };
+    pub fn add(&mut self, programs: &UprobePrograms, pid: u32, file: OwnedFd, kind: TlsFile) {
         let key = match file_key(&file) {
             Ok(k) => k,
             Err(e) => {
