@@ -10,6 +10,8 @@
 # own SSL calls hit them too, filtered out in the kernel: that cost is part of the figure).
 # SEAM_BENCH_SERVER=node measures the Node test service (one process on CPU 0) instead of nginx:
 # seam then also reads Node's async ids at each of its socket calls.
+# SEAM_BENCH_CLOSE=1 sends `Connection: close`: every request on a new connection, so what seam
+# does once per connection (accept, socket set-up, Node's per-connection uprobes) is in the figure.
 #   bench/nginx.sh [seconds per phase, default 8] [rounds, default 3]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -32,6 +34,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+wrk_conn=()
+if [ "${SEAM_BENCH_CLOSE:-0}" = 1 ]; then
+  wrk_conn=(-H "Connection: close")
+fi
 cpu_ticks() { # sum of utime+stime of the given pids
   local t=0 p
   for p in "$@"; do
@@ -44,7 +50,7 @@ run_wrk() { # label, extra args…; prints "requests rps p50 p99 nginx_ticks dae
   local label=$1; shift
   local nb db na da out
   nb=$(cpu_ticks "$worker"); db=$(cpu_ticks $daemons)
-  out=$(taskset -c 1 wrk -t1 -c32 -d"${secs}s" --latency "$@" "$scheme://127.0.0.1:$port/index.html")
+  out=$(taskset -c 1 wrk -t1 -c32 -d"${secs}s" --latency "${wrk_conn[@]}" "$@" "$scheme://127.0.0.1:$port/index.html")
   na=$(cpu_ticks "$worker"); da=$(cpu_ticks $daemons)
   echo "$out" > "$work/wrk-$label.txt"
   echo "$(bench_wrk_figures "$work/wrk-$label.txt") $((na - nb)) $((da - db))"
@@ -58,6 +64,7 @@ if [ "${SEAM_BENCH_OTLP:-0}" = 1 ]; then
   export_mode="OTLP/HTTP to a loopback sink (spans and metrics)"
 fi
 export_mode="$export_mode; scheme: $scheme; server: ${SEAM_BENCH_SERVER:-nginx}"
+[ "${SEAM_BENCH_CLOSE:-0}" = 1 ] && export_mode="$export_mode; a connection per request"
 export SEAM_RUN_DIR=/run/seam-bench SEAM_PIN_DIR=/sys/fs/bpf/seam-bench
 start_seam() {
   SEAM_OPEN_PORT=$port "$here/../scripts/run" 2>>"$work/daemons.log" & stack=$!
@@ -80,7 +87,7 @@ for r in $(seq "$rounds"); do
   if [ "$r" -lt "$rounds" ]; then stop_seam; fi
 done
 # paced phase: spans must match requests (seam still running from the last round)
-read -r req2 rps2 < <(taskset -c 1 wrk -t1 -c13 -d"${secs}s" -s "$work/paced.lua" "$scheme://127.0.0.1:$port/index.html" > "$work/wrk-paced.txt"; python3 -c "
+read -r req2 rps2 < <(taskset -c 1 wrk -t1 -c13 -d"${secs}s" -s "$work/paced.lua" "${wrk_conn[@]}" "$scheme://127.0.0.1:$port/index.html" > "$work/wrk-paced.txt"; python3 -c "
 import re;t=open('$work/wrk-paced.txt').read()
 print(re.search(r'(\d+) requests in',t).group(1), re.search(r'Requests/sec:\s+([\d.]+)',t).group(1))")
 rss=$(for d in discover loader ctxprop correlator exporter; do
@@ -92,9 +99,9 @@ total() { grep -o 'final counters.*' "$work/daemons.log" | grep -o " $1=[0-9]*" 
 spans=$(total spans)
 events_lost=$(total lost_events)
 
-python3 - "$work/rounds.txt" "$secs" "$rounds" "$req2" "$rps2" "${spans:-0}" "${events_lost:-0}" "$rss" "$export_mode" <<'PY'
+python3 - "$work/rounds.txt" "$secs" "$rounds" "$req2" "$rps2" "${spans:-0}" "${events_lost:-0}" "$rss" "$export_mode" "${SEAM_BENCH_SERVER:-nginx}" <<'PY'
 import statistics, sys
-path, secs, rounds, req2, rps2, spans, lost, rss, export = sys.argv[1:10]
+path, secs, rounds, req2, rps2, spans, lost, rss, export, server = sys.argv[1:11]
 tick = 1e6 / 100  # microseconds per clock tick
 rows = {"without": [], "with": []}
 for line in open(path):
@@ -115,7 +122,7 @@ print(f"throughput without/with  {med('without',1):.0f} / {med('with',1):.0f} re
 print(f"throughput ratio         median {statistics.median(ratios):.3f}  per round {' '.join(f'{x:.3f}' for x in ratios)}")
 print(f"cpu per request          without {med('without',4):.2f} us ({rng('without',4)}), with {med('with',4):.2f} us ({rng('with',4)})")
 print(f"cpu added per request    median {statistics.median(added):.2f} us  per round {' '.join(f'{x:.2f}' for x in added)}")
-print(f"of which (with)          nginx incl. BPF {med('with',5):.2f} us (without {med('without',5):.2f}), daemons {med('with',6):.2f} us")
+print(f"of which (with)          {server} incl. BPF {med('with',5):.2f} us (without {med('without',5):.2f}), daemons {med('with',6):.2f} us")
 print(f"latency p50 without/with {med('without',2):.0f} / {med('with',2):.0f} us")
 print(f"latency p99 without/with {med('without',3):.0f} / {med('with',3):.0f} us")
 print(f"daemon rss (end)         {rss}")

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use seam_abi::{
     Event, Injected, NodeAccept, Tuple, AF_INET, DIR_INGRESS, EV_CLOSE, EV_DATA, EV_EXEC, EV_EXIT,
-    EV_INJECTED, EV_NODE_ACCEPT, EV_SPAWN, EV_TCP_CONTEXT, INJ_CHILD,
+    EV_INJECTED, EV_NODE_ACCEPT, EV_NODE_SOCKET, EV_SPAWN, EV_TCP_CONTEXT, INJ_CHILD,
 };
 use seam_proto::msg::SpanRecord;
 
@@ -423,6 +423,11 @@ impl Engine {
                 }
                 None => self.counters.malformed_records += 1,
             },
+            EV_NODE_SOCKET => {
+                if let Some(call) = NodeCall::of(ev) {
+                    self.node.socket_made(ev.pid, &call);
+                }
+            }
             EV_EXIT => {
                 if ev.tid == ev.pid {
                     self.node.process_exited(ev.pid);
@@ -475,7 +480,7 @@ impl Engine {
                     (Some((h, state)), _) => SpanCtx::adopting(h, state.clone()),
                     (None, Some(inj)) => self.as_injected(st.tid, st.start_ns, &inj),
                     (None, None) => match self
-                        .node_parent(pid, node.as_ref(), st.start_ns)
+                        .node_parent(pid, node.as_ref(), st.seq == 0, st.start_ns)
                         .or_else(|| self.in_process_parent(st.tid, st.start_ns))
                     {
                         Some(InProcess::Serving((c, s))) => {
@@ -642,9 +647,21 @@ impl Engine {
     }
 
     /// The server request a Node main thread's call belongs to, by Node's async ids (see
-    /// `node`), while that request is open and within the transaction time.
-    fn node_parent(&self, pid: u32, call: Option<&NodeCall>, now_ns: u64) -> Option<InProcess> {
-        let (conn, seq) = self.node.parent(pid, call?)?;
+    /// `node`; a connection's first request also by the request its socket was made for), while
+    /// that request is open and within the transaction time.
+    fn node_parent(
+        &mut self,
+        pid: u32,
+        call: Option<&NodeCall>,
+        first_on_conn: bool,
+        now_ns: u64,
+    ) -> Option<InProcess> {
+        let call = call?;
+        let (conn, seq) = self.node.parent(pid, call).or_else(|| {
+            first_on_conn
+                .then(|| self.node.first_call_parent(pid, call))
+                .flatten()
+        })?;
         let req = self.conns.get(&conn)?.reqs.get(&seq)?;
         let fresh = now_ns.saturating_sub(req.start_ns) <= self.links.max_transaction_ns;
         (req.side == Side::Server && fresh).then_some(InProcess::Serving((conn, seq)))

@@ -15,8 +15,19 @@
 //!   later request's call for R's;
 //! - R's read held R's head alone, from its first byte (no other request's bytes in the turn).
 //!
-//! Calls made later (after a timer, after the callee's connection is set up, after a promise
-//! settles) stay unlinked: the ids then no longer prove which request caused them.
+//! A resource of C's setup running in R's turn (its parser calling the handler) works for R for
+//! the same reasons, so an execution id in C's setup counts as made for R too.
+//!
+//! A call on a client connection opened for it runs a turn later, when the connection is up: its
+//! trigger is then the new socket, whose id says nothing by itself. The capture reports each TCP
+//! socket object a main thread makes, with the ids of the callback making it; a socket made by
+//! the rules above is R's, and the first request on the connection whose send has that socket as
+//! its trigger is R's call. Only the first: Node's agent binds a new socket to the request it
+//! was made for, while a later request on it (a pooled connection handed on from its own
+//! callbacks) may run with the socket as its trigger for another request's sake.
+//!
+//! Calls made later still (after a timer, after a promise settles, after another call's
+//! response) stay unlinked: the ids then no longer prove which request caused them.
 
 use seam_abi::{async_id, Event, NodeAccept};
 
@@ -25,6 +36,10 @@ use crate::idhash::IdMap;
 /// Accepted connections whose first bytes have not been seen yet, per process: bounded so a
 /// process that accepts and never reads cannot grow it.
 const MAX_PENDING_ACCEPTS: usize = 4096;
+
+/// Client sockets made for a request and not used yet: bounded so sockets that never connect
+/// (or never send) cannot grow it.
+const MAX_MADE_SOCKETS: usize = 4096;
 
 /// Node's async ids at one socket call of a main thread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +72,9 @@ pub struct SetupIds {
 
 impl SetupIds {
     pub fn of(acc: &NodeAccept) -> Option<Self> {
-        let before = async_id(acc.before).unwrap_or(0);
+        let last_before = async_id(acc.before)?;
+        // found in the connection's own callback: the counter then was its socket's id
+        let before = last_before - u64::from(acc.learned == 1);
         let after = async_id(acc.after)?;
         (after > before).then_some(Self { before, after })
     }
@@ -84,6 +101,9 @@ pub struct NodeLoops {
     /// (pid << 32 | fd) → the setup ids of the connection accepted as fd.
     accepts: IdMap<u64, SetupIds>,
     turns: IdMap<u32, Turn>,
+    /// (pid, async id of a TCP socket object) → the server request (connection, seq) it was
+    /// made for.
+    made_sockets: IdMap<(u32, u64), (u64, u64)>,
 }
 
 fn accept_key(pid: u32, fd: i32) -> u64 {
@@ -136,12 +156,36 @@ impl NodeLoops {
     /// comment.
     pub fn parent(&self, pid: u32, call: &NodeCall) -> Option<(u64, u64)> {
         let turn = self.turns.get(&pid)?;
-        let same_turn = turn.read_seq == call.read_seq && call.exec? > turn.read_at_id;
+        let exec = call.exec?;
+        let made_for_request = exec > turn.read_at_id || turn.setup.holds(exec);
+        let same_turn = turn.read_seq == call.read_seq && made_for_request;
         (same_turn && turn.setup.holds(call.trigger?)).then_some((turn.conn, turn.seq))
+    }
+
+    /// A main thread is making a TCP socket object (its id is the next one) in the callback
+    /// `call` describes: when that callback works for a request, the socket is that request's.
+    pub fn socket_made(&mut self, pid: u32, call: &NodeCall) {
+        let Some(request) = self.parent(pid, call).filter(|_| call.last_id > 0) else {
+            return;
+        };
+        if self.made_sockets.len() >= MAX_MADE_SOCKETS {
+            self.made_sockets.clear();
+        }
+        self.made_sockets.insert((pid, call.last_id + 1), request);
+    }
+
+    /// The server request the first request on a client connection belongs to: the one its
+    /// socket was made for, when the send runs in that socket's callback. Taken once.
+    pub fn first_call_parent(&mut self, pid: u32, call: &NodeCall) -> Option<(u64, u64)> {
+        if self.made_sockets.is_empty() {
+            return None;
+        }
+        self.made_sockets.remove(&(pid, call.trigger?))
     }
 
     pub fn process_exited(&mut self, pid: u32) {
         self.turns.remove(&pid);
+        self.made_sockets.retain(|(p, _), _| *p != pid);
         self.accepts.retain(|k, _| (k >> 32) as u32 != pid);
     }
 }
@@ -163,6 +207,7 @@ mod tests {
         SetupIds::of(&NodeAccept {
             before: (before as f64).to_bits(),
             after: (after as f64).to_bits(),
+            ..NodeAccept::default()
         })
     }
 
@@ -199,8 +244,50 @@ mod tests {
     }
 
     #[test]
+    fn the_connections_parser_running_in_the_requests_turn_works_for_it() {
+        // the handler itself (parser 16, called from socket 15's read) makes the call
+        assert_eq!(loops().parent(1, &call(16, 15, 78, 5)), Some((7, 3)));
+        // the parser running in a later turn (after another read) is not proof
+        assert_eq!(loops().parent(1, &call(16, 15, 78, 6)), None);
+    }
+
+    #[test]
+    fn the_first_request_on_a_socket_made_for_a_request_is_its_child() {
+        let mut n = loops();
+        // the handler makes socket 79 (the counter stands at 78)
+        n.socket_made(1, &call(16, 15, 78, 5));
+        // a turn later, the connect callback (id 81, triggered by the socket) sends the request
+        let first = call(81, 79, 83, 9);
+        assert_eq!(n.parent(1, &first), None, "not the request's turn any more");
+        assert_eq!(n.first_call_parent(1, &first), Some((7, 3)));
+        assert_eq!(n.first_call_parent(1, &first), None, "taken once");
+    }
+
+    #[test]
+    fn a_socket_made_outside_a_requests_turn_is_nobodys() {
+        let mut n = loops();
+        // made by a timer set before the request was read, in the request's turn
+        n.socket_made(1, &call(60, 40, 78, 5));
+        // made by the connection's parser after another socket read
+        n.socket_made(1, &call(16, 15, 78, 6));
+        // made in another process
+        n.socket_made(2, &call(16, 15, 78, 5));
+        for pid in [1, 2] {
+            assert_eq!(
+                n.first_call_parent(pid, &call(81, 79, 83, 9)),
+                None,
+                "pid {pid}"
+            );
+        }
+        // and a process's sockets go with it
+        n.socket_made(1, &call(16, 15, 78, 5));
+        n.process_exited(1);
+        assert_eq!(n.first_call_parent(1, &call(81, 79, 83, 9)), None);
+    }
+
+    #[test]
     fn a_trigger_outside_the_connections_setup_is_not_linked() {
-        // a fresh client socket (id 19) connecting: its cause is not provable
+        // a client socket's callback (socket 19): only the socket's own record can place it
         for trigger in [14, 17, 19] {
             let got = loops().parent(1, &call(77, trigger, 78, 5));
             assert_eq!(got, None, "trigger {trigger}");
@@ -218,6 +305,29 @@ mod tests {
         assert_eq!(loops_with(None).parent(1, &call(77, 16, 78, 5)), None);
         assert_eq!(n.parent(2, &call(77, 16, 78, 5)), None);
         assert_eq!(setup(16, 16), None, "an empty setup holds nothing");
+    }
+
+    #[test]
+    fn a_setup_found_in_its_own_callback_holds_its_socket() {
+        let learned = |learned| {
+            SetupIds::of(&NodeAccept {
+                before: 15f64.to_bits(),
+                after: 17f64.to_bits(),
+                learned,
+                pad: 0,
+            })
+        };
+        assert_eq!(learned(1), setup(14, 17));
+        assert_eq!(learned(0), setup(15, 17));
+        let unknown_before = NodeAccept {
+            after: 17f64.to_bits(),
+            ..NodeAccept::default()
+        };
+        assert_eq!(
+            SetupIds::of(&unknown_before),
+            None,
+            "no lower bound, no setup"
+        );
     }
 
     #[test]

@@ -22,6 +22,8 @@ enum seam_event_kind {
 				  * TCP option (payload: struct seam_injected, span_id = the caller's) */
 	SEAM_EV_NODE_ACCEPT = 8, /* a Node main thread set up the connection it accepted as `fd`
 				  * (payload: struct seam_node_accept) */
+	SEAM_EV_NODE_SOCKET = 9, /* a Node main thread is making a TCP socket object, whose async id
+				  * is async.last_id + 1; async holds the ids of the callback making it */
 };
 
 enum seam_direction {
@@ -59,10 +61,14 @@ struct seam_async {
 	__u32 valid; /* 1 when the fields above were read */
 };
 
-/* Async ids a Node connection's setup allocated: those in (before, after]. */
+/* Async ids a Node connection's setup allocated: those in (before, after], and `before` itself
+ * when `learned` is 1. */
 struct seam_node_accept {
 	__u64 before; /* bits of the last async id before its connection callback */
 	__u64 after;  /* bits of the last async id when that callback returned */
+	__u32 learned; /* 1: the fields were found in this callback, and `before` is the counter then:
+			* the connection's socket's own id (made just before the callback ran) */
+	__u32 pad;
 };
 
 /* A Node process whose main thread's async context the capture reads: where AsyncHooks keeps
@@ -171,7 +177,7 @@ _Static_assert(sizeof(struct seam_serving) == 24, "seam_serving layout");
 _Static_assert(sizeof(struct seam_tuple) == 40, "seam_tuple layout");
 _Static_assert(sizeof(struct seam_async) == 32, "seam_async layout");
 _Static_assert(sizeof(struct seam_node_rt) == 24, "seam_node_rt layout");
-_Static_assert(sizeof(struct seam_node_accept) == 16, "seam_node_accept layout");
+_Static_assert(sizeof(struct seam_node_accept) == 24, "seam_node_accept layout");
 _Static_assert(sizeof(struct seam_event) == 144, "seam_event layout");
 
 #endif

@@ -1440,11 +1440,41 @@ int node_accept_return(struct pt_regs *ctx)
 	struct seam_node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
 	if (!rt || node_last_id(rt, &r.acc.after) != 0)
 		return 0;
-	/* found during this callback: the ids since then are this connection's (its socket's id,
-	 * made before, is left out) */
-	if (!r.acc.before)
+	/* found during this callback: the counter then was this connection's socket's id (made
+	 * just before the callback), and the ids since are its setup's too */
+	if (!r.acc.before) {
 		r.acc.before = rt->learned_at;
+		r.acc.learned = 1;
+	}
 	output(&r, sizeof(r));
+	return 0;
+}
+
+/* node::TCPWrap::New, JS's `new TCP()`: a TCP socket object is being made. Its async id will be
+ * the counter's next value (the wrap's constructor allocates it first); the ids now say whose
+ * callback makes it, so the correlator can tell which request a client socket was opened for.
+ * Sockets made inside OnConnection (accepted ones) are that connection's setup: not reported. */
+SEC("uprobe")
+int node_socket_new(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 pid = pid_tgid >> 32;
+	if ((__u32)pid_tgid != pid || bpf_map_lookup_elem(&seam_node_accepting, &pid))
+		return 0;
+	struct seam_node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
+	if (!rt)
+		return 0;
+	struct seam_event ev = {};
+	if (bpf_probe_read_user(&ev.async, 3 * sizeof(__u64), (const void *)rt->fields) != 0)
+		return 0;
+	ev.async.read_seq = rt->read_seq;
+	ev.async.valid = 1;
+	ev.kind = SEAM_EV_NODE_SOCKET;
+	ev.pid = pid;
+	ev.tid = pid;
+	ev.fd = -1;
+	ev.start_ns = ev.end_ns = bpf_ktime_get_ns();
+	output(&ev, sizeof(ev));
 	return 0;
 }
 

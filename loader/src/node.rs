@@ -1,8 +1,9 @@
 //! Uprobes on Node executables so the capture can read each Node process's async context.
 //!
-//! Two kinds: per file, on the function that sets up an accepted TCP connection (once per
-//! connection, so cheap); per process, on `AsyncHooks::push_async_context`, which runs on every
-//! callback, only until it has shown where that process keeps its async id fields.
+//! Two kinds: per file, on the functions that set up an accepted TCP connection and make a TCP
+//! socket object (once per connection, so cheap); per process, on
+//! `AsyncHooks::push_async_context`, which runs on every callback, only until it has shown where
+//! that process keeps its async id fields.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
@@ -13,7 +14,12 @@ use aya::Ebpf;
 use crate::tls::{file_key, file_offset, FileKey, ProbeError};
 use crate::uprobe_multi::UprobePrograms;
 
-pub const PROGRAMS: &[&str] = &["node_learn", "node_accept_enter", "node_accept_return"];
+pub const PROGRAMS: &[&str] = &[
+    "node_learn",
+    "node_accept_enter",
+    "node_accept_return",
+    "node_socket_new",
+];
 
 /// node::AsyncHooks::push_async_context(double, double, v8::Local<v8::Object>)
 const PUSH_ASYNC_CONTEXT: &str =
@@ -21,19 +27,22 @@ const PUSH_ASYNC_CONTEXT: &str =
 /// node::ConnectionWrap<node::TCPWrap, uv_tcp_s>::OnConnection(uv_stream_s*, int)
 const ON_CONNECTION: &str =
     "_ZN4node14ConnectionWrapINS_7TCPWrapE8uv_tcp_sE12OnConnectionEP11uv_stream_si";
+/// node::TCPWrap::New(v8::FunctionCallbackInfo<v8::Value> const&): JS's `new TCP()`
+const TCP_WRAP_NEW: &str = "_ZN4node7TCPWrap3NewERKN2v820FunctionCallbackInfoINS1_5ValueEEE";
 
-/// Where a Node executable's two functions start, by file offset.
+/// Where a Node executable's probed functions start, by file offset.
 #[derive(Clone, Copy, Debug)]
 struct Offsets {
     push_async_context: u64,
     on_connection: u64,
+    tcp_wrap_new: u64,
 }
 
 #[derive(Debug)]
 struct Probed {
     offsets: Offsets,
-    /// Entry and return on OnConnection; dropping them detaches.
-    _links: [OwnedFd; 2],
+    /// Entry and return on OnConnection, entry on TCPWrap::New; dropping them detaches.
+    _links: [OwnedFd; 3],
     users: HashSet<u32>,
 }
 
@@ -152,6 +161,7 @@ fn probe_file(programs: &UprobePrograms, file: &OwnedFd) -> Result<Probed, Probe
     let offsets = Offsets {
         push_async_context: file_offset(&elf, PUSH_ASYNC_CONTEXT)?,
         on_connection: file_offset(&elf, ON_CONNECTION)?,
+        tcp_wrap_new: file_offset(&elf, TCP_WRAP_NEW)?,
     };
     let at = [offsets.on_connection];
     let entry = programs
@@ -160,9 +170,19 @@ fn probe_file(programs: &UprobePrograms, file: &OwnedFd) -> Result<Probed, Probe
     let ret = programs
         .attach("node_accept_return", file, &at, &[0], true, 0)
         .map_err(ProbeError::Attach)?;
+    let socket_new = programs
+        .attach(
+            "node_socket_new",
+            file,
+            &[offsets.tcp_wrap_new],
+            &[0],
+            false,
+            0,
+        )
+        .map_err(ProbeError::Attach)?;
     Ok(Probed {
         offsets,
-        _links: [entry, ret],
+        _links: [entry, ret, socket_new],
         users: HashSet::new(),
     })
 }

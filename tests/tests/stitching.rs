@@ -459,6 +459,8 @@ fn chain_under_load(middle_file: &str, middle_mode: &str) -> (usize, usize) {
     }
     let mut traces: HashMap<&[u8], std::collections::HashSet<&str>> = HashMap::new();
     let (mut complete, mut wrong) = (0, 0);
+    // unlinked spans by their place in the chain (1 = front's server span … 5 = back's)
+    let mut unlinked_at = [0usize; 6];
     for id in &ids {
         let chain = by_request.get(id).expect("spans of every request");
         let chain: Vec<&ReceivedSpan> = chain.iter().map(|s| s.expect("all six")).collect();
@@ -469,9 +471,10 @@ fn chain_under_load(middle_file: &str, middle_mode: &str) -> (usize, usize) {
                 .insert(id.as_str());
         }
         let mut exact = chain[0].span.parent_span_id.is_empty();
-        for pair in chain.windows(2) {
+        for (at, pair) in chain.windows(2).enumerate() {
             let (parent, child) = (pair[0], pair[1]);
             if child.span.parent_span_id.is_empty() {
+                unlinked_at[at + 1] += 1;
                 exact = false;
             } else if child.span.parent_span_id == parent.span.span_id
                 && child.span.trace_id == parent.span.trace_id
@@ -487,7 +490,8 @@ fn chain_under_load(middle_file: &str, middle_mode: &str) -> (usize, usize) {
     let shared = traces.values().filter(|ids| ids.len() > 1).count();
     eprintln!(
         "middle {middle_file} {middle_mode}: {complete} of {TOTAL} requests one complete trace \
-         with exact parents; wrong parents {wrong}; traces shared by two requests {shared}"
+         with exact parents; wrong parents {wrong}; traces shared by two requests {shared}; \
+         unlinked spans by place in the chain {unlinked_at:?}"
     );
     assert_eq!(wrong, 0, "a wrong parent");
     assert_eq!(shared, 0, "two user requests share a trace");
@@ -522,13 +526,14 @@ fn chain_at_concurrency_16_node_middle_never_mislinks() {
         return;
     }
     // An event loop interleaves requests on one thread: Node's async ids tell which request a
-    // call in the request's own loop turn serves (see correlator/src/node.rs). Unlinked: calls on
-    // a client connection the agent opens for them (16 at most). Wrong parents and shared traces
-    // fail inside.
+    // call in the request's own loop turn serves, and which request a new client socket was made
+    // for (see correlator/src/node.rs). The middle's agent has a socket for each of the front's
+    // 16 connections, so no call waits in its queue (such a call would stay unlinked: its socket
+    // is made later, from another socket's callback). Wrong parents and shared traces fail inside.
     let (complete, total) = chain_under_load("hop.js", "loop");
-    assert!(
-        complete * 10 >= total * 8,
-        "{complete} of {total} complete: Node's async ids link most calls"
+    assert_eq!(
+        complete, total,
+        "every request one trace with exact parents through a Node event loop"
     );
 }
 

@@ -22,6 +22,9 @@ pub const EV_TCP_CONTEXT: u8 = 7;
 /// A Node main thread set up the connection it accepted as the event's `fd` (payload: a
 /// [`NodeAccept`]).
 pub const EV_NODE_ACCEPT: u8 = 8;
+/// A Node main thread is making a TCP socket object, whose async id is `async_ctx.last_id + 1`;
+/// `async_ctx` holds the ids of the callback making it.
+pub const EV_NODE_SOCKET: u8 = 9;
 pub const COMM_LEN: usize = 16;
 
 pub const DIR_INGRESS: u8 = 0;
@@ -167,13 +170,17 @@ pub fn async_id(bits: u64) -> Option<u64> {
     (whole as f64 == v).then_some(whole)
 }
 
-/// Async ids a Node connection's setup allocated: those in (before, after] (mirror of
-/// `struct seam_node_accept`).
+/// Async ids a Node connection's setup allocated: those in (before, after], and `before` itself
+/// when `learned` is 1 (mirror of `struct seam_node_accept`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeAccept {
     pub before: u64,
     pub after: u64,
+    /// 1: the async id fields were found in this connection's callback, and `before` is the
+    /// connection's socket's own id.
+    pub learned: u32,
+    pub pad: u32,
 }
 
 impl NodeAccept {
@@ -250,7 +257,7 @@ const _: () = assert!(size_of::<PropRule>() == 16);
 const _: () = assert!(size_of::<Serving>() == 24);
 const _: () = assert!(size_of::<Tuple>() == 40);
 const _: () = assert!(size_of::<Async>() == 32);
-const _: () = assert!(size_of::<NodeAccept>() == 16);
+const _: () = assert!(size_of::<NodeAccept>() == 24);
 const _: () = assert!(size_of::<Event>() == 144);
 
 impl Event {

@@ -5,11 +5,11 @@
 use libfuzzer_sys::fuzz_target;
 use seam_abi::{
     Async, Event, DIR_EGRESS, EV_CLOSE, EV_DATA, EV_EXEC, EV_EXIT, EV_INJECTED, EV_NODE_ACCEPT,
-    EV_SPAWN, EV_TCP_CONTEXT, TAIL_LEN,
+    EV_NODE_SOCKET, EV_SPAWN, EV_TCP_CONTEXT, TAIL_LEN,
 };
 use seam_correlator::engine::{Engine, LinkConfig};
 
-const KINDS: [u8; 11] = [
+const KINDS: [u8; 12] = [
     EV_DATA,
     EV_DATA,
     EV_DATA,
@@ -21,6 +21,7 @@ const KINDS: [u8; 11] = [
     EV_INJECTED,
     EV_TCP_CONTEXT,
     EV_NODE_ACCEPT,
+    EV_NODE_SOCKET,
 ];
 
 fn structured(mut rest: &[u8], engine: &mut Engine) {
