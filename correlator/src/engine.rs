@@ -478,7 +478,12 @@ impl Engine {
                 // The app's own header carries the app's decision; a child inherits its parent's.
                 let ctx = match (&header, injected) {
                     (Some((h, state)), _) => SpanCtx::adopting(h, state.clone()),
-                    (None, Some(inj)) => self.as_injected(st.tid, st.start_ns, &inj),
+                    (None, Some(inj)) => {
+                        let parent = self
+                            .node_parent(pid, node.as_ref(), st.seq == 0, st.start_ns)
+                            .or_else(|| self.in_process_parent(st.tid, st.start_ns));
+                        self.as_injected(parent, &inj)
+                    }
                     (None, None) => match self
                         .node_parent(pid, node.as_ref(), st.seq == 0, st.start_ns)
                         .or_else(|| self.in_process_parent(st.tid, st.start_ns))
@@ -534,11 +539,12 @@ impl Engine {
     }
 
     /// A client span whose context is already on the wire: its ids, trace and sampling are the
-    /// injected ones. The kernel made it a child of the sending thread's one server request, or a
-    /// new trace; the same request here becomes its parent (and, when it had no context of its
-    /// own yet, takes the injected trace). A created thread's call is never held for its request:
-    /// its callee already continues the injected trace.
-    fn as_injected(&mut self, tid: u32, start_ns: u64, inj: &Injected) -> SpanCtx {
+    /// injected ones. The kernel made it a child of the request a Node main thread's call works
+    /// for, or of the sending thread's one server request, or a new trace; `parent`, found here by
+    /// the same rules, becomes its parent when it is in that trace (and, when it had no context
+    /// of its own yet, takes the injected trace). A created thread's call is never held for its
+    /// request: its callee already continues the injected trace.
+    fn as_injected(&mut self, parent: Option<InProcess>, inj: &Injected) -> SpanCtx {
         self.counters.injected_spans += 1;
         let mut ctx = SpanCtx {
             trace_id: inj.trace_id,
@@ -551,7 +557,7 @@ impl Engine {
         if inj.kind != INJ_CHILD {
             return ctx;
         }
-        let parent = match self.in_process_parent(tid, start_ns) {
+        let parent = match parent {
             Some(InProcess::Serving((c, s))) => Some(self.resolve_in_trace(c, s, inj.trace_id)),
             _ => None,
         };

@@ -28,6 +28,10 @@
 //!
 //! Calls made later still (after a timer, after a promise settles, after another call's
 //! response) stay unlinked: the ids then no longer prove which request caused them.
+//!
+//! While ctxprop injects, the capture applies the same rule in the kernel as each write begins
+//! (`node_send_enter` in capture.bpf.c), so the context on the wire is the request's; a read
+//! holds a request alone there only when its head is whole and no byte passes its body.
 
 use seam_abi::{async_id, Event, NodeAccept};
 

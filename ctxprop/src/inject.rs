@@ -23,6 +23,7 @@ const SHARED: &[(&str, &str)] = &[
     (names::REMOTE_CTX, "remote_ctx"),
     (names::PROP_RULE, "prop_rule"),
     (names::TLS_OPTION, "tls_option"),
+    (names::NODE_CHOICE, "node_choice"),
 ];
 
 /// What the programs counted (indexes of `enum prop_counter`).

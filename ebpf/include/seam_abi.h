@@ -128,7 +128,8 @@ enum seam_counter {
 /* What ctxprop's sk_msg program put on the wire for one outgoing request, handed from the
  * sending thread to the capture's send hook, which reports it just before the request. */
 enum seam_injected_kind {
-	SEAM_INJ_CHILD = 1, /* child of the one server request the sending thread works for */
+	SEAM_INJ_CHILD = 1, /* child of the one server request the sending thread works for, or of
+			     * the request a Node main thread's call was found to work for */
 	SEAM_INJ_ROOT = 2,  /* the thread works for no request, or for several: a new trace */
 	SEAM_INJ_REMOTE = 3, /* read from a peer's TCP option */
 };
@@ -164,6 +165,17 @@ struct seam_serving {
 	__u32 epoch; /* the ctxprop run that counted them (see seam_prop_on) */
 };
 
+/* Per Node main thread: the server request its next send works for, chosen by the capture as the
+ * send's syscall begins (Node's async ids are in user memory, which ctxprop's sk_msg cannot read)
+ * and taken by ctxprop's sk_msg for that send. */
+struct seam_node_choice {
+	__u8 trace_id[16];
+	__u8 flags;
+	__u8 state;       /* SEAM_CTX_HEADER or SEAM_CTX_GENERATED */
+	__u16 local_port; /* host byte order: the socket being written */
+	__u32 epoch;      /* the ctxprop run it was chosen under */
+};
+
 /* What ctxprop runs with, for the capture's TLS path (ctxprop writes it before each epoch). */
 struct seam_prop_rule {
 	__u64 sample_threshold; /* a new trace is sampled when its id's low 63 bits are below this */
@@ -174,6 +186,7 @@ struct seam_prop_rule {
 _Static_assert(sizeof(struct seam_prop_rule) == 16, "seam_prop_rule layout");
 _Static_assert(sizeof(struct seam_injected) == 32, "seam_injected layout");
 _Static_assert(sizeof(struct seam_serving) == 24, "seam_serving layout");
+_Static_assert(sizeof(struct seam_node_choice) == 24, "seam_node_choice layout");
 _Static_assert(sizeof(struct seam_tuple) == 40, "seam_tuple layout");
 _Static_assert(sizeof(struct seam_async) == 32, "seam_async layout");
 _Static_assert(sizeof(struct seam_node_rt) == 24, "seam_node_rt layout");

@@ -15,6 +15,15 @@ struct {
 	__type(value, struct seam_serving);
 } seam_serving SEC(".maps");
 
+/* tid of a Node main thread → the request its send in progress works for (see
+ * struct seam_node_choice); absent when Node's ids prove none. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct seam_node_choice);
+} seam_node_choice SEC(".maps");
+
 /* tid → the context its last outgoing request carried, until the capture reports it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -53,10 +53,36 @@ struct sock {
 	__u16 sk_protocol;
 } __attribute__((preserve_access_index));
 
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} __attribute__((preserve_access_index));
+
+struct files_struct {
+	struct fdtable *fdt;
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	__s32 pid;
 	__s32 tgid;
+	struct files_struct *files;
 } __attribute__((preserve_access_index));
+
+struct inode {
+	unsigned short i_mode;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct inode *f_inode;
+	void *private_data;
+} __attribute__((preserve_access_index));
+
+struct socket {
+	struct sock *sk;
+} __attribute__((preserve_access_index));
+
+#define S_IFMT 0170000
+#define S_IFSOCK 0140000
 
 struct tcp_sock {
 	__u32 write_seq;
@@ -167,6 +193,14 @@ struct scratch {
 	__u32 tp_value;
 	__u8 tp_bytes[32]; /* version, trace id, parent id, flags: decoded */
 	__u32 tp_bad;
+	/* the same scan's view of the request's framing: where its header block ends (0: not in
+	 * the captured bytes), where its Content-Length value starts (0: none), whether a
+	 * Transfer-Encoding is given; and that length, once read (length_digits counts) */
+	__u32 head_end;
+	__u32 length_at;
+	__u32 body_unknown;
+	__u32 body_length;
+	__u32 length_digits;
 	/* a TLS write held in seam_tls_pending: its SSL object and when its call returned */
 	__u64 held_ssl;
 	__u64 held_ns;
@@ -308,6 +342,117 @@ struct {
 	__type(key, __u32); /* tgid */
 	__type(value, struct seam_node_rt);
 } seam_node_rt SEC(".maps");
+
+/* The rule by which a Node main thread's call belongs to a server request (argued in
+ * correlator/src/node.rs, which applies it to the events) is applied here too, for ctxprop:
+ * a call's outgoing context is chosen as its send begins, before the correlator sees anything.
+ * Node's async ids are doubles; compared as the whole numbers they are. */
+
+/* Async ids in (before, after]: those a connection's setup allocated. */
+struct node_setup {
+	__u64 before;
+	__u64 after;
+};
+
+/* (pid << 32 | fd) → the setup of the connection a Node process accepted as fd, until its first
+ * request is read. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct node_setup);
+} seam_node_setups SEC(".maps");
+
+/* A Node server connection's current request and the context its calls carry. */
+struct node_req {
+	__u8 trace_id[16];
+	__u8 flags;
+	__u8 state; /* SEAM_CTX_NONE until a call makes the trace, or HEADER / GENERATED */
+	__u8 open;  /* not answered yet */
+	__u8 has_setup;
+	__u32 serial; /* requests read on the connection */
+	struct node_setup setup;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); /* conn_id */
+	__type(value, struct node_req);
+} seam_node_reqs SEC(".maps");
+
+/* Which request of which connection: a request is named by its connection and serial. */
+struct node_req_ref {
+	__u64 conn_id;
+	__u32 serial;
+	__u32 pad;
+};
+
+/* Per Node process: the request its main thread read last, if that read held it alone. */
+struct node_turn {
+	struct node_req_ref req;
+	__u64 read_at; /* the id counter at the read: ids above it were made since */
+	struct node_setup setup;
+	__u32 read_seq;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32); /* tgid */
+	__type(value, struct node_turn);
+} seam_node_turn SEC(".maps");
+
+struct node_made_key {
+	__u32 pid;
+	__u32 pad;
+	__u64 id; /* the TCP socket object's async id */
+};
+
+/* Client sockets a Node main thread made for a request, until the first send on them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct node_made_key);
+	__type(value, struct node_req_ref);
+} seam_node_made SEC(".maps");
+
+/* A Node async id (a double's bits) as the whole number it is; 0 for none (negative,
+ * fractional, or past 2^53, where doubles skip integers). */
+static __always_inline __u64 node_id(__u64 bits)
+{
+	__u64 exp = (bits >> 52) & 0x7ff;
+	if ((bits >> 63) || exp < 1023 || exp > 1075)
+		return 0;
+	__u64 mantissa = (bits & ((1ULL << 52) - 1)) | (1ULL << 52);
+	__u64 shift = (1075 - exp) & 63;
+	if (mantissa & ((1ULL << shift) - 1))
+		return 0;
+	return mantissa >> shift;
+}
+
+static __always_inline int setup_holds(const struct node_setup *su, __u64 id)
+{
+	return id > su->before && id <= su->after;
+}
+
+/* The request a Node main thread's callback (ids a) works for by the turn rule. */
+static __always_inline int node_turn_request(__u32 pid, const struct seam_async *a,
+					     struct node_req_ref *out)
+{
+	struct node_turn *t = bpf_map_lookup_elem(&seam_node_turn, &pid);
+	if (!t || t->read_seq != a->read_seq)
+		return 0;
+	__u64 exec = node_id(a->exec_id);
+	__u64 trigger = node_id(a->trigger_id);
+	if (!exec || !setup_holds(&t->setup, trigger))
+		return 0;
+	if (exec <= t->read_at && !setup_holds(&t->setup, exec))
+		return 0;
+	*out = t->req;
+	return 1;
+}
 
 enum io_kind {
 	IO_FLAT = 1,   /* read/write/recvfrom/sendto: one buffer */
@@ -592,23 +737,41 @@ struct tp_scan {
 	__u32 value;
 };
 
-/* Byte i of the header block: a line starting with "traceparent:" (any case) is counted.
- * Returns 1 at the end of the headers (or of the bytes). */
+/* Byte i of the header block: a line starting with "traceparent:" (any case) is counted, and
+ * the framing headers are noted. Returns 1 at the end of the headers (or of the bytes). */
 static __always_inline int tp_scan_byte(struct scratch *s, __u32 len, __u64 i)
 {
-	if (i + 13 > len)
+	if (i + 3 > len)
 		return 1;
 	if (PB(s, i) != '\n')
 		return 0;
 	__u64 o = i + 1;
-	if (PB(s, o) == '\r')
-		return 1; /* the blank line: end of the headers */
+	if (PB(s, o) == '\r') {
+		/* the blank line: end of the headers */
+		if (PB(s, o + 1) == '\n')
+			s->head_end = o + 2;
+		return 1;
+	}
+	if (o + 16 > len)
+		return 0; /* too short for a header seam reads; the blank line may follow */
 	if (LC(s, o) == 't' && LC(s, o + 1) == 'r' && LC(s, o + 2) == 'a' && LC(s, o + 3) == 'c' &&
 	    LC(s, o + 4) == 'e' && LC(s, o + 5) == 'p' && LC(s, o + 6) == 'a' && LC(s, o + 7) == 'r' &&
 	    LC(s, o + 8) == 'e' && LC(s, o + 9) == 'n' && LC(s, o + 10) == 't' && PB(s, o + 11) == ':') {
 		if (s->tp_found == 0)
 			s->tp_value = o + 12;
 		s->tp_found++;
+	} else if (LC(s, o) == 'c' && LC(s, o + 1) == 'o' && LC(s, o + 2) == 'n' &&
+		   LC(s, o + 3) == 't' && LC(s, o + 4) == 'e' && LC(s, o + 5) == 'n' &&
+		   LC(s, o + 6) == 't' && PB(s, o + 7) == '-' && LC(s, o + 8) == 'l' &&
+		   LC(s, o + 9) == 'e' && LC(s, o + 10) == 'n' && LC(s, o + 11) == 'g' &&
+		   LC(s, o + 12) == 't' && LC(s, o + 13) == 'h' && PB(s, o + 14) == ':') {
+		if (s->length_at)
+			s->body_unknown = 1; /* two Content-Length headers */
+		s->length_at = o + 15;
+	} else if (LC(s, o) == 't' && LC(s, o + 1) == 'r' && LC(s, o + 2) == 'a' &&
+		   LC(s, o + 3) == 'n' && LC(s, o + 4) == 's' && LC(s, o + 5) == 'f' &&
+		   LC(s, o + 6) == 'e' && LC(s, o + 7) == 'r' && PB(s, o + 8) == '-') {
+		s->body_unknown = 1; /* Transfer-Encoding: the body's end is in the body */
 	}
 	return 0;
 }
@@ -620,7 +783,7 @@ static long tp_scan_step(__u64 w, void *ctx)
 	struct tp_scan *t = ctx;
 	struct scratch *s = t->s;
 	__u64 base = w * 8;
-	if (!s || base + 13 > t->len)
+	if (!s || base + 3 > t->len)
 		return 1;
 	__u64 v = *(__u64 *)&s->payload[base & (PMASK & ~7ULL)];
 	__u64 x = v ^ 0x0a0a0a0a0a0a0a0aULL;
@@ -669,6 +832,9 @@ static __always_inline void incoming_context(struct scratch *s, __u32 len, struc
 	struct tp_scan t = {.s = s, .len = len};
 	s->tp_found = 0;
 	s->tp_value = 0;
+	s->head_end = 0;
+	s->length_at = 0;
+	s->body_unknown = 0;
 	bpf_loop((len + 7) / 8, tp_scan_step, &t, 0);
 	if (s->tp_found != 1)
 		return;
@@ -744,6 +910,83 @@ static __always_inline void report_injected(struct conn_info *ci, __u32 pid, __u
 	bpf_map_delete_elem(&seam_injected, &tid);
 }
 
+/* Digit k of the Content-Length value (blanks around it allowed); stops at the line's end. */
+static long length_step(__u64 k, void *ctx)
+{
+	struct tp_scan *t = ctx;
+	struct scratch *s = t->s;
+	if (!s)
+		return 1;
+	__u64 at = t->value + k;
+	__u8 c = PB(s, at);
+	if (at >= t->len || c == '\r')
+		return 1;
+	if (c >= '0' && c <= '9' && s->length_digits < 9) {
+		s->body_length = s->body_length * 10 + (c - '0');
+		s->length_digits++;
+	} else if (c != ' ' && c != '\t') {
+		s->body_unknown = 1;
+		return 1;
+	}
+	return 0;
+}
+
+/* Whether a request's read held it alone: its whole head, and no byte past its body. */
+static __always_inline int read_holds_request_alone(struct scratch *s, __u32 captured)
+{
+	s->body_length = 0;
+	s->length_digits = 0;
+	if (s->length_at) {
+		struct tp_scan t = {.s = s, .len = captured, .value = s->length_at};
+		bpf_loop(16, length_step, &t, 0);
+		if (!s->length_digits)
+			return 0;
+	}
+	__u32 bytes = s->ev.bytes;
+	return s->head_end && !s->body_unknown && bytes >= s->head_end &&
+	       bytes - s->head_end <= s->body_length;
+}
+
+/* A Node main thread read a server request on ci (its context in fresh): the connection's
+ * request moves on, and the thread's turn is that request's when the read held it alone (its
+ * whole head, and no byte past its body). */
+static __always_inline void node_request_read(struct conn_info *ci, __u32 pid, struct scratch *s,
+					      __u32 captured, const struct seam_serving *fresh)
+{
+	struct node_req *req = bpf_map_lookup_elem(&seam_node_reqs, &ci->conn_id);
+	if (!req) {
+		struct node_req first = {};
+		__u64 key = (__u64)pid << 32 | (__u32)s->ev.fd;
+		struct node_setup *su = bpf_map_lookup_elem(&seam_node_setups, &key);
+		if (su) {
+			first.setup = *su;
+			first.has_setup = 1;
+			bpf_map_delete_elem(&seam_node_setups, &key);
+		}
+		bpf_map_update_elem(&seam_node_reqs, &ci->conn_id, &first, BPF_ANY);
+		req = bpf_map_lookup_elem(&seam_node_reqs, &ci->conn_id);
+		if (!req)
+			return;
+	}
+	__builtin_memcpy(req->trace_id, fresh->trace_id, 16);
+	req->flags = fresh->flags;
+	req->state = fresh->state;
+	req->open = 1;
+	req->serial++;
+	int alone = read_holds_request_alone(s, captured);
+	__u64 read_at = node_id(s->ev.async.last_id);
+	/* otherwise nothing is kept: this read moved the thread's read count past the last turn */
+	if (!alone || !req->has_setup || !read_at)
+		return;
+	struct node_turn t = {
+		.req = {.conn_id = ci->conn_id, .serial = req->serial},
+		.read_at = read_at,
+		.setup = req->setup,
+		.read_seq = s->ev.async.read_seq,
+	};
+	bpf_map_update_elem(&seam_node_turn, &pid, &t, BPF_ANY);
+}
+
 /* A request arrived on ci for thread tid: the thread now works for it, alone or among others. */
 static __always_inline void serving_begin(struct conn_info *ci, __u32 pid, __u32 tid,
 					  struct scratch *s, __u32 captured, __u32 epoch)
@@ -778,6 +1021,8 @@ static __always_inline void serving_begin(struct conn_info *ci, __u32 pid, __u32
 	if (ci->open_reqs < 0xff)
 		ci->open_reqs++;
 	ci->serving_tid = tid;
+	if (s->ev.async.valid)
+		node_request_read(ci, pid, s, captured, &fresh);
 }
 
 /* n requests on ci are answered or given up. */
@@ -790,6 +1035,9 @@ static __always_inline void serving_end(struct conn_info *ci, __u8 n, __u32 epoc
 	if (n == 0)
 		return;
 	ci->open_reqs -= n;
+	struct node_req *req = bpf_map_lookup_elem(&seam_node_reqs, &ci->conn_id);
+	if (req)
+		req->open = 0; /* a Node connection serves its requests one at a time */
 	struct seam_serving *sv = bpf_map_lookup_elem(&seam_serving, &ci->serving_tid);
 	if (sv && sv->epoch == epoch)
 		sv->open = sv->open > n ? sv->open - n : 0;
@@ -830,8 +1078,11 @@ static __always_inline void tls_option(struct conn_info *ci, __u32 pid, __u64 pi
 	if (!(use & SEAM_CARRIER_TCP_OPTION))
 		return;
 	struct seam_injected inj = {};
-	seam_choose_context(&inj, rule->sample_threshold, rule->follow_parent);
+	/* a Node choice was made for a ciphertext send, not for this plaintext */
+	__u32 tid = (__u32)pid_tgid;
+	bpf_map_delete_elem(&seam_node_choice, &tid);
 	inj.local_port = ci->tuple.local_port;
+	seam_choose_context(&inj, rule->sample_threshold, rule->follow_parent, inj.local_port);
 	if (bpf_map_update_elem(&seam_tls_option, &ci->tuple, &inj, BPF_ANY) == 0)
 		report_context(ci, pid, (__u32)pid_tgid, SEAM_EV_INJECTED, &inj);
 }
@@ -1372,6 +1623,8 @@ int node_learn(struct pt_regs *ctx)
 
 /* libuv's uv_stream_t.accepted_fd (libuv 1.x's public layout on 64-bit Linux). */
 #define UV_ACCEPTED_FD_OFFSET 0xec
+/* uv_stream_t's io_watcher.fd (libuv's public ABI on x86_64, unix): the stream's socket. */
+#define UV_STREAM_FD_OFFSET 0xb8
 
 struct node_accepting {
 	__u64 before;
@@ -1447,6 +1700,16 @@ int node_accept_return(struct pt_regs *ctx)
 		r.acc.learned = 1;
 	}
 	output(&r, sizeof(r));
+	struct node_setup su = {
+		.before = node_id(r.acc.before),
+		.after = node_id(r.acc.after),
+	};
+	if (su.before && r.acc.learned)
+		su.before--;
+	if (su.before && su.after > su.before) {
+		__u64 key = (__u64)pid << 32 | (__u32)r.ev.fd;
+		bpf_map_update_elem(&seam_node_setups, &key, &su, BPF_ANY);
+	}
 	return 0;
 }
 
@@ -1475,6 +1738,103 @@ int node_socket_new(struct pt_regs *ctx)
 	ev.fd = -1;
 	ev.start_ns = ev.end_ns = bpf_ktime_get_ns();
 	output(&ev, sizeof(ev));
+	struct node_req_ref req;
+	__u64 last = node_id(ev.async.last_id);
+	if (last && propagation_epoch() && node_turn_request(pid, &ev.async, &req)) {
+		struct node_made_key key = {.pid = pid, .id = last + 1};
+		bpf_map_update_elem(&seam_node_made, &key, &req, BPF_ANY);
+	}
+	return 0;
+}
+
+/* The kernel socket behind fd of the current process, if fd is a TCP socket. */
+static __always_inline struct sock *tcp_sock_of_fd(int fd)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (fd < 0 || !fdt || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = NULL;
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) != 0 || !f)
+		return NULL;
+	unsigned short mode = BPF_CORE_READ(f, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return NULL;
+	struct socket *sock = (struct socket *)BPF_CORE_READ(f, private_data);
+	struct sock *sk = sock ? BPF_CORE_READ(sock, sk) : NULL;
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return NULL;
+	return sk;
+}
+
+/* libuv's uv__try_write(stream, bufs, nbufs, send_handle), where every stream write of a Node
+ * process makes its write/writev/sendmsg call: attached per Node target, only while ctxprop
+ * injects. As a main thread's send begins, the request it works for (the turn rule, or the
+ * request its socket was made for when this is the socket's first request) is put where ctxprop's
+ * sk_msg, which runs inside the send, finds it; else that place is cleared. */
+SEC("uprobe")
+int node_send_enter(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 pid = pid_tgid >> 32;
+	if ((__u32)pid_tgid != pid)
+		return 0;
+	struct seam_node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
+	__u32 epoch = propagation_epoch();
+	if (!rt || !epoch)
+		return 0;
+	struct seam_async a = {};
+	if (bpf_probe_read_user(&a, 3 * sizeof(__u64), (const void *)rt->fields) != 0)
+		goto none;
+	a.read_seq = rt->read_seq;
+	int fd = -1;
+	if (bpf_probe_read_user(&fd, sizeof(fd), (const void *)(ctx->di + UV_STREAM_FD_OFFSET)) != 0)
+		goto none;
+	struct sock *sk = tcp_sock_of_fd(fd);
+	if (!sk)
+		goto none;
+	__u64 key = (__u64)sk;
+	struct conn_info *ci = bpf_map_lookup_elem(&seam_conns, &key);
+	if (ci && (ci->flags & CONN_TLS))
+		goto none; /* ciphertext: its requests get their context at SSL_write */
+	struct node_req_ref ref;
+	if (!node_turn_request(pid, &a, &ref)) {
+		if (ci && (ci->flags & CONN_HTTP))
+			goto none; /* not the socket's first request */
+		struct node_made_key mk = {.pid = pid, .id = node_id(a.trigger_id)};
+		struct node_req_ref *made = bpf_map_lookup_elem(&seam_node_made, &mk);
+		if (!made)
+			goto none;
+		ref = *made;
+		bpf_map_delete_elem(&seam_node_made, &mk);
+	}
+	struct node_req *req = bpf_map_lookup_elem(&seam_node_reqs, &ref.conn_id);
+	if (!req || !req->open || req->serial != ref.serial)
+		goto none;
+	if (req->state != SEAM_CTX_HEADER && req->state != SEAM_CTX_GENERATED) {
+		/* the request's trace starts with its first call */
+		__u32 zero = 0;
+		struct seam_prop_rule *rule = bpf_map_lookup_elem(&seam_prop_rule, &zero);
+		__u32 r[4];
+		for (int i = 0; i < 4; i++)
+			r[i] = bpf_get_prandom_u32();
+		r[3] |= 1; /* never an all-zero trace id */
+		__builtin_memcpy(req->trace_id, r, 16);
+		req->flags = seam_sampled(req->trace_id, rule ? rule->sample_threshold : 0);
+		req->state = SEAM_CTX_GENERATED;
+	}
+	struct seam_node_choice choice = {
+		.flags = req->flags,
+		.state = req->state,
+		.local_port = BPF_CORE_READ(sk, __sk_common.skc_num),
+		.epoch = epoch,
+	};
+	__builtin_memcpy(choice.trace_id, req->trace_id, 16);
+	bpf_map_update_elem(&seam_node_choice, &pid, &choice, BPF_ANY);
+	return 0;
+none:
+	bpf_map_delete_elem(&seam_node_choice, &pid);
 	return 0;
 }
 

@@ -484,8 +484,8 @@ static __always_inline int carry(struct sk_msg_md *msg, struct scan_buf *buf, st
 {
 	struct seam_injected *inj = &buf->ctx;
 	__builtin_memset(inj, 0, sizeof(*inj));
-	seam_choose_context(inj, sample_threshold, sample_follow_parent);
 	inj->local_port = (__u16)msg->local_port;
+	seam_choose_context(inj, sample_threshold, sample_follow_parent, inj->local_port);
 	int carried = 0;
 	if (use & CARRIER_HEADER)
 		carried = insert_header(msg, buf, at, head_len);

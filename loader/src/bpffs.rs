@@ -22,6 +22,7 @@ pub const PINS: &[(&str, &str, u32)] = &[
     (names::REMOTE_CTX, "remote_ctx", 0o660),
     (names::PROP_RULE, "prop_rule", 0o660),
     (names::TLS_OPTION, "tls_option", 0o660),
+    (names::NODE_CHOICE, "node_choice", 0o660),
 ];
 
 fn is_bpffs(path: &Path) -> bool {

@@ -84,6 +84,11 @@ fn run(args: Args) -> Result<()> {
     let mut pins = bpffs::Pins::create(&pin_dir, &mut loaded.ebpf)?;
     pins.add_links(std::mem::take(&mut loaded.links));
     let targets = targets::Targets::new(&mut loaded.ebpf)?;
+    // ctxprop writes its epoch here; the Node send probes follow it.
+    let prop_on = aya::maps::MapData::from_pin(pin_dir.join("prop_on"))
+        .map_err(anyhow::Error::from)
+        .and_then(|m| Ok(aya::maps::Array::try_from(aya::maps::Map::Array(m))?))
+        .context("opening the propagation flag's pin")?;
     tracing::info!(
         pin_dir = %pin_dir.display(),
         programs = loaded.attached,
@@ -95,6 +100,7 @@ fn run(args: Args) -> Result<()> {
         uprobes,
         tls: tls::TlsProbes::default(),
         node,
+        prop_on,
     }));
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -117,6 +123,7 @@ fn run(args: Args) -> Result<()> {
                 let mut state = reported.lock().unwrap_or_else(|p| p.into_inner());
                 // a found process's learning probe runs on every callback: detach it
                 state.node.detach_learned();
+                state.follow_propagation();
                 state.publish_gauges();
             }
         };
@@ -165,13 +172,14 @@ fn load_uprobes(ebpf: &aya::Ebpf) -> (Option<uprobe_multi::UprobePrograms>, bool
 
 /// What the loader keeps between requests: the target set, the uprobe programs (their libbpf
 /// object lives as long as the daemon) and the TLS and Node probes attached from them.
-#[derive(Debug)]
 struct State {
     targets: targets::Targets,
     /// None when this kernel refused the uprobe programs (said once): plain capture goes on.
     uprobes: Option<uprobe_multi::UprobePrograms>,
     tls: tls::TlsProbes,
     node: node::NodeProbes,
+    /// ctxprop's epoch, non-zero while it injects.
+    prop_on: aya::maps::Array<aya::maps::MapData, u32>,
 }
 
 impl State {
@@ -199,6 +207,14 @@ impl State {
                 self.targets.remove(pid);
             }
             LoaderRequest::AddTarget { pid, propagation } => self.targets.add(pid, propagation),
+        }
+    }
+
+    /// Probes what only propagation needs while ctxprop injects, and only then.
+    fn follow_propagation(&mut self) {
+        let on = self.prop_on.get(&0, 0).is_ok_and(|epoch| epoch != 0);
+        if let Some(programs) = &self.uprobes {
+            self.node.set_propagating(programs, on);
         }
     }
 

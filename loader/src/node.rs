@@ -3,7 +3,9 @@
 //! Two kinds: per file, on the functions that set up an accepted TCP connection and make a TCP
 //! socket object (once per connection, so cheap); per process, on
 //! `AsyncHooks::push_async_context`, which runs on every callback, only until it has shown where
-//! that process keeps its async id fields.
+//! that process keeps its async id fields. And per process, only while ctxprop injects, on libuv's
+//! `uv__try_write`, where every stream write begins: the capture then chooses which request's
+//! context ctxprop gives the send (one trap per write, so not while nothing is injected).
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
@@ -19,7 +21,12 @@ pub const PROGRAMS: &[&str] = &[
     "node_accept_enter",
     "node_accept_return",
     "node_socket_new",
+    "node_send_enter",
 ];
+
+/// libuv's uv__try_write(uv_stream_t*, const uv_buf_t*, unsigned, uv_stream_t*): a static
+/// function, found only in an executable that kept its symbol table (Node's does).
+const TRY_WRITE: &str = "uv__try_write";
 
 /// node::AsyncHooks::push_async_context(double, double, v8::Local<v8::Object>)
 const PUSH_ASYNC_CONTEXT: &str =
@@ -36,11 +43,15 @@ struct Offsets {
     push_async_context: u64,
     on_connection: u64,
     tcp_wrap_new: u64,
+    /// None when the executable has no such symbol: its sends are not probed.
+    try_write: Option<u64>,
 }
 
 #[derive(Debug)]
 struct Probed {
     offsets: Offsets,
+    /// Kept to attach per-process probes later (the send probes follow ctxprop).
+    file: OwnedFd,
     /// Entry and return on OnConnection, entry on TCPWrap::New; dropping them detaches.
     _links: [OwnedFd; 3],
     users: HashSet<u32>,
@@ -55,6 +66,10 @@ pub struct NodeProbes {
     by_pid: HashMap<u32, FileKey>,
     /// Processes whose async id fields are not found yet, with their learning probe.
     learning: HashMap<u32, OwnedFd>,
+    /// Whether ctxprop injects (its epoch is set): only then are sends probed.
+    propagating: bool,
+    /// Each Node target's probe on `uv__try_write`, while ctxprop injects.
+    sending: HashMap<u32, OwnedFd>,
 }
 
 impl NodeProbes {
@@ -74,6 +89,8 @@ impl NodeProbes {
             not_node: HashSet::new(),
             by_pid: HashMap::new(),
             learning: HashMap::new(),
+            propagating: false,
+            sending: HashMap::new(),
         }
     }
 
@@ -118,6 +135,49 @@ impl NodeProbes {
             }
             Err(e) => tracing::warn!(pid, error = %e, "Node async context probe refused"),
         }
+        if self.propagating {
+            self.probe_sends(programs, pid);
+        }
+    }
+
+    /// ctxprop injects (`on`) or not: each Node target's send probe follows.
+    pub fn set_propagating(&mut self, programs: &UprobePrograms, on: bool) {
+        if on == self.propagating {
+            return;
+        }
+        self.propagating = on;
+        if on {
+            let pids: Vec<u32> = self.by_pid.keys().copied().collect();
+            for pid in pids {
+                self.probe_sends(programs, pid);
+            }
+        } else {
+            self.sending.clear();
+        }
+        tracing::info!(
+            on,
+            processes = self.sending.len(),
+            "Node send probes follow ctxprop"
+        );
+    }
+
+    fn probe_sends(&mut self, programs: &UprobePrograms, pid: u32) {
+        let Some(probed) = self.by_pid.get(&pid).and_then(|key| self.files.get(key)) else {
+            return;
+        };
+        let Some(at) = probed.offsets.try_write else {
+            return;
+        };
+        match programs.attach("node_send_enter", &probed.file, &[at], &[0], false, pid) {
+            Ok(link) => {
+                self.sending.insert(pid, link);
+            }
+            Err(e) => tracing::warn!(
+                pid,
+                error = %e,
+                "Node send probe refused: this process's calls get no request context from ctxprop"
+            ),
+        }
     }
 
     /// Detaches the learning probe (it runs on every callback) of each process whose async id
@@ -138,6 +198,7 @@ impl NodeProbes {
     /// `pid` is gone: its probes and learned fields go; a file's probes with its last user.
     pub fn remove_pid(&mut self, pid: u32) {
         self.learning.remove(&pid);
+        self.sending.remove(&pid);
         if let Some(rt) = self.rt.as_mut() {
             // A pid reused by another Node process must learn its own fields.
             let _ = rt.remove(&pid);
@@ -162,6 +223,7 @@ fn probe_file(programs: &UprobePrograms, file: &OwnedFd) -> Result<Probed, Probe
         push_async_context: file_offset(&elf, PUSH_ASYNC_CONTEXT)?,
         on_connection: file_offset(&elf, ON_CONNECTION)?,
         tcp_wrap_new: file_offset(&elf, TCP_WRAP_NEW)?,
+        try_write: file_offset(&elf, TRY_WRITE).ok(),
     };
     let at = [offsets.on_connection];
     let entry = programs
@@ -182,6 +244,7 @@ fn probe_file(programs: &UprobePrograms, file: &OwnedFd) -> Result<Probed, Probe
         .map_err(ProbeError::Attach)?;
     Ok(Probed {
         offsets,
+        file: file.try_clone().map_err(ProbeError::Read)?,
         _links: [entry, ret, socket_new],
         users: HashSet::new(),
     })

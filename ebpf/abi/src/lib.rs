@@ -95,6 +95,8 @@ pub mod names {
     pub const PROP_RULE: &str = "seam_prop_rule";
     /// A TLS request's TCP-option context, from the capture to ctxprop's sockops.
     pub const TLS_OPTION: &str = "seam_tls_option";
+    /// A Node main thread's send's request context, from the capture to ctxprop's sk_msg.
+    pub const NODE_CHOICE: &str = "seam_node_choice";
     /// ctxprop's carriers, set at load (bit 0 header, bit 1 TCP option).
     pub const CARRIERS: &str = "carriers";
     pub const SAMPLE_THRESHOLD: &str = "sample_threshold";
