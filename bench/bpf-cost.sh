@@ -5,6 +5,7 @@
 # (the TLS uprobe programs then run too, for wrk's SSL calls as well as nginx's).
 # SEAM_BENCH_SERVER=node measures the Node test service instead (its Node uprobes are listed too).
 # SEAM_BENCH_CLOSE=1 sends `Connection: close`, so the programs that run once per connection count.
+# SEAM_CONTEXT_PROPAGATION=headers (or tcp) runs ctxprop too: a Node target's writes are then probed.
 #   bench/bpf-cost.sh [seconds, default 8]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -31,7 +32,7 @@ taskset -c 1 wrk -t1 -c32 -d"${secs}s" "${wrk_conn[@]}" "$scheme://127.0.0.1:$po
 bpftool -j prog show | python3 -c '
 import json, sys
 for p in json.load(sys.stdin):
-    if p.get("run_cnt", 0) > 1000 and p["name"] in ("on_send", "on_recv", "on_send_begin", "on_xmit", "tls_enter", "tls_return", "node_learn", "node_accept_enter", "node_accept_return", "node_socket_new"):
+    if p.get("run_cnt", 0) > 1000 and p["name"] in ("on_send", "on_recv", "on_send_begin", "on_xmit", "tls_enter", "tls_return", "node_learn", "node_accept_enter", "node_accept_return", "node_socket_new", "node_send_enter"):
         name, runs, avg = p["name"], p["run_cnt"], p["run_time_ns"] / p["run_cnt"]
         print(f"{name:10} runs {runs:>9}  average {avg:6.0f} ns")
 '

@@ -729,7 +729,8 @@ static __always_inline __u32 propagation_epoch(void)
 
 #define PMASK (SEAM_MAX_CAPTURE * 2 - 1)
 #define PB(s, o) ((s)->payload[(o) & PMASK])
-#define LC(s, o) (PB(s, o) | 0x20)
+/* Eight payload bytes from o (the payload is followed by more of the scratch, so always in it). */
+#define WORD(s, o) (*(__u64 *)&(s)->payload[(o) & PMASK])
 
 struct tp_scan {
 	struct scratch *s;
@@ -754,23 +755,21 @@ static __always_inline int tp_scan_byte(struct scratch *s, __u32 len, __u64 i)
 	}
 	if (o + 16 > len)
 		return 0; /* too short for a header seam reads; the blank line may follow */
-	if (LC(s, o) == 't' && LC(s, o + 1) == 'r' && LC(s, o + 2) == 'a' && LC(s, o + 3) == 'c' &&
-	    LC(s, o + 4) == 'e' && LC(s, o + 5) == 'p' && LC(s, o + 6) == 'a' && LC(s, o + 7) == 'r' &&
-	    LC(s, o + 8) == 'e' && LC(s, o + 9) == 'n' && LC(s, o + 10) == 't' && PB(s, o + 11) == ':') {
+	/* header names by whole words (lowercased: '-' and ':' keep their 0x20 bit), which the
+	 * verifier walks far faster than a branch per byte */
+	__u64 name = WORD(s, o) | 0x2020202020202020ULL;
+	__u64 next = WORD(s, o + 8) | 0x2020202020202020ULL;
+	if (name == 0x7261706563617274ULL /* "tracepar" */ &&
+	    (next & 0xffffffffULL) == 0x3a746e65ULL /* "ent:" */) {
 		if (s->tp_found == 0)
 			s->tp_value = o + 12;
 		s->tp_found++;
-	} else if (LC(s, o) == 'c' && LC(s, o + 1) == 'o' && LC(s, o + 2) == 'n' &&
-		   LC(s, o + 3) == 't' && LC(s, o + 4) == 'e' && LC(s, o + 5) == 'n' &&
-		   LC(s, o + 6) == 't' && PB(s, o + 7) == '-' && LC(s, o + 8) == 'l' &&
-		   LC(s, o + 9) == 'e' && LC(s, o + 10) == 'n' && LC(s, o + 11) == 'g' &&
-		   LC(s, o + 12) == 't' && LC(s, o + 13) == 'h' && PB(s, o + 14) == ':') {
+	} else if (name == 0x2d746e65746e6f63ULL /* "content-" */ &&
+	   (next & 0xffffffffffffffULL) == 0x3a6874676e656cULL /* "length:" */) {
 		if (s->length_at)
 			s->body_unknown = 1; /* two Content-Length headers */
 		s->length_at = o + 15;
-	} else if (LC(s, o) == 't' && LC(s, o + 1) == 'r' && LC(s, o + 2) == 'a' &&
-		   LC(s, o + 3) == 'n' && LC(s, o + 4) == 's' && LC(s, o + 5) == 'f' &&
-		   LC(s, o + 6) == 'e' && LC(s, o + 7) == 'r' && PB(s, o + 8) == '-') {
+	} else if (name == 0x726566736e617274ULL /* "transfer" */ && PB(s, o + 8) == '-') {
 		s->body_unknown = 1; /* Transfer-Encoding: the body's end is in the body */
 	}
 	return 0;
@@ -1784,10 +1783,6 @@ int node_send_enter(struct pt_regs *ctx)
 	__u32 epoch = propagation_epoch();
 	if (!rt || !epoch)
 		return 0;
-	struct seam_async a = {};
-	if (bpf_probe_read_user(&a, 3 * sizeof(__u64), (const void *)rt->fields) != 0)
-		goto none;
-	a.read_seq = rt->read_seq;
 	int fd = -1;
 	if (bpf_probe_read_user(&fd, sizeof(fd), (const void *)(ctx->di + UV_STREAM_FD_OFFSET)) != 0)
 		goto none;
@@ -1796,8 +1791,14 @@ int node_send_enter(struct pt_regs *ctx)
 		goto none;
 	__u64 key = (__u64)sk;
 	struct conn_info *ci = bpf_map_lookup_elem(&seam_conns, &key);
-	if (ci && (ci->flags & CONN_TLS))
-		goto none; /* ciphertext: its requests get their context at SSL_write */
+	/* ciphertext: its requests get their context at SSL_write; a connection that received
+	 * requests is a server's, and what it writes are responses */
+	if (ci && ((ci->flags & CONN_TLS) || (ci->open_reqs && ci->epoch == epoch)))
+		goto none;
+	struct seam_async a = {};
+	if (bpf_probe_read_user(&a, 3 * sizeof(__u64), (const void *)rt->fields) != 0)
+		goto none;
+	a.read_seq = rt->read_seq;
 	struct node_req_ref ref;
 	if (!node_turn_request(pid, &a, &ref)) {
 		if (ci && (ci->flags & CONN_HTTP))

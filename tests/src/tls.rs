@@ -123,6 +123,24 @@ impl Nginx {
     }
 }
 
+impl Drop for Nginx {
+    /// A master killed outright leaves its worker running (and listening): asked to quit, it
+    /// stops the worker first. `proc` then reaps it (or kills it, if it did not stop).
+    fn drop(&mut self) {
+        let master = nix::unistd::Pid::from_raw(self.proc.child.id() as i32);
+        if nix::sys::signal::kill(master, nix::sys::signal::Signal::SIGTERM).is_err() {
+            return;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if matches!(self.proc.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Certs {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
