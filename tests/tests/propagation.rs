@@ -241,16 +241,35 @@ fn run_corpus(
         panic!("the recorder never wrote {}", path.display());
     };
     let received: Vec<Vec<u8>> = cases.iter().map(|c| received(&c.2)).collect();
-    std::thread::sleep(Duration::from_millis(300)); // the capture drains its socket
-                                                    // Payload placed by sequence number: a retransmitted segment lands where it was first.
+    // the capture has drained its socket once its file stops growing
+    let mut captured_len = None;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(200));
+        let len = std::fs::metadata(&capture).map(|m| m.len()).ok();
+        if len.is_some() && len == captured_len {
+            break;
+        }
+        captured_len = len;
+    }
+    // Payload placed by sequence number: a retransmitted segment lands where it was first.
     let mut wire: HashMap<String, (Vec<u8>, std::collections::BTreeSet<String>)> = HashMap::new();
     for line in std::fs::read_to_string(&capture).expect("capture").lines() {
         let f: Vec<&str> = line.split(' ').collect();
+        // The recorder's port number may also be another test's client port (taken before the
+        // recorder bound it): segments of connections the corpus did not make are not its.
+        if !cases.iter().any(|c| c.2 == f[0]) {
+            continue;
+        }
         let entry = wire.entry(f[0].to_string()).or_default();
         if f[2] != "-" {
             entry.1.extend(f[2].split(',').map(str::to_string));
         }
         if f[3] != "-" {
+            assert_ne!(
+                f[1], "?",
+                "the packet capture missed the SYN of client port {}: its segments cannot be placed",
+                f[0]
+            );
             let at = f[1].parse::<usize>().expect("seq") - 1;
             let bytes: Vec<u8> = (0..f[3].len())
                 .step_by(2)
