@@ -18,7 +18,13 @@ pub struct Certs {
 
 impl Certs {
     pub fn make(tag: &str) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("seam-tls-{tag}-{}", std::process::id()));
+        // tests of one binary run at once, some with the same tag: each gets its own directory
+        static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "seam-tls-{tag}-{}-{}",
+            std::process::id(),
+            MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir)?;
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
         let out = Command::new("openssl")
