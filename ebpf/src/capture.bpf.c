@@ -240,15 +240,26 @@ struct tls_call {
 	__u64 sk;      /* the socket the library used inside this call, if it used one */
 	__u8 direction;
 	__u8 reported; /* a write's plaintext went out with its first ciphertext */
-	__u8 pad[6];
+	__u8 active;   /* between the call's entry and its return */
+	__u8 pad[5];
 };
 
+/* Per thread, so a call costs no hash insert and delete (one each per probed call was a fifth
+ * of the programs' time under HTTPS load); freed with the thread. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64); /* pid_tgid */
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct tls_call);
 } seam_tls_calls SEC(".maps");
+
+/* The thread's TLS call in progress, if any. */
+static __always_inline struct tls_call *current_tls_call(void)
+{
+	struct tls_call *call =
+		bpf_task_storage_get(&seam_tls_calls, bpf_get_current_task_btf(), 0, 0);
+	return call && call->active ? call : NULL;
+}
 
 struct tls_key {
 	__u64 ssl;
@@ -1295,7 +1306,7 @@ static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 
 	/* A connection that carried plaintext HTTP is no TLS library's: no lookup on that path. */
 	struct tls_call *call = (ci->flags & (CONN_HTTP | CONN_TLS)) == CONN_HTTP
 					? NULL
-					: bpf_map_lookup_elem(&seam_tls_calls, &pid_tgid);
+					: current_tls_call();
 	if (!call && direction == SEAM_DIR_EGRESS && (ci->flags & CONN_TLS) && ret > 0)
 		claim_pending_write(ci, sk, pid, pid_tgid, now);
 	if (call || (ci->flags & CONN_TLS))
@@ -1481,7 +1492,11 @@ int tls_enter(struct pt_regs *ctx)
 			report_tls_write(ci, &call, (struct sock *)sk, pid, pid_tgid,
 					 TLS_BEFORE_SEND);
 	}
-	bpf_map_update_elem(&seam_tls_calls, &pid_tgid, &call, BPF_ANY);
+	call.active = 1;
+	struct tls_call *slot = bpf_task_storage_get(&seam_tls_calls, bpf_get_current_task_btf(), 0,
+						     BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (slot)
+		*slot = call;
 	return 0;
 }
 
@@ -1520,11 +1535,11 @@ SEC("uretprobe")
 int tls_return(struct pt_regs *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct tls_call *found = bpf_map_lookup_elem(&seam_tls_calls, &pid_tgid);
+	struct tls_call *found = current_tls_call();
 	if (!found)
 		return 0;
 	struct tls_call call = *found;
-	bpf_map_delete_elem(&seam_tls_calls, &pid_tgid);
+	found->active = 0;
 	__s64 ret = (int)ctx->ax;
 	__u32 pid = pid_tgid >> 32;
 	if (call.direction == TLS_HANDSHAKE) {
@@ -1921,7 +1936,6 @@ int on_process_exit(void *ctx)
 	__u32 tid = (__u32)pid_tgid;
 	bpf_map_delete_elem(&seam_serving, &tid);
 	bpf_map_delete_elem(&seam_injected, &tid);
-	bpf_map_delete_elem(&seam_tls_calls, &pid_tgid);
 	bpf_map_delete_elem(&seam_tls_pending, &pid_tgid);
 	bpf_map_delete_elem(&seam_tls_last_read, &tid);
 	if (tid == pid)

@@ -73,6 +73,9 @@ pub struct Loaded {
 fn open_object(settings: &Settings, reuse: &[(&'static str, PathBuf)]) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     loader
+        // Task storage (a thread's TLS call in progress) has no typed wrapper in aya 0.14; user
+        // space never touches it, it only hands its fd to the uprobe programs' object.
+        .allow_unsupported_maps()
         .map_max_entries(names::EVENTS, settings.ringbuf_bytes)
         .override_global(names::CAPTURE_BYTES, &settings.capture_bytes, true)
         .override_global(names::WAKEUP_BYTES, &settings.wakeup_bytes, true);

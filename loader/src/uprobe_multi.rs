@@ -82,7 +82,9 @@ pub fn map_data(map: &Map) -> Option<&MapData> {
         | Map::PerCpuArray(m)
         | Map::PerCpuHashMap(m)
         | Map::RingBuf(m)
-        | Map::SkStorage(m) => m,
+        | Map::SkStorage(m)
+        // aya 0.14 has no type for task storage
+        | Map::Unsupported(m) => m,
         _ => return None,
     })
 }
