@@ -476,22 +476,18 @@ impl Engine {
             }
             Side::Client => {
                 // The app's own header carries the app's decision; a child inherits its parent's.
-                let ctx = match (&header, injected) {
-                    (Some((h, state)), _) => SpanCtx::adopting(h, state.clone()),
-                    (None, Some(inj)) => {
-                        let parent = self
-                            .node_parent(pid, node.as_ref(), st.seq == 0, st.start_ns)
-                            .or_else(|| self.in_process_parent(st.tid, st.start_ns));
-                        self.as_injected(parent, &inj)
-                    }
-                    (None, None) => match self
+                let ctx = if let Some((h, state)) = &header {
+                    SpanCtx::adopting(h, state.clone())
+                } else {
+                    let parent = self
                         .node_parent(pid, node.as_ref(), st.seq == 0, st.start_ns)
-                        .or_else(|| self.in_process_parent(st.tid, st.start_ns))
-                    {
-                        Some(InProcess::Serving((c, s))) => {
+                        .or_else(|| self.in_process_parent(st.tid, st.start_ns));
+                    match (injected, parent) {
+                        (Some(inj), parent) => self.as_injected(parent, &inj),
+                        (None, Some(InProcess::Serving((c, s)))) => {
                             SpanCtx::child_of(&self.resolve(c, s), false)
                         }
-                        Some(InProcess::Created(h)) => {
+                        (None, Some(InProcess::Created(h))) => {
                             let parent = self.resolve(h.conn, h.seq);
                             let call = SpanCtx::root();
                             let deadline = st.start_ns + self.links.max_transaction_ns;
@@ -499,8 +495,8 @@ impl Engine {
                                 .open(&call, parent, (h.conn, h.seq), h.chain(), deadline);
                             call
                         }
-                        None => self.new_root(),
-                    },
+                        (None, None) => self.new_root(),
+                    }
                 };
                 if self.links.black_box {
                     let q = self.clients.entry(flow).or_default();

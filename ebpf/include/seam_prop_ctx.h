@@ -14,29 +14,48 @@ static __always_inline __u8 seam_sampled(const __u8 *trace_id, __u64 threshold)
 	return (__builtin_bswap64(low) >> 1) < threshold ? 0x01 : 0x00;
 }
 
-/* The request's trace for a send on local_port: the one a Node main thread's send was found to
- * work for; else the thread's one server request's trace, or a new trace (which the request joins
- * when it had none). With several requests on the thread, a call cannot be told apart: a new
- * trace. */
+/* A new trace id from this host (never all zero); returns its sampled flag. */
+static __always_inline __u8 seam_new_trace(__u8 *trace_id, __u64 threshold)
+{
+	__u32 r[4];
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		r[i] = bpf_get_prandom_u32();
+	r[3] |= 1;
+	__builtin_memcpy(trace_id, r, 16);
+	return seam_sampled(trace_id, threshold);
+}
+
+/* inj is a child in a request's trace (trace_id, flags, state): sampled as the request was, or
+ * decided here for a trace from a peer whose decision this host does not follow. */
+static __always_inline void seam_continue(struct seam_injected *inj, const __u8 *trace_id,
+					  __u8 flags, __u8 state, __u64 threshold,
+					  __u32 follow_parent)
+{
+	__builtin_memcpy(inj->trace_id, trace_id, 16);
+	inj->flags = flags;
+	if (state == SEAM_CTX_HEADER && !follow_parent)
+		inj->flags = (flags & ~0x01) | seam_sampled(inj->trace_id, threshold);
+	inj->kind = SEAM_INJ_CHILD;
+}
+
+/* The request's trace for a send: the one a Node main thread's send on node_port was found to
+ * work for (0: a send no Node choice is for); else the thread's one server request's trace, or a
+ * new trace (which the request joins when it had none). With several requests on the thread, a
+ * call cannot be told apart: a new trace. */
 static __always_inline void seam_choose_context(struct seam_injected *inj, __u64 threshold,
-						__u32 follow_parent, __u16 local_port)
+						__u32 follow_parent, __u16 node_port)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	__u32 zero = 0;
 	__u32 *epoch = bpf_map_lookup_elem(&seam_prop_on, &zero);
-	__u32 r[6];
-#pragma unroll
-	for (int i = 0; i < 6; i++)
-		r[i] = bpf_get_prandom_u32();
-	r[4] |= 1; /* never an all-zero span id */
-	__builtin_memcpy(inj->span_id, &r[4], 8);
-	struct seam_node_choice *nc = bpf_map_lookup_elem(&seam_node_choice, &tid);
-	if (nc && epoch && nc->epoch == *epoch && nc->local_port == local_port) {
-		__builtin_memcpy(inj->trace_id, nc->trace_id, 16);
-		inj->flags = nc->flags;
-		if (nc->state == SEAM_CTX_HEADER && !follow_parent)
-			inj->flags = (nc->flags & ~0x01) | seam_sampled(inj->trace_id, threshold);
-		inj->kind = SEAM_INJ_CHILD;
+	__u32 span[2] = {bpf_get_prandom_u32() | 1 /* never an all-zero span id */,
+			 bpf_get_prandom_u32()};
+	__builtin_memcpy(inj->span_id, span, 8);
+	struct seam_node_choice *nc =
+		node_port ? bpf_map_lookup_elem(&seam_node_choice, &tid) : NULL;
+	if (nc && epoch && nc->epoch == *epoch && nc->local_port == node_port) {
+		seam_continue(inj, nc->trace_id, nc->flags, nc->state, threshold, follow_parent);
 		bpf_map_delete_elem(&seam_node_choice, &tid);
 		return;
 	}
@@ -45,19 +64,13 @@ static __always_inline void seam_choose_context(struct seam_injected *inj, __u64
 		sv = NULL; /* counted by an earlier run */
 	if (sv && sv->open == 1 &&
 	    (sv->state == SEAM_CTX_HEADER || sv->state == SEAM_CTX_GENERATED)) {
-		__builtin_memcpy(inj->trace_id, sv->trace_id, 16);
-		inj->flags = sv->flags;
-		if (sv->state == SEAM_CTX_HEADER && !follow_parent)
-			inj->flags = (sv->flags & ~0x01) | seam_sampled(inj->trace_id, threshold);
-		inj->kind = SEAM_INJ_CHILD;
+		seam_continue(inj, sv->trace_id, sv->flags, sv->state, threshold, follow_parent);
 		return;
 	}
-	r[3] |= 1; /* never an all-zero trace id */
-	__builtin_memcpy(inj->trace_id, r, 16);
-	inj->flags = seam_sampled(inj->trace_id, threshold);
+	inj->flags = seam_new_trace(inj->trace_id, threshold);
 	if (sv && sv->open == 1 && sv->state == SEAM_CTX_NONE) {
 		/* the request's trace starts here: its later calls join it */
-		__builtin_memcpy(sv->trace_id, r, 16);
+		__builtin_memcpy(sv->trace_id, inj->trace_id, 16);
 		sv->flags = inj->flags;
 		sv->state = SEAM_CTX_GENERATED;
 		inj->kind = SEAM_INJ_CHILD;

@@ -147,6 +147,7 @@ enum conn_flags {
 	CONN_OPAQUE = 4, /* several chunks and never an HTTP start: stop looking */
 	CONN_TLS = 8,    /* TLS records: the socket's bytes are ciphertext, never parsed */
 	CONN_MARKED = 16, /* marked for ctxprop when it was connected (see mark_for_injection) */
+	CONN_NODE_REQS = 32, /* a Node server connection: its requests are in seam_node_reqs */
 };
 
 /* on_payload's data_flags bit (never sent): TLS plaintext seen before its ciphertext is sent. */
@@ -365,14 +366,18 @@ struct node_setup {
 	__u64 after;
 };
 
-/* (pid << 32 | fd) → the setup of the connection a Node process accepted as fd, until its first
- * request is read. */
+/* The setup of the connection a Node process accepted as fd, until its first request is read. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u64);
 	__type(value, struct node_setup);
 } seam_node_setups SEC(".maps");
+
+static __always_inline __u64 node_setup_key(__u32 pid, __s32 fd)
+{
+	return (__u64)pid << 32 | (__u32)fd;
+}
 
 /* A Node server connection's current request and the context its calls carry. */
 struct node_req {
@@ -446,6 +451,17 @@ static __always_inline __u64 node_id(__u64 bits)
 static __always_inline int setup_holds(const struct node_setup *su, __u64 id)
 {
 	return id > su->before && id <= su->after;
+}
+
+/* Node's async ids as they stand now in the process rt describes, with its socket read count;
+ * 0 when they could be read. */
+static __always_inline int node_read_ids(const struct seam_node_rt *rt, struct seam_async *out)
+{
+	if (bpf_probe_read_user(out, 3 * sizeof(__u64), (const void *)rt->fields) != 0)
+		return -1;
+	out->read_seq = rt->read_seq;
+	out->valid = 1;
+	return 0;
 }
 
 /* The request a Node main thread's callback (ids a) works for by the turn rule. */
@@ -966,7 +982,7 @@ static __always_inline void node_request_read(struct conn_info *ci, __u32 pid, s
 	struct node_req *req = bpf_map_lookup_elem(&seam_node_reqs, &ci->conn_id);
 	if (!req) {
 		struct node_req first = {};
-		__u64 key = (__u64)pid << 32 | (__u32)s->ev.fd;
+		__u64 key = node_setup_key(pid, s->ev.fd);
 		struct node_setup *su = bpf_map_lookup_elem(&seam_node_setups, &key);
 		if (su) {
 			first.setup = *su;
@@ -977,6 +993,7 @@ static __always_inline void node_request_read(struct conn_info *ci, __u32 pid, s
 		req = bpf_map_lookup_elem(&seam_node_reqs, &ci->conn_id);
 		if (!req)
 			return;
+		ci->flags |= CONN_NODE_REQS;
 	}
 	__builtin_memcpy(req->trace_id, fresh->trace_id, 16);
 	req->flags = fresh->flags;
@@ -1045,7 +1062,9 @@ static __always_inline void serving_end(struct conn_info *ci, __u8 n, __u32 epoc
 	if (n == 0)
 		return;
 	ci->open_reqs -= n;
-	struct node_req *req = bpf_map_lookup_elem(&seam_node_reqs, &ci->conn_id);
+	struct node_req *req = (ci->flags & CONN_NODE_REQS)
+				       ? bpf_map_lookup_elem(&seam_node_reqs, &ci->conn_id)
+				       : NULL;
 	if (req)
 		req->open = 0; /* a Node connection serves its requests one at a time */
 	struct seam_serving *sv = bpf_map_lookup_elem(&seam_serving, &ci->serving_tid);
@@ -1088,11 +1107,9 @@ static __always_inline void tls_option(struct conn_info *ci, __u32 pid, __u64 pi
 	if (!(use & SEAM_CARRIER_TCP_OPTION))
 		return;
 	struct seam_injected inj = {};
-	/* a Node choice was made for a ciphertext send, not for this plaintext */
-	__u32 tid = (__u32)pid_tgid;
-	bpf_map_delete_elem(&seam_node_choice, &tid);
 	inj.local_port = ci->tuple.local_port;
-	seam_choose_context(&inj, rule->sample_threshold, rule->follow_parent, inj.local_port);
+	/* a Node choice is made for a plaintext send, never for TLS plaintext */
+	seam_choose_context(&inj, rule->sample_threshold, rule->follow_parent, 0);
 	if (bpf_map_update_elem(&seam_tls_option, &ci->tuple, &inj, BPF_ANY) == 0)
 		report_context(ci, pid, (__u32)pid_tgid, SEAM_EV_INJECTED, &inj);
 }
@@ -1275,12 +1292,8 @@ static __always_inline void node_snapshot(__u32 pid)
 	__u32 zero = 0;
 	struct scratch *s = bpf_map_lookup_elem(&seam_scratch, &zero);
 	struct seam_node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
-	if (!s || !rt)
-		return;
-	if (bpf_probe_read_user(&s->async_next, 3 * sizeof(__u64), (const void *)rt->fields) == 0) {
-		s->async_next.read_seq = rt->read_seq;
-		s->async_next.valid = 1;
-	}
+	if (s && rt)
+		node_read_ids(rt, &s->async_next);
 }
 
 static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 direction)
@@ -1721,7 +1734,7 @@ int node_accept_return(struct pt_regs *ctx)
 	if (su.before && r.acc.learned)
 		su.before--;
 	if (su.before && su.after > su.before) {
-		__u64 key = (__u64)pid << 32 | (__u32)r.ev.fd;
+		__u64 key = node_setup_key(pid, r.ev.fd);
 		bpf_map_update_elem(&seam_node_setups, &key, &su, BPF_ANY);
 	}
 	return 0;
@@ -1742,10 +1755,8 @@ int node_socket_new(struct pt_regs *ctx)
 	if (!rt)
 		return 0;
 	struct seam_event ev = {};
-	if (bpf_probe_read_user(&ev.async, 3 * sizeof(__u64), (const void *)rt->fields) != 0)
+	if (node_read_ids(rt, &ev.async) != 0)
 		return 0;
-	ev.async.read_seq = rt->read_seq;
-	ev.async.valid = 1;
 	ev.kind = SEAM_EV_NODE_SOCKET;
 	ev.pid = pid;
 	ev.tid = pid;
@@ -1811,9 +1822,8 @@ int node_send_enter(struct pt_regs *ctx)
 	if (ci && ((ci->flags & CONN_TLS) || (ci->open_reqs && ci->epoch == epoch)))
 		goto none;
 	struct seam_async a = {};
-	if (bpf_probe_read_user(&a, 3 * sizeof(__u64), (const void *)rt->fields) != 0)
+	if (node_read_ids(rt, &a) != 0)
 		goto none;
-	a.read_seq = rt->read_seq;
 	struct node_req_ref ref;
 	if (!node_turn_request(pid, &a, &ref)) {
 		if (ci && (ci->flags & CONN_HTTP))
@@ -1832,12 +1842,7 @@ int node_send_enter(struct pt_regs *ctx)
 		/* the request's trace starts with its first call */
 		__u32 zero = 0;
 		struct seam_prop_rule *rule = bpf_map_lookup_elem(&seam_prop_rule, &zero);
-		__u32 r[4];
-		for (int i = 0; i < 4; i++)
-			r[i] = bpf_get_prandom_u32();
-		r[3] |= 1; /* never an all-zero trace id */
-		__builtin_memcpy(req->trace_id, r, 16);
-		req->flags = seam_sampled(req->trace_id, rule ? rule->sample_threshold : 0);
+		req->flags = seam_new_trace(req->trace_id, rule ? rule->sample_threshold : 0);
 		req->state = SEAM_CTX_GENERATED;
 	}
 	struct seam_node_choice choice = {

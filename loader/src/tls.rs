@@ -106,7 +106,7 @@ impl TlsProbes {
                     dev = key.0,
                     inode = key.1,
                     functions = probes.functions,
-                    internal = probes.funnels,
+                    internal = probes.internal,
                     "OpenSSL probed"
                 );
                 self.files.insert(
@@ -165,7 +165,7 @@ impl TlsProbes {
 #[derive(Debug, Clone, Copy)]
 struct Probes {
     functions: usize,
-    funnels: usize,
+    internal: usize,
 }
 
 /// Probes the OpenSSL functions `file` defines; returns the links and what was probed.
@@ -175,7 +175,7 @@ fn attach(programs: &UprobePrograms, file: &OwnedFd) -> Result<([OwnedFd; 2], Pr
     let elf = object::File::parse(&cache).map_err(ProbeError::NotElf)?;
     let mut offsets = Vec::new();
     let mut cookies = Vec::new();
-    let mut funnels = 0;
+    let mut internal = 0;
     for direction in &DIRECTIONS {
         let (plain, plain_cookie) = direction.plain;
         let plain_addr = symbol_address(&elf, plain)?;
@@ -184,7 +184,7 @@ fn attach(programs: &UprobePrograms, file: &OwnedFd) -> Result<([OwnedFd; 2], Pr
         if let Ok(ex_addr) = ex_addr {
             if let Some(funnel) = shared_funnel(&elf, plain_addr, ex_addr) {
                 tracing::debug!(plain, ex, funnel, "probing the function both call");
-                funnels += 1;
+                internal += 1;
                 offsets.push(address_offset(&elf, funnel).ok_or(ProbeError::NotMapped(ex))?);
                 cookies.push(ex_cookie);
                 continue;
@@ -220,7 +220,7 @@ fn attach(programs: &UprobePrograms, file: &OwnedFd) -> Result<([OwnedFd; 2], Pr
         [entry, ret],
         Probes {
             functions: offsets.len(),
-            funnels,
+            internal,
         },
     ))
 }
