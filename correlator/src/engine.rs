@@ -13,7 +13,7 @@ use crate::conn::{Chunk, Conn, Dir, Exchange, Side, Started};
 use crate::context::{self, ApplySampling, Sampler, SpanCtx};
 use crate::handoff::{Handoffs, RequestKey};
 use crate::idhash::IdMap;
-use crate::node::{NodeCall, NodeLoops, SetupIds};
+use crate::node::{self, IdRange, NodeCall, NodeLoops, SetupIds};
 use crate::span::{self, unmapped, Clock, Endpoints};
 use crate::traceparent::TraceContext;
 
@@ -350,7 +350,7 @@ impl Engine {
                     if self.conns.len() >= MAX_CONNS {
                         self.evict_idle();
                     }
-                    self.node.take_setup(ev.pid, ev.fd)
+                    self.node.take_setup(ev.conn_id)
                 };
                 let entry = self.conns.entry(ev.conn_id).or_insert_with(|| Entry {
                     conn: Conn::default(),
@@ -417,8 +417,12 @@ impl Engine {
             EV_SPAWN => self.on_spawn(ev.tid, ev.bytes),
             EV_NODE_ACCEPT => match NodeAccept::parse(payload) {
                 Some(acc) => {
-                    if let Some(setup) = SetupIds::of(&acc) {
-                        self.node.accepted(ev.pid, ev.fd, setup);
+                    if let Some(ids) = IdRange::of(&acc) {
+                        if node::is_secured(&acc) {
+                            self.node.secured(ev.conn_id, ids);
+                        } else {
+                            self.node.accepted(ev.pid, ev.conn_id, ids);
+                        }
                     }
                 }
                 None => self.counters.malformed_records += 1,

@@ -7,7 +7,8 @@
 //!
 //! A call is the child of server request R, read on connection C, only when all of these hold:
 //! - C's setup allocated the trigger id: the call runs in a callback of a resource made when C
-//!   was accepted (its socket, its HTTP parser), and such resources work for C alone;
+//!   was accepted (its socket, its HTTP parser) or, over TLS, when its handshake ended (an HTTPS
+//!   server's parser), and such resources work for C alone;
 //! - the execution id was allocated after R's bytes were read: that resource was made while
 //!   C's resources were working on R, since C's next request had not been read;
 //! - no socket read came between R's read and the call: the call runs in the same loop turn, so
@@ -33,7 +34,7 @@
 //! (`node_send_enter` in capture.bpf.c), so the context on the wire is the request's; a read
 //! holds a request alone there only when its head is whole and no byte passes its body.
 
-use seam_abi::{async_id, Event, NodeAccept};
+use seam_abi::{async_id, Event, NodeAccept, NODE_SECURED};
 
 use crate::idhash::IdMap;
 
@@ -67,14 +68,14 @@ impl NodeCall {
     }
 }
 
-/// The ids a connection's setup allocated: those in (before, after].
+/// The ids one callback of a connection's setup allocated: those in (before, after].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SetupIds {
+pub struct IdRange {
     before: u64,
     after: u64,
 }
 
-impl SetupIds {
+impl IdRange {
     pub fn of(acc: &NodeAccept) -> Option<Self> {
         let last_before = async_id(acc.before)?;
         // found in the connection's own callback: the counter then was its socket's id
@@ -86,6 +87,25 @@ impl SetupIds {
     fn holds(&self, id: u64) -> bool {
         self.before < id && id <= self.after
     }
+}
+
+/// The ids a connection's setup allocated: in its accepted callback and, over TLS, in the
+/// callback that ended its handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetupIds {
+    accepted: IdRange,
+    secured: Option<IdRange>,
+}
+
+impl SetupIds {
+    fn holds(&self, id: u64) -> bool {
+        self.accepted.holds(id) || self.secured.is_some_and(|r| r.holds(id))
+    }
+}
+
+/// Which callback of a connection's setup an accept record describes.
+pub fn is_secured(acc: &NodeAccept) -> bool {
+    acc.phase == NODE_SECURED
 }
 
 /// The last server request a Node main thread read, when its read held that request alone and
@@ -102,32 +122,40 @@ struct Turn {
 
 #[derive(Debug, Default)]
 pub struct NodeLoops {
-    /// (pid << 32 | fd) → the setup ids of the connection accepted as fd.
-    accepts: IdMap<u64, SetupIds>,
+    /// conn_id → the accepting process and the setup ids of the connection, until its first bytes.
+    accepts: IdMap<u64, (u32, SetupIds)>,
     turns: IdMap<u32, Turn>,
     /// (pid, async id of a TCP socket object) → the server request (connection, seq) it was
     /// made for.
     made_sockets: IdMap<(u32, u64), (u64, u64)>,
 }
 
-fn accept_key(pid: u32, fd: i32) -> u64 {
-    (u64::from(pid) << 32) | u64::from(fd as u32)
-}
-
 impl NodeLoops {
-    pub fn accepted(&mut self, pid: u32, fd: i32, setup: SetupIds) {
+    /// Process `pid` set up connection `conn` it accepted, allocating `ids`.
+    pub fn accepted(&mut self, pid: u32, conn: u64, ids: IdRange) {
         if self.accepts.len() >= MAX_PENDING_ACCEPTS {
             self.accepts.clear();
         }
-        self.accepts.insert(accept_key(pid, fd), setup);
+        let setup = SetupIds {
+            accepted: ids,
+            secured: None,
+        };
+        self.accepts.insert(conn, (pid, setup));
     }
 
-    /// The setup of the connection a process accepted as `fd`, taken by its first bytes.
-    pub fn take_setup(&mut self, pid: u32, fd: i32) -> Option<SetupIds> {
-        if self.accepts.is_empty() || fd < 0 {
+    /// The end of accepted connection `conn`'s TLS handshake allocated `ids`.
+    pub fn secured(&mut self, conn: u64, ids: IdRange) {
+        if let Some((_, setup)) = self.accepts.get_mut(&conn) {
+            setup.secured = Some(ids);
+        }
+    }
+
+    /// The setup of accepted connection `conn`, taken by its first bytes.
+    pub fn take_setup(&mut self, conn: u64) -> Option<SetupIds> {
+        if self.accepts.is_empty() {
             return None;
         }
-        self.accepts.remove(&accept_key(pid, fd))
+        self.accepts.remove(&conn).map(|(_, setup)| setup)
     }
 
     /// A server request `seq` on `conn` (whose setup ids are `setup`, when known) started in a
@@ -190,7 +218,7 @@ impl NodeLoops {
     pub fn process_exited(&mut self, pid: u32) {
         self.turns.remove(&pid);
         self.made_sockets.retain(|(p, _), _| *p != pid);
-        self.accepts.retain(|k, _| (k >> 32) as u32 != pid);
+        self.accepts.retain(|_, (owner, _)| *owner != pid);
     }
 }
 
@@ -207,11 +235,18 @@ mod tests {
         }
     }
 
-    fn setup(before: u64, after: u64) -> Option<SetupIds> {
-        SetupIds::of(&NodeAccept {
+    fn range(before: u64, after: u64) -> Option<IdRange> {
+        IdRange::of(&NodeAccept {
             before: (before as f64).to_bits(),
             after: (after as f64).to_bits(),
             ..NodeAccept::default()
+        })
+    }
+
+    fn setup(before: u64, after: u64) -> Option<SetupIds> {
+        range(before, after).map(|accepted| SetupIds {
+            accepted,
+            secured: None,
         })
     }
 
@@ -289,6 +324,44 @@ mod tests {
         assert_eq!(n.first_call_parent(1, &call(81, 79, 83, 9)), None);
     }
 
+    /// An HTTPS connection: accepted with ids 15-16 (socket, TLS wrap); its handshake ended in
+    /// the wrap's callback, which made parser 40 while other connections were being served.
+    fn tls_loops(secured: bool) -> NodeLoops {
+        let mut n = NodeLoops::default();
+        n.accepted(1, 7, range(14, 16).expect("range"));
+        if secured {
+            n.secured(7, range(39, 41).expect("range"));
+        }
+        let setup = n.take_setup(7);
+        n.request_read(1, &call(0, 0, 70, 5), 7, 3, setup);
+        n
+    }
+
+    #[test]
+    fn an_https_parser_made_at_the_handshakes_end_works_for_its_connection() {
+        // the handler runs in parser 40's callback, triggered by the TLS wrap 16
+        assert_eq!(
+            tls_loops(true).parent(1, &call(40, 16, 78, 5)),
+            Some((7, 3))
+        );
+        // without the handshake's ids the parser predates the request: nothing proves it
+        assert_eq!(tls_loops(false).parent(1, &call(40, 16, 78, 5)), None);
+        // ids made between the two callbacks (other connections' work) are not the setup's
+        assert_eq!(tls_loops(true).parent(1, &call(30, 16, 78, 5)), None);
+        assert_eq!(tls_loops(true).parent(1, &call(40, 30, 78, 5)), None);
+    }
+
+    #[test]
+    fn a_handshake_of_a_connection_not_pending_changes_nothing() {
+        let mut n = NodeLoops::default();
+        n.secured(7, range(39, 41).expect("range"));
+        assert_eq!(n.take_setup(7), None);
+        n.accepted(1, 7, range(14, 16).expect("range"));
+        assert_eq!(n.take_setup(7), setup(14, 16));
+        n.secured(7, range(39, 41).expect("range"));
+        assert_eq!(n.take_setup(7), None, "taken by its first bytes already");
+    }
+
     #[test]
     fn a_trigger_outside_the_connections_setup_is_not_linked() {
         // a client socket's callback (socket 19): only the socket's own record can place it
@@ -314,21 +387,21 @@ mod tests {
     #[test]
     fn a_setup_found_in_its_own_callback_holds_its_socket() {
         let learned = |learned| {
-            SetupIds::of(&NodeAccept {
+            IdRange::of(&NodeAccept {
                 before: 15f64.to_bits(),
                 after: 17f64.to_bits(),
                 learned,
-                pad: 0,
+                phase: 0,
             })
         };
-        assert_eq!(learned(1), setup(14, 17));
-        assert_eq!(learned(0), setup(15, 17));
+        assert_eq!(learned(1), range(14, 17));
+        assert_eq!(learned(0), range(15, 17));
         let unknown_before = NodeAccept {
             after: 17f64.to_bits(),
             ..NodeAccept::default()
         };
         assert_eq!(
-            SetupIds::of(&unknown_before),
+            IdRange::of(&unknown_before),
             None,
             "no lower bound, no setup"
         );
@@ -337,13 +410,13 @@ mod tests {
     #[test]
     fn accepts_are_taken_once_and_forgotten_with_their_process() {
         let mut n = loops();
-        let s = setup(14, 16).expect("setup");
-        n.accepted(1, 9, s);
-        n.accepted(2, 9, s);
-        assert_eq!(n.take_setup(1, 9), Some(s));
-        assert_eq!(n.take_setup(1, 9), None);
+        let ids = range(14, 16).expect("range");
+        n.accepted(1, 9, ids);
+        n.accepted(2, 10, ids);
+        assert_eq!(n.take_setup(9), setup(14, 16));
+        assert_eq!(n.take_setup(9), None);
         n.process_exited(2);
-        assert_eq!(n.take_setup(2, 9), None);
+        assert_eq!(n.take_setup(10), None);
         assert_eq!(n.parent(1, &call(77, 16, 78, 5)), Some((7, 3)));
         n.process_exited(1);
         assert_eq!(n.parent(1, &call(77, 16, 78, 5)), None);

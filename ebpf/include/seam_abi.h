@@ -20,8 +20,8 @@ enum seam_event_kind {
 			       * (payload: struct seam_injected) */
 	SEAM_EV_TCP_CONTEXT = 7, /* the request that follows on conn_id came with this context in a
 				  * TCP option (payload: struct seam_injected, span_id = the caller's) */
-	SEAM_EV_NODE_ACCEPT = 8, /* a Node main thread set up the connection it accepted as `fd`
-				  * (payload: struct seam_node_accept) */
+	SEAM_EV_NODE_ACCEPT = 8, /* a Node main thread set up the connection conn_id it accepted,
+				  * or finished its TLS handshake (payload: struct seam_node_accept) */
 	SEAM_EV_NODE_SOCKET = 9, /* a Node main thread is making a TCP socket object, whose async id
 				  * is async.last_id + 1; async holds the ids of the callback making it */
 };
@@ -61,14 +61,20 @@ struct seam_async {
 	__u32 valid; /* 1 when the fields above were read */
 };
 
-/* Async ids a Node connection's setup allocated: those in (before, after], and `before` itself
- * when `learned` is 1. */
+/* seam_node_accept.phase: which callback of a connection's setup. */
+enum seam_node_setup_phase {
+	SEAM_NODE_ACCEPTED = 0, /* the accepted connection's callback (its socket, TLS wrap, parser) */
+	SEAM_NODE_SECURED = 1,  /* its TLS handshake's end (an HTTPS server makes its parser there) */
+};
+
+/* Async ids a Node connection's setup allocated in one callback: those in (before, after], and
+ * `before` itself when `learned` is 1. */
 struct seam_node_accept {
-	__u64 before; /* bits of the last async id before its connection callback */
+	__u64 before; /* bits of the last async id before the callback */
 	__u64 after;  /* bits of the last async id when that callback returned */
 	__u32 learned; /* 1: the fields were found in this callback, and `before` is the counter then:
 			* the connection's socket's own id (made just before the callback ran) */
-	__u32 pad;
+	__u32 phase;   /* enum seam_node_setup_phase */
 };
 
 /* A Node process whose main thread's async context the capture reads: where AsyncHooks keeps

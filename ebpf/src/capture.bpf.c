@@ -360,13 +360,16 @@ struct {
  * a call's outgoing context is chosen as its send begins, before the correlator sees anything.
  * Node's async ids are doubles; compared as the whole numbers they are. */
 
-/* Async ids in (before, after]: those a connection's setup allocated. */
+/* Async ids a connection's setup allocated: those in (before, after] (its accepted callback)
+ * and in (secured_before, secured_after] (its TLS handshake's end; empty without TLS). */
 struct node_setup {
 	__u64 before;
 	__u64 after;
+	__u64 secured_before;
+	__u64 secured_after;
 };
 
-/* The setup of the connection a Node process accepted as fd, until its first request is read. */
+/* The setup of a connection a Node process accepted, by conn_id, until its first request is read. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
@@ -374,10 +377,20 @@ struct {
 	__type(value, struct node_setup);
 } seam_node_setups SEC(".maps");
 
-static __always_inline __u64 node_setup_key(__u32 pid, __s32 fd)
-{
-	return (__u64)pid << 32 | (__u32)fd;
-}
+/* A connection a Node process accepted, by its socket, until its first I/O gives it a conn_id:
+ * the accept probe runs in user context, where the socket is only an address. */
+struct node_accepted {
+	struct seam_node_accept acc;
+	__u32 pid;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64); /* struct sock address */
+	__type(value, struct node_accepted);
+} seam_node_accepted SEC(".maps");
 
 /* A Node server connection's current request and the context its calls carry. */
 struct node_req {
@@ -450,7 +463,8 @@ static __always_inline __u64 node_id(__u64 bits)
 
 static __always_inline int setup_holds(const struct node_setup *su, __u64 id)
 {
-	return id > su->before && id <= su->after;
+	return (id > su->before && id <= su->after) ||
+	       (id > su->secured_before && id <= su->secured_after);
 }
 
 /* Node's async ids as they stand now in the process rt describes, with its socket read count;
@@ -541,31 +555,6 @@ static __always_inline int tcp_tuple(struct sock *sk, struct seam_tuple *t)
 	return 0;
 }
 
-/* The connection for sk, classified on first sight. A socket past TCP_CLOSE (its last read after
- * the close, say) gets no entry: its port is gone from it, and the entry would outlive it and be
- * found by the next socket at the same address with the dead one's tuple and id. */
-static __always_inline struct conn_info *conn_of(struct sock *sk)
-{
-	__u64 key = (__u64)sk;
-	struct conn_info *ci = bpf_map_lookup_elem(&seam_conns, &key);
-	if (ci)
-		return ci;
-	if (sk->__sk_common.skc_state == TCP_CLOSE)
-		return NULL;
-	struct conn_info info = {};
-	if (tcp_tuple(sk, &info.tuple)) {
-		if (info.tuple.local_port == 0)
-			return NULL;
-		info.conn_id = next_conn_id();
-		if (bpf_sk_storage_get(&seam_prop_marked, sk, 0, 0))
-			info.flags = CONN_MARKED;
-	} else {
-		info.flags = CONN_NOT_TCP;
-	}
-	bpf_map_update_elem(&seam_conns, &key, &info, BPF_ANY);
-	return bpf_map_lookup_elem(&seam_conns, &key);
-}
-
 static __always_inline int looks_like_http_start(const __u8 *p)
 {
 	/* request methods by their first four bytes, or an HTTP/1.x status line */
@@ -606,6 +595,81 @@ static __always_inline void output(void *record, __u64 size)
 		count(SEAM_CNT_EVENTS);
 	else
 		count(SEAM_CNT_RINGBUF_FULL);
+}
+
+struct node_accept_record {
+	struct seam_event ev;
+	struct seam_node_accept acc;
+};
+
+static __always_inline void report_node_accept(__u64 conn_id, const struct seam_node_accept *acc)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct node_accept_record r = {.acc = *acc};
+	r.ev.kind = SEAM_EV_NODE_ACCEPT;
+	r.ev.conn_id = conn_id;
+	r.ev.pid = pid_tgid >> 32;
+	r.ev.tid = (__u32)pid_tgid;
+	r.ev.fd = -1;
+	r.ev.start_ns = r.ev.end_ns = bpf_ktime_get_ns();
+	r.ev.captured = sizeof(r.acc);
+	output(&r, sizeof(r));
+}
+
+/* The ids of a setup callback as whole numbers; false when they hold none. */
+static __always_inline int node_setup_range(const struct seam_node_accept *acc, __u64 *before,
+					    __u64 *after)
+{
+	*before = node_id(acc->before);
+	*after = node_id(acc->after);
+	/* found in the connection's own callback: the counter then was its socket's id */
+	if (*before && acc->learned)
+		(*before)--;
+	return *before && *after > *before;
+}
+
+/* A socket a Node process accepted got its conn_id (its first I/O): its setup is the
+ * connection's from now on, for the correlator (reported) and the rule here. */
+static __always_inline void node_adopt_accept(__u64 sk, __u64 conn_id)
+{
+	struct node_accepted *a = bpf_map_lookup_elem(&seam_node_accepted, &sk);
+	if (!a)
+		return;
+	struct seam_node_accept acc = a->acc;
+	int same_process = a->pid == bpf_get_current_pid_tgid() >> 32;
+	bpf_map_delete_elem(&seam_node_accepted, &sk);
+	struct node_setup su = {};
+	if (!same_process || !node_setup_range(&acc, &su.before, &su.after))
+		return;
+	report_node_accept(conn_id, &acc);
+	bpf_map_update_elem(&seam_node_setups, &conn_id, &su, BPF_ANY);
+}
+
+/* The connection for sk, classified on first sight. A socket past TCP_CLOSE (its last read after
+ * the close, say) gets no entry: its port is gone from it, and the entry would outlive it and be
+ * found by the next socket at the same address with the dead one's tuple and id. */
+static __always_inline struct conn_info *conn_of(struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	struct conn_info *ci = bpf_map_lookup_elem(&seam_conns, &key);
+	if (ci)
+		return ci;
+	if (sk->__sk_common.skc_state == TCP_CLOSE)
+		return NULL;
+	struct conn_info info = {};
+	if (tcp_tuple(sk, &info.tuple)) {
+		if (info.tuple.local_port == 0)
+			return NULL;
+		info.conn_id = next_conn_id();
+		if (bpf_sk_storage_get(&seam_prop_marked, sk, 0, 0))
+			info.flags = CONN_MARKED;
+	} else {
+		info.flags = CONN_NOT_TCP;
+	}
+	bpf_map_update_elem(&seam_conns, &key, &info, BPF_ANY);
+	if (info.conn_id)
+		node_adopt_accept(key, info.conn_id);
+	return bpf_map_lookup_elem(&seam_conns, &key);
 }
 
 static __always_inline void emit(struct scratch *s, __u32 captured)
@@ -982,12 +1046,11 @@ static __always_inline void node_request_read(struct conn_info *ci, __u32 pid, s
 	struct node_req *req = bpf_map_lookup_elem(&seam_node_reqs, &ci->conn_id);
 	if (!req) {
 		struct node_req first = {};
-		__u64 key = node_setup_key(pid, s->ev.fd);
-		struct node_setup *su = bpf_map_lookup_elem(&seam_node_setups, &key);
+		struct node_setup *su = bpf_map_lookup_elem(&seam_node_setups, &ci->conn_id);
 		if (su) {
 			first.setup = *su;
 			first.has_setup = 1;
-			bpf_map_delete_elem(&seam_node_setups, &key);
+			bpf_map_delete_elem(&seam_node_setups, &ci->conn_id);
 		}
 		bpf_map_update_elem(&seam_node_reqs, &ci->conn_id, &first, BPF_ANY);
 		req = bpf_map_lookup_elem(&seam_node_reqs, &ci->conn_id);
@@ -1170,6 +1233,16 @@ static __always_inline int on_payload(struct conn_info *ci, struct sock *sk, __u
 	return 0;
 }
 
+/* Node's async ids now, for the event on_payload builds next. */
+static __always_inline void node_snapshot(__u32 pid)
+{
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&seam_scratch, &zero);
+	struct seam_node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
+	if (s && rt)
+		node_read_ids(rt, &s->async_next);
+}
+
 /* A write's plaintext as one event of all the bytes asked for (partial writes are an opt-in
  * mode): at SSL_write's entry when its connection is known (before_send: nothing has left yet),
  * else when its first ciphertext is sent. Reported once, even when a failed write is retried. */
@@ -1188,6 +1261,8 @@ static __always_inline void report_tls_write(struct conn_info *ci, struct tls_ca
 		return;
 	struct io_args args = {.ptr = call->buf, .len = num, .fd = -1, .kind = IO_FLAT};
 	__u64 now = bpf_ktime_get_ns();
+	if ((__u32)pid_tgid == pid)
+		node_snapshot(pid);
 	on_payload(ci, sk, pid, pid_tgid, &args, num, SEAM_DIR_EGRESS, SEAM_DATA_TLS | before_send,
 		   now, now);
 }
@@ -1284,16 +1359,6 @@ static __always_inline void count_node_read(__u32 pid)
 	struct seam_node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
 	if (rt)
 		rt->read_seq++;
-}
-
-/* Node's async ids now, for the event on_payload builds next. */
-static __always_inline void node_snapshot(__u32 pid)
-{
-	__u32 zero = 0;
-	struct scratch *s = bpf_map_lookup_elem(&seam_scratch, &zero);
-	struct seam_node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
-	if (s && rt)
-		node_read_ids(rt, &s->async_next);
 }
 
 static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 direction)
@@ -1596,6 +1661,8 @@ int tls_return(struct pt_regs *ctx)
 	/* a write that sent nothing itself (a memory BIO: Node's) leaves after this */
 	__u8 before = call.direction == SEAM_DIR_EGRESS && !call.sk ? TLS_BEFORE_SEND : 0;
 	__u64 now = bpf_ktime_get_ns();
+	if ((__u32)pid_tgid == pid)
+		node_snapshot(pid); /* a Node main thread's plaintext: its ids place it, as a socket's */
 	return on_payload(ci, (struct sock *)sk, pid, pid_tgid, &args, moved, call.direction,
 			  SEAM_DATA_TLS | before, now, now);
 }
@@ -1653,9 +1720,33 @@ int node_learn(struct pt_regs *ctx)
 /* uv_stream_t's io_watcher.fd (libuv's public ABI on x86_64, unix): the stream's socket. */
 #define UV_STREAM_FD_OFFSET 0xb8
 
+/* The kernel socket behind fd of the current process, if fd is a TCP socket. */
+static __always_inline struct sock *tcp_sock_of_fd(int fd)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (fd < 0 || !fdt || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = NULL;
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) != 0 || !f)
+		return NULL;
+	unsigned short mode = BPF_CORE_READ(f, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return NULL;
+	struct socket *sock = (struct socket *)BPF_CORE_READ(f, private_data);
+	struct sock *sk = sock ? BPF_CORE_READ(sock, sk) : NULL;
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return NULL;
+	return sk;
+}
+
+/* A setup callback in progress on a Node main thread: what it sets up (the accepted socket's
+ * address, or the conn_id whose handshake ends), and the last async id before it ran. */
 struct node_accepting {
 	__u64 before;
-	__s32 fd;
+	__u64 key;
+	__u32 phase; /* enum seam_node_setup_phase */
 	__u32 pad;
 };
 
@@ -1671,34 +1762,59 @@ static __always_inline int node_last_id(struct seam_node_rt *rt, __u64 *out)
 	return bpf_probe_read_user(out, sizeof(*out), (const void *)(rt->fields + 2 * sizeof(__u64)));
 }
 
-/* node::ConnectionWrap<TCPWrap>::OnConnection(server, status): libuv accepted a connection and
- * Node sets it up (its socket, its HTTP parser) before the next accept. Entry and return bound
- * the async ids that setup allocated. */
+/* OpenSSL's SSL_CB_HANDSHAKE_DONE, in the `where` of an info callback. */
+#define SSL_CB_HANDSHAKE_DONE 0x20
+
+/* The socket an accepted connection's uv stream (OnConnection's server argument) holds. */
+static __always_inline __u64 accepted_socket(__u64 server)
+{
+	__s32 fd = -1;
+	if (bpf_probe_read_user(&fd, sizeof(fd), (const void *)(server + UV_ACCEPTED_FD_OFFSET)) != 0)
+		return 0;
+	return (__u64)tcp_sock_of_fd(fd);
+}
+
+/* The accepted connection whose TLS handshake a main thread finishes: Node decrypts what it just
+ * read, so it is the TLS socket the thread read last, if its setup is still waiting for it. */
+static __always_inline __u64 securing_conn(__u32 tid)
+{
+	__u64 *sk = bpf_map_lookup_elem(&seam_tls_last_read, &tid);
+	struct conn_info *ci = sk ? bpf_map_lookup_elem(&seam_conns, sk) : NULL;
+	if (!ci || !bpf_map_lookup_elem(&seam_node_setups, &ci->conn_id))
+		return 0;
+	return ci->conn_id;
+}
+
+/* Two callbacks set a connection up, and entry and return bound the async ids each allocated:
+ * node::ConnectionWrap<TCPWrap>::OnConnection(server, status) (cookie SEAM_NODE_ACCEPTED), where
+ * libuv accepted it and Node makes its socket (and TLS wrap, and a plain server's HTTP parser)
+ * before the next accept; and, for TLS, node::crypto::TLSWrap::SSLInfoCallback(ssl, where, ret)
+ * (cookie SEAM_NODE_SECURED) at the handshake's end, where an HTTPS server makes its parser. */
 SEC("uprobe")
 int node_accept_enter(struct pt_regs *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 pid = pid_tgid >> 32;
-	if ((__u32)pid_tgid != pid || (int)ctx->si != 0)
+	if ((__u32)pid_tgid != pid)
 		return 0;
 	struct seam_node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
-	struct node_accepting a = {};
-	/* Not found yet: this connection's callback is what will find them (the process waited for
-	 * it idle), so the return bounds its ids from there (before stays 0: not known here). */
-	if (!rt && !is_target(pid))
-		return 0;
-	if ((rt && node_last_id(rt, &a.before) != 0) ||
-	    bpf_probe_read_user(&a.fd, sizeof(a.fd), (const void *)(ctx->di + UV_ACCEPTED_FD_OFFSET)) != 0 ||
-	    a.fd < 0)
+	struct node_accepting a = {.phase = bpf_get_attach_cookie(ctx)};
+	if (a.phase == SEAM_NODE_SECURED) {
+		if (!rt || !((int)ctx->si & SSL_CB_HANDSHAKE_DONE))
+			return 0;
+		a.key = securing_conn(pid);
+	} else {
+		/* Not found yet: this connection's callback is what will find them (the process
+		 * waited for it idle), so the return bounds its ids from there (before stays 0). */
+		if ((int)ctx->si != 0 || (!rt && !is_target(pid)))
+			return 0;
+		a.key = accepted_socket(ctx->di);
+	}
+	if (!a.key || (rt && node_last_id(rt, &a.before) != 0))
 		return 0;
 	bpf_map_update_elem(&seam_node_accepting, &pid, &a, BPF_ANY);
 	return 0;
 }
-
-struct node_accept_record {
-	struct seam_event ev;
-	struct seam_node_accept acc;
-};
 
 SEC("uretprobe")
 int node_accept_return(struct pt_regs *ctx)
@@ -1706,37 +1822,32 @@ int node_accept_return(struct pt_regs *ctx)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 pid = pid_tgid >> 32;
 	struct node_accepting *a = bpf_map_lookup_elem(&seam_node_accepting, &pid);
-	if (!a)
+	/* the info callback runs a score of times a handshake: only its own entry's slot is taken */
+	if (!a || a->phase != bpf_get_attach_cookie(ctx))
 		return 0;
-	struct node_accept_record r = {};
-	r.ev.kind = SEAM_EV_NODE_ACCEPT;
-	r.ev.pid = pid;
-	r.ev.tid = (__u32)pid_tgid;
-	r.ev.fd = a->fd;
-	r.ev.start_ns = r.ev.end_ns = bpf_ktime_get_ns();
-	r.ev.captured = sizeof(r.acc);
-	r.acc.before = a->before;
+	struct node_accepted v = {.acc = {.before = a->before, .phase = a->phase}, .pid = pid};
+	__u64 key = a->key;
 	bpf_map_delete_elem(&seam_node_accepting, &pid);
 	struct seam_node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
-	if (!rt || node_last_id(rt, &r.acc.after) != 0)
+	if (!rt || node_last_id(rt, &v.acc.after) != 0)
 		return 0;
 	/* found during this callback: the counter then was this connection's socket's id (made
 	 * just before the callback), and the ids since are its setup's too */
-	if (!r.acc.before) {
-		r.acc.before = rt->learned_at;
-		r.acc.learned = 1;
+	if (!v.acc.before) {
+		v.acc.before = rt->learned_at;
+		v.acc.learned = 1;
 	}
-	output(&r, sizeof(r));
-	struct node_setup su = {
-		.before = node_id(r.acc.before),
-		.after = node_id(r.acc.after),
-	};
-	if (su.before && r.acc.learned)
-		su.before--;
-	if (su.before && su.after > su.before) {
-		__u64 key = node_setup_key(pid, r.ev.fd);
-		bpf_map_update_elem(&seam_node_setups, &key, &su, BPF_ANY);
+	if (v.acc.phase != SEAM_NODE_SECURED) {
+		bpf_map_update_elem(&seam_node_accepted, &key, &v, BPF_ANY);
+		return 0;
 	}
+	struct node_setup *su = bpf_map_lookup_elem(&seam_node_setups, &key);
+	__u64 before, after;
+	if (!su || !node_setup_range(&v.acc, &before, &after))
+		return 0;
+	su->secured_before = before;
+	su->secured_after = after;
+	report_node_accept(key, &v.acc);
 	return 0;
 }
 
@@ -1770,27 +1881,6 @@ int node_socket_new(struct pt_regs *ctx)
 		bpf_map_update_elem(&seam_node_made, &key, &req, BPF_ANY);
 	}
 	return 0;
-}
-
-/* The kernel socket behind fd of the current process, if fd is a TCP socket. */
-static __always_inline struct sock *tcp_sock_of_fd(int fd)
-{
-	struct task_struct *task = bpf_get_current_task_btf();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	if (fd < 0 || !fdt || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
-		return NULL;
-	struct file **fds = BPF_CORE_READ(fdt, fd);
-	struct file *f = NULL;
-	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) != 0 || !f)
-		return NULL;
-	unsigned short mode = BPF_CORE_READ(f, f_inode, i_mode);
-	if ((mode & S_IFMT) != S_IFSOCK)
-		return NULL;
-	struct socket *sock = (struct socket *)BPF_CORE_READ(f, private_data);
-	struct sock *sk = sock ? BPF_CORE_READ(sock, sk) : NULL;
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return NULL;
-	return sk;
 }
 
 /* libuv's uv__try_write(stream, bufs, nbufs, send_handle), where every stream write of a Node

@@ -1,7 +1,7 @@
 //! Uprobes on Node executables so the capture can read each Node process's async context.
 //!
-//! Two kinds: per file, on the functions that set up an accepted TCP connection and make a TCP
-//! socket object (once per connection, so cheap); per process, on
+//! Two kinds: per file, on the functions that set up an accepted TCP connection (and end its TLS
+//! handshake) and make a TCP socket object (a few times per connection, so cheap); per process, on
 //! `AsyncHooks::push_async_context`, which runs on every callback, only until it has shown where
 //! that process keeps its async id fields. And per process, only while ctxprop injects, on libuv's
 //! `uv__try_write`, where every stream write begins: the capture then chooses which request's
@@ -34,6 +34,9 @@ const PUSH_ASYNC_CONTEXT: &str =
 /// node::ConnectionWrap<node::TCPWrap, uv_tcp_s>::OnConnection(uv_stream_s*, int)
 const ON_CONNECTION: &str =
     "_ZN4node14ConnectionWrapINS_7TCPWrapE8uv_tcp_sE12OnConnectionEP11uv_stream_si";
+/// node::crypto::TLSWrap::SSLInfoCallback(ssl_st const*, int, int): OpenSSL's info callback,
+/// where an HTTPS server's connection is handed to HTTP at the handshake's end
+const SSL_INFO_CALLBACK: &str = "_ZN4node6crypto7TLSWrap15SSLInfoCallbackEPK6ssl_stii";
 /// node::TCPWrap::New(v8::FunctionCallbackInfo<v8::Value> const&): JS's `new TCP()`
 const TCP_WRAP_NEW: &str = "_ZN4node7TCPWrap3NewERKN2v820FunctionCallbackInfoINS1_5ValueEEE";
 
@@ -43,6 +46,8 @@ struct Offsets {
     push_async_context: u64,
     on_connection: u64,
     tcp_wrap_new: u64,
+    /// None in a Node built without TLS: its connections' setups end at the accept.
+    ssl_info_callback: Option<u64>,
     /// None when the executable has no such symbol: its sends are not probed.
     try_write: Option<u64>,
 }
@@ -52,7 +57,8 @@ struct Probed {
     offsets: Offsets,
     /// Kept to attach per-process probes later (the send probes follow ctxprop).
     file: OwnedFd,
-    /// Entry and return on OnConnection, entry on TCPWrap::New; dropping them detaches.
+    /// Entry and return on OnConnection and SSLInfoCallback, entry on TCPWrap::New; dropping
+    /// them detaches.
     _links: [OwnedFd; 3],
     users: HashSet<u32>,
 }
@@ -109,7 +115,13 @@ impl NodeProbes {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => match probe_file(programs, file) {
                 Ok(p) => {
-                    tracing::info!(pid, dev = key.0, inode = key.1, "Node executable probed");
+                    tracing::info!(
+                        pid,
+                        dev = key.0,
+                        inode = key.1,
+                        tls_handshakes = p.offsets.ssl_info_callback.is_some(),
+                        "Node executable probed"
+                    );
                     e.insert(p)
                 }
                 Err(err) => {
@@ -223,14 +235,21 @@ fn probe_file(programs: &UprobePrograms, file: &OwnedFd) -> Result<Probed, Probe
         push_async_context: file_offset(&elf, PUSH_ASYNC_CONTEXT)?,
         on_connection: file_offset(&elf, ON_CONNECTION)?,
         tcp_wrap_new: file_offset(&elf, TCP_WRAP_NEW)?,
+        ssl_info_callback: file_offset(&elf, SSL_INFO_CALLBACK).ok(),
         try_write: file_offset(&elf, TRY_WRITE).ok(),
     };
-    let at = [offsets.on_connection];
+    // The cookie tells the programs which setup callback fired.
+    let mut at = vec![offsets.on_connection];
+    let mut phases = vec![u64::from(seam_abi::NODE_ACCEPTED)];
+    if let Some(info) = offsets.ssl_info_callback {
+        at.push(info);
+        phases.push(u64::from(seam_abi::NODE_SECURED));
+    }
     let entry = programs
-        .attach("node_accept_enter", file, &at, &[0], false, 0)
+        .attach("node_accept_enter", file, &at, &phases, false, 0)
         .map_err(ProbeError::Attach)?;
     let ret = programs
-        .attach("node_accept_return", file, &at, &[0], true, 0)
+        .attach("node_accept_return", file, &at, &phases, true, 0)
         .map_err(ProbeError::Attach)?;
     let socket_new = programs
         .attach(

@@ -204,34 +204,30 @@ fn three_hosts_linked_by_the_tcp_option_alone_are_one_trace_per_request() {
 }
 
 /// The propagation acceptance over TLS: 300 requests at concurrency 8 on keep-alive HTTPS
-/// connections, a Python client on A → hop.py on B → hop.py on C, each serving TLS with a
-/// certificate the test made. The plaintext is only visible to the TLS library, so the capture
-/// chooses each request's context at SSL_write and ctxprop's sockops carries it in the TCP option
-/// of the request's first segment: every request is one trace across the hosts, every parent
-/// exact. (With Node at B, TLS requests' contexts would need Node's ids at SSL_write: not yet.)
-#[test]
-fn tls_across_three_hosts_is_one_trace_per_request_by_the_tcp_option() {
-    if !require_root() {
-        return;
-    }
+/// connections, a Python client on A → `middle` on B → hop.py on C, each server's certificate made
+/// by the test; B calls C over HTTPS too when `tls_to_c`, else over plain HTTP. The plaintext is
+/// only visible to the TLS library, so the capture chooses each request's context at SSL_write
+/// and ctxprop's sockops carries it in the TCP option of the request's first segment. Asserts
+/// that every link made is right and every request is one trace.
+fn tls_across_three_hosts(middle: &str, tls_to_c: bool, mode: &str) {
     const TOTAL: usize = 300;
     const CONCURRENCY: usize = 8;
     let certs = seam_tests::tls::Certs::make("hosts").expect("certs");
     let hosts = Hosts::create(3).expect("namespaces");
     let logs = certs.dir.join("logs");
     std::fs::create_dir_all(&logs).expect("log dir");
-    let tls_hop = |host: usize, port: u16, next: &str, log: &str| {
-        let mut cmd = hosts.command(host, "python3");
-        cmd.env("HOP_BIND", hosts.addr(host)).envs(certs.env());
-        hop_with(cmd, "hop.py", port, next, "thread", &logs.join(log))
+    let hop = |host: usize, file: &str, tls: bool, port: u16, next: &str, log: &str| {
+        let mut cmd = hosts.command(host, interpreter(file));
+        cmd.env("HOP_BIND", hosts.addr(host));
+        if tls {
+            cmd.envs(certs.env());
+        }
+        hop_with(cmd, file, port, next, "thread", &logs.join(log))
     };
-    let back = tls_hop(2, BACK_PORT, "-", "back.log");
-    let mid = tls_hop(
-        1,
-        MIDDLE_PORT,
-        &format!("https://{}:{BACK_PORT}", hosts.addr(2)),
-        "middle.log",
-    );
+    let back = hop(2, "hop.py", tls_to_c, BACK_PORT, "-", "back.log");
+    let scheme = if tls_to_c { "https" } else { "http" };
+    let next = format!("{scheme}://{}:{BACK_PORT}", hosts.addr(2));
+    let mid = hop(1, middle, true, MIDDLE_PORT, &next, "middle.log");
     hosts
         .wait_port(2, BACK_PORT, Duration::from_secs(10))
         .expect("back listens");
@@ -253,11 +249,12 @@ fn tls_across_three_hosts_is_one_trace_per_request_by_the_tcp_option() {
         .env("TLS_WAIT_STDIN", "1");
     let client = GatedShell::spawn(cmd).expect("client starts");
     let stacks = [
-        stack_for(&[client.pid()], &rx, "tcp"),
-        stack_for(&[mid.pid()], &rx, "tcp"),
-        stack_for(&[back.pid()], &rx, "tcp"),
+        stack_for(&[client.pid()], &rx, mode),
+        stack_for(&[mid.pid()], &rx, mode),
+        stack_for(&[back.pid()], &rx, mode),
     ];
-    for s in &stacks {
+    let tls_users = if tls_to_c { &stacks[..] } else { &stacks[..2] };
+    for s in tls_users {
         s.wait_log("loader", "OpenSSL probed", Duration::from_secs(10))
             .expect("OpenSSL probed");
     }
@@ -270,8 +267,9 @@ fn tls_across_three_hosts_is_one_trace_per_request_by_the_tcp_option() {
     assert_eq!(spans.len(), 4 * TOTAL, "four spans per request\n{all_logs}");
     let by_request = by_request::<4>(&spans, &[MIDDLE_PORT, BACK_PORT]);
     assert_eq!(by_request.len(), TOTAL);
-    // Every link that exists is right, and every request is whole.
+    // Every link that exists is right; count the whole requests.
     let owner = span_owners(&by_request);
+    let over_tls = if tls_to_c { 4 } else { 2 };
     let mut linked = [0usize; 3];
     let mut whole = 0;
     for (id, chain) in &by_request {
@@ -280,12 +278,10 @@ fn tls_across_three_hosts_is_one_trace_per_request_by_the_tcp_option() {
             chain[0].span.parent_span_id.is_empty(),
             "{id}: A's call is the root"
         );
-        assert!(
-            chain
-                .iter()
-                .all(|s| s.attr("seam.capture").as_deref() == Some("tls")),
-            "{id}: every span read through TLS"
-        );
+        for (k, s) in chain.iter().enumerate() {
+            let tls = s.attr("seam.capture").as_deref() == Some("tls");
+            assert_eq!(tls, k < over_tls, "{id}: span {k} read through TLS or not");
+        }
         let mut all = true;
         for (k, pair) in chain.windows(2).enumerate() {
             let parent = &pair[1].span.parent_span_id[..];
@@ -300,12 +296,34 @@ fn tls_across_three_hosts_is_one_trace_per_request_by_the_tcp_option() {
         }
         whole += usize::from(all);
     }
-    eprintln!("TLS across three hosts: {whole}/{TOTAL} whole; links per hop {linked:?}");
+    eprintln!(
+        "TLS across three hosts, {middle} at B: {whole}/{TOTAL} whole; links per hop {linked:?}"
+    );
     assert_eq!(
         whole, TOTAL,
         "requests one trace across the hosts (links per hop {linked:?})\n{all_logs}"
     );
     drop(stacks);
+}
+
+#[test]
+fn tls_across_three_hosts_is_one_trace_per_request_by_the_tcp_option() {
+    if !require_root() {
+        return;
+    }
+    tls_across_three_hosts("hop.py", true, "tcp");
+}
+
+/// The TLS acceptance with the chain as stated, Node at B: A → B over HTTPS carries the context
+/// in the TCP option; B's event loop serves eight connections' requests on one thread, so B's
+/// calls to C (plain HTTP, headers) get their request's context from Node's async ids, which for
+/// an HTTPS server includes the parser made when each connection's handshake ended.
+#[test]
+fn tls_to_a_node_middle_is_one_trace_per_request() {
+    if !require_root() {
+        return;
+    }
+    tls_across_three_hosts("hop.js", false, "all");
 }
 
 /// The propagation acceptance's chain as stated, Node at B: its event loop serves the eight

@@ -19,8 +19,8 @@ pub const EV_INJECTED: u8 = 6;
 /// The request that follows on the same connection came with this context in a TCP option (an
 /// [`Injected`] whose span id is the caller's).
 pub const EV_TCP_CONTEXT: u8 = 7;
-/// A Node main thread set up the connection it accepted as the event's `fd` (payload: a
-/// [`NodeAccept`]).
+/// A Node main thread set up the connection `conn_id` it accepted, or finished its TLS handshake
+/// (payload: a [`NodeAccept`]).
 pub const EV_NODE_ACCEPT: u8 = 8;
 /// A Node main thread is making a TCP socket object, whose async id is `async_ctx.last_id + 1`;
 /// `async_ctx` holds the ids of the callback making it.
@@ -182,8 +182,14 @@ pub struct NodeAccept {
     /// 1: the async id fields were found in this connection's callback, and `before` is the
     /// connection's socket's own id.
     pub learned: u32,
-    pub pad: u32,
+    /// [`NODE_ACCEPTED`] or [`NODE_SECURED`]: which callback of the setup.
+    pub phase: u32,
 }
+
+/// [`NodeAccept::phase`]: the accepted connection's own callback.
+pub const NODE_ACCEPTED: u32 = 0;
+/// [`NodeAccept::phase`]: the callback at the end of the connection's TLS handshake.
+pub const NODE_SECURED: u32 = 1;
 
 impl NodeAccept {
     pub fn parse(payload: &[u8]) -> Option<NodeAccept> {
