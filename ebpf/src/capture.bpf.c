@@ -582,16 +582,23 @@ static __always_inline int looks_like_http_start(const __u8 *p)
 	return 0;
 }
 
-static __always_inline __u64 submit_flags(void)
+/* The consumer drains the ring before it sleeps, and its poll is level-triggered, so a record
+ * needs to wake it only when the waiting bytes cross a multiple of wakeup_bytes: the first
+ * crossing wakes a sleeping consumer, a later one makes up for a crossing two CPUs both missed.
+ * (A wakeup for every record while the consumer lags behind costs an interrupt per record.) */
+static __always_inline __u64 submit_flags(__u64 size)
 {
-	return bpf_ringbuf_query(&seam_events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
-										   : BPF_RB_NO_WAKEUP;
+	if (!wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	__u64 waiting = bpf_ringbuf_query(&seam_events, BPF_RB_AVAIL_DATA);
+	return waiting / wakeup_bytes != (waiting + size) / wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+									 : BPF_RB_NO_WAKEUP;
 }
 
 /* One record into the ring buffer, counted as written or lost. */
 static __always_inline void output(void *record, __u64 size)
 {
-	if (bpf_ringbuf_output(&seam_events, record, size, submit_flags()) == 0)
+	if (bpf_ringbuf_output(&seam_events, record, size, submit_flags(size)) == 0)
 		count(SEAM_CNT_EVENTS);
 	else
 		count(SEAM_CNT_RINGBUF_FULL);
