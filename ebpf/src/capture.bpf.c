@@ -495,6 +495,50 @@ static __always_inline int node_turn_request(__u32 pid, const struct seam_async 
 	return 1;
 }
 
+/* Which request a Node main thread's send of a request on the connection at local_port works
+ * for, by the turn rule or (first_request: no request went on that connection before) as the
+ * first request on a socket made for it: that request's context is left in seam_node_choice for
+ * the send's context choice (seam_choose_context); else the thread's choice is cleared. */
+static __always_inline void node_choose(__u32 pid, struct seam_node_rt *rt, int first_request,
+					__u16 local_port, __u32 epoch)
+{
+	struct seam_async a = {};
+	if (node_read_ids(rt, &a) != 0)
+		goto none;
+	struct node_req_ref ref;
+	if (!node_turn_request(pid, &a, &ref)) {
+		if (!first_request)
+			goto none; /* a pooled connection's later request: its trigger proves nothing */
+		struct node_made_key mk = {.pid = pid, .id = node_id(a.trigger_id)};
+		struct node_req_ref *made = bpf_map_lookup_elem(&seam_node_made, &mk);
+		if (!made)
+			goto none;
+		ref = *made;
+		bpf_map_delete_elem(&seam_node_made, &mk);
+	}
+	struct node_req *req = bpf_map_lookup_elem(&seam_node_reqs, &ref.conn_id);
+	if (!req || !req->open || req->serial != ref.serial)
+		goto none;
+	if (req->state != SEAM_CTX_HEADER && req->state != SEAM_CTX_GENERATED) {
+		/* the request's trace starts with its first call */
+		__u32 zero = 0;
+		struct seam_prop_rule *rule = bpf_map_lookup_elem(&seam_prop_rule, &zero);
+		req->flags = seam_new_trace(req->trace_id, rule ? rule->sample_threshold : 0);
+		req->state = SEAM_CTX_GENERATED;
+	}
+	struct seam_node_choice choice = {
+		.flags = req->flags,
+		.state = req->state,
+		.local_port = local_port,
+		.epoch = epoch,
+	};
+	__builtin_memcpy(choice.trace_id, req->trace_id, 16);
+	bpf_map_update_elem(&seam_node_choice, &pid, &choice, BPF_ANY);
+	return;
+none:
+	bpf_map_delete_elem(&seam_node_choice, &pid);
+}
+
 enum io_kind {
 	IO_FLAT = 1,   /* read/write/recvfrom/sendto: one buffer */
 	IO_IOV = 2,    /* readv/writev: an iovec array */
@@ -1165,7 +1209,8 @@ static __always_inline void remember_tls_read(__u64 pid_tgid, struct sock *sk)
 /* A TLS request's context for the TCP-option carrier: chosen here, where its plaintext is seen
  * before encryption, as ctxprop's sk_msg chooses a plaintext one; ctxprop's sockops writes it on
  * the request's first segment. Only on connections ctxprop took (marked) with that carrier. */
-static __always_inline void tls_option(struct conn_info *ci, __u32 pid, __u64 pid_tgid)
+static __always_inline void tls_option(struct conn_info *ci, __u32 pid, __u64 pid_tgid,
+				       int first_request)
 {
 	__u32 zero = 0;
 	struct seam_prop_rule *rule = bpf_map_lookup_elem(&seam_prop_rule, &zero);
@@ -1178,8 +1223,17 @@ static __always_inline void tls_option(struct conn_info *ci, __u32 pid, __u64 pi
 		return;
 	struct seam_injected inj = {};
 	inj.local_port = ci->tuple.local_port;
-	/* a Node choice is made for a plaintext send, never for TLS plaintext */
-	seam_choose_context(&inj, rule->sample_threshold, rule->follow_parent, 0);
+	/* A Node main thread's request: its ids say which server request it works for, as at a
+	 * plaintext send (whose probe leaves ciphertext alone). */
+	__u16 node_port = 0;
+	struct seam_node_rt *rt =
+		(__u32)pid_tgid == pid ? bpf_map_lookup_elem(&seam_node_rt, &pid) : NULL;
+	__u32 epoch = propagation_epoch();
+	if (rt && epoch) {
+		node_choose(pid, rt, first_request, ci->tuple.local_port, epoch);
+		node_port = ci->tuple.local_port;
+	}
+	seam_choose_context(&inj, rule->sample_threshold, rule->follow_parent, node_port);
 	if (bpf_map_update_elem(&seam_tls_option, &ci->tuple, &inj, BPF_ANY) == 0)
 		report_context(ci, pid, (__u32)pid_tgid, SEAM_EV_INJECTED, &inj);
 }
@@ -1215,6 +1269,7 @@ static __always_inline int on_payload(struct conn_info *ci, struct sock *sk, __u
 	s->ev.bytes = (__u32)ret;
 	s->ev.flags = data_flags & ~TLS_BEFORE_SEND;
 	if (start) {
+		int first_message = !(ci->flags & CONN_HTTP);
 		ci->flags |= CONN_HTTP;
 		s->ev.flags |= SEAM_DATA_HTTP_START;
 		__u32 epoch = propagation_epoch();
@@ -1225,7 +1280,7 @@ static __always_inline int on_payload(struct conn_info *ci, struct sock *sk, __u
 			else if (direction == SEAM_DIR_EGRESS && status && s->payload[9] != '1')
 				serving_end(ci, 1, epoch); /* a final response, not "100 Continue" */
 			else if (direction == SEAM_DIR_EGRESS && !status && (data_flags & TLS_BEFORE_SEND))
-				tls_option(ci, pid, pid_tgid);
+				tls_option(ci, pid, pid_tgid, first_message);
 			else if (direction == SEAM_DIR_EGRESS && !status && !data_flags)
 				report_injected(ci, pid, pid_tgid);
 		}
@@ -1918,38 +1973,8 @@ int node_send_enter(struct pt_regs *ctx)
 	 * requests is a server's, and what it writes are responses */
 	if (ci && ((ci->flags & CONN_TLS) || (ci->open_reqs && ci->epoch == epoch)))
 		goto none;
-	struct seam_async a = {};
-	if (node_read_ids(rt, &a) != 0)
-		goto none;
-	struct node_req_ref ref;
-	if (!node_turn_request(pid, &a, &ref)) {
-		if (ci && (ci->flags & CONN_HTTP))
-			goto none; /* not the socket's first request */
-		struct node_made_key mk = {.pid = pid, .id = node_id(a.trigger_id)};
-		struct node_req_ref *made = bpf_map_lookup_elem(&seam_node_made, &mk);
-		if (!made)
-			goto none;
-		ref = *made;
-		bpf_map_delete_elem(&seam_node_made, &mk);
-	}
-	struct node_req *req = bpf_map_lookup_elem(&seam_node_reqs, &ref.conn_id);
-	if (!req || !req->open || req->serial != ref.serial)
-		goto none;
-	if (req->state != SEAM_CTX_HEADER && req->state != SEAM_CTX_GENERATED) {
-		/* the request's trace starts with its first call */
-		__u32 zero = 0;
-		struct seam_prop_rule *rule = bpf_map_lookup_elem(&seam_prop_rule, &zero);
-		req->flags = seam_new_trace(req->trace_id, rule ? rule->sample_threshold : 0);
-		req->state = SEAM_CTX_GENERATED;
-	}
-	struct seam_node_choice choice = {
-		.flags = req->flags,
-		.state = req->state,
-		.local_port = BPF_CORE_READ(sk, __sk_common.skc_num),
-		.epoch = epoch,
-	};
-	__builtin_memcpy(choice.trace_id, req->trace_id, 16);
-	bpf_map_update_elem(&seam_node_choice, &pid, &choice, BPF_ANY);
+	node_choose(pid, rt, !ci || !(ci->flags & CONN_HTTP), BPF_CORE_READ(sk, __sk_common.skc_num),
+		    epoch);
 	return 0;
 none:
 	bpf_map_delete_elem(&seam_node_choice, &pid);

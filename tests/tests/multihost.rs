@@ -208,8 +208,8 @@ fn three_hosts_linked_by_the_tcp_option_alone_are_one_trace_per_request() {
 /// by the test; B calls C over HTTPS too when `tls_to_c`, else over plain HTTP. The plaintext is
 /// only visible to the TLS library, so the capture chooses each request's context at SSL_write
 /// and ctxprop's sockops carries it in the TCP option of the request's first segment. Asserts
-/// that every link made is right and every request is one trace.
-fn tls_across_three_hosts(middle: &str, tls_to_c: bool, mode: &str) {
+/// that every link made is right and that at most `unlinked` requests are not one trace.
+fn tls_across_three_hosts(middle: &str, tls_to_c: bool, mode: &str, unlinked: usize) {
     const TOTAL: usize = 300;
     const CONCURRENCY: usize = 8;
     let certs = seam_tests::tls::Certs::make("hosts").expect("certs");
@@ -299,9 +299,10 @@ fn tls_across_three_hosts(middle: &str, tls_to_c: bool, mode: &str) {
     eprintln!(
         "TLS across three hosts, {middle} at B: {whole}/{TOTAL} whole; links per hop {linked:?}"
     );
-    assert_eq!(
-        whole, TOTAL,
-        "requests one trace across the hosts (links per hop {linked:?})\n{all_logs}"
+    assert!(
+        whole + unlinked >= TOTAL,
+        "requests one trace across the hosts: {whole}, at least {} (links per hop {linked:?})\n{all_logs}",
+        TOTAL - unlinked
     );
     drop(stacks);
 }
@@ -311,7 +312,7 @@ fn tls_across_three_hosts_is_one_trace_per_request_by_the_tcp_option() {
     if !require_root() {
         return;
     }
-    tls_across_three_hosts("hop.py", true, "tcp");
+    tls_across_three_hosts("hop.py", true, "tcp", 0);
 }
 
 /// The TLS acceptance with the chain as stated, Node at B: A → B over HTTPS carries the context
@@ -323,7 +324,20 @@ fn tls_to_a_node_middle_is_one_trace_per_request() {
     if !require_root() {
         return;
     }
-    tls_across_three_hosts("hop.js", false, "all");
+    tls_across_three_hosts("hop.js", false, "all", 0);
+}
+
+/// HTTPS on both hops through Node at B: B's calls to C get their request's context where Node
+/// hands them to OpenSSL (its async ids at SSL_write, the same rule as at a plaintext send), and
+/// the TCP option carries it. Not yet placed: the first request on each new connection to C
+/// (at most the agent's 16 sockets), which Node writes from the connection's handshake callback,
+/// a turn later; they start a trace of their own at B, never a wrong one.
+#[test]
+fn tls_through_a_node_middle_links_each_request_on_an_open_connection() {
+    if !require_root() {
+        return;
+    }
+    tls_across_three_hosts("hop.js", true, "tcp", 16);
 }
 
 /// The propagation acceptance's chain as stated, Node at B: its event loop serves the eight
