@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What context propagation costs, in one run: nginx (CPU 0) under wrk (CPU 1), with wrk itself
 # instrumented so every request it sends goes through ctxprop's sk_msg program. Each round runs
-# four phases: no seam; seam instrumenting nginx and wrk with context_propagation=disabled; the
-# same with context_propagation=headers; and with context_propagation=tcp. Then bulk upload throughput (1 GiB HTTP POSTs to a sink,
+# four phases (in reverse order every other round): no seam; seam instrumenting nginx and wrk with
+# context_propagation=disabled; the same with context_propagation=headers; and with
+# context_propagation=tcp. Then bulk upload throughput (1 GiB HTTP POSTs to a sink,
 # shutdown, blocking recv) from an instrumented client with and without the sockhash.
 # Prints medians and per-round figures.
 #   bench/ctxprop.sh [seconds per phase, default 8] [rounds, default 3]
@@ -55,7 +56,7 @@ wrk_phase() {
   wait "$gate"
   if [ "$2" != none ]; then
     stop_seam # ctxprop logs its counters as it stops
-    grep -o "propagation counters.*" "$work/daemons.log" >> "$work/counters.txt" || true
+    grep -o "propagation counters.*" "$work/daemons.log" | sed "s/^/$1: /" >> "$work/counters.txt" || true
   fi
   read -r _ rps p50 p99 < <(bench_wrk_figures "$work/gated.out")
   echo "$1 $rps $p50 $p99" >> "$work/rounds.txt"
@@ -63,12 +64,15 @@ wrk_phase() {
 }
 : > "$work/rounds.txt"
 : > "$work/counters.txt"
+# Every other round runs the phases in reverse, so a VM that drifts during a round, or a phase
+# that pays for the one before it (a stack still exiting), does not favour one phase throughout.
 for r in $(seq "$rounds"); do
   echo "round $r/$rounds" >&2
-  wrk_phase none none
-  wrk_phase disabled disabled
-  wrk_phase headers headers
-  wrk_phase tcp tcp
+  phases=(none disabled headers tcp)
+  [ $((r % 2)) = 0 ] && phases=(tcp headers disabled none)
+  for phase in "${phases[@]}"; do
+    wrk_phase "$phase" "$phase"
+  done
 done
 
 python3 "$here/../tests/fixtures/sink.py" "$upload_port" & sinkpid=$!
@@ -119,4 +123,4 @@ for label, v in ups.items():
     print(f"  {label:16s} {statistics.median(x[0] for x in v):.2f} GiB/s  rounds "
           + " ".join(f"{x[0]:.2f}" for x in v) + f"  eagain {' '.join(x[1] for x in v)}")
 PY
-grep -o "counters=.*" "$work/counters.txt" | tail -2 | sed "s/^/  last round (headers, then tcp): /"
+grep -E "^(headers|tcp): " "$work/counters.txt" | tail -2 | sed -E "s/^([a-z]+): .*(counters=)/  last round, \1: \2/"
