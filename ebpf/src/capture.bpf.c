@@ -496,20 +496,18 @@ static __always_inline int node_turn_request(__u32 pid, const struct seam_async 
 }
 
 /* Which request a Node main thread's send of a request on the connection at local_port works
- * for, by the turn rule or (first_request: no request went on that connection before) as the
- * first request on a socket made for it: that request's context is left in seam_node_choice for
- * the send's context choice (seam_choose_context); else the thread's choice is cleared. */
-static __always_inline void node_choose(__u32 pid, struct seam_node_rt *rt, int first_request,
+ * for, by its async ids a: the turn rule, or (first_request: no request went on that connection
+ * before) the request its socket was made for. That request's context is left in
+ * seam_node_choice for the send's context choice (seam_choose_context); else the thread's choice
+ * is cleared. */
+static __always_inline void node_choose(__u32 pid, const struct seam_async *a, int first_request,
 					__u16 local_port, __u32 epoch)
 {
-	struct seam_async a = {};
-	if (node_read_ids(rt, &a) != 0)
-		goto none;
 	struct node_req_ref ref;
-	if (!node_turn_request(pid, &a, &ref)) {
+	if (!node_turn_request(pid, a, &ref)) {
 		if (!first_request)
 			goto none; /* a pooled connection's later request: its trigger proves nothing */
-		struct node_made_key mk = {.pid = pid, .id = node_id(a.trigger_id)};
+		struct node_made_key mk = {.pid = pid, .id = node_id(a->trigger_id)};
 		struct node_req_ref *made = bpf_map_lookup_elem(&seam_node_made, &mk);
 		if (!made)
 			goto none;
@@ -698,8 +696,9 @@ static __always_inline void node_adopt_accept(__u64 sk, __u64 conn_id)
 
 /* The connection for sk, classified on first sight. A socket past TCP_CLOSE (its last read after
  * the close, say) gets no entry: its port is gone from it, and the entry would outlive it and be
- * found by the next socket at the same address with the dead one's tuple and id. */
-static __always_inline struct conn_info *conn_of(struct sock *sk)
+ * found by the next socket at the same address with the dead one's tuple and id. On a Node
+ * target's main thread, a new connection takes the setup its accept probe left for the socket. */
+static __always_inline struct conn_info *conn_of(struct sock *sk, int node_main_thread)
 {
 	__u64 key = (__u64)sk;
 	struct conn_info *ci = bpf_map_lookup_elem(&seam_conns, &key);
@@ -718,7 +717,7 @@ static __always_inline struct conn_info *conn_of(struct sock *sk)
 		info.flags = CONN_NOT_TCP;
 	}
 	bpf_map_update_elem(&seam_conns, &key, &info, BPF_ANY);
-	if (info.conn_id)
+	if (info.conn_id && node_main_thread)
 		node_adopt_accept(key, info.conn_id);
 	return bpf_map_lookup_elem(&seam_conns, &key);
 }
@@ -1210,7 +1209,8 @@ static __always_inline void remember_tls_read(__u64 pid_tgid, struct sock *sk)
  * before encryption, as ctxprop's sk_msg chooses a plaintext one; ctxprop's sockops writes it on
  * the request's first segment. Only on connections ctxprop took (marked) with that carrier. */
 static __always_inline void tls_option(struct conn_info *ci, __u32 pid, __u64 pid_tgid,
-				       int first_request)
+				       const struct seam_async *node_ids, int first_request,
+				       __u32 epoch)
 {
 	__u32 zero = 0;
 	struct seam_prop_rule *rule = bpf_map_lookup_elem(&seam_prop_rule, &zero);
@@ -1223,14 +1223,11 @@ static __always_inline void tls_option(struct conn_info *ci, __u32 pid, __u64 pi
 		return;
 	struct seam_injected inj = {};
 	inj.local_port = ci->tuple.local_port;
-	/* A Node main thread's request: its ids say which server request it works for, as at a
-	 * plaintext send (whose probe leaves ciphertext alone). */
+	/* A Node main thread's request (its event carries Node's ids): they say which server
+	 * request it works for, as at a plaintext send (whose probe leaves ciphertext alone). */
 	__u16 node_port = 0;
-	struct seam_node_rt *rt =
-		(__u32)pid_tgid == pid ? bpf_map_lookup_elem(&seam_node_rt, &pid) : NULL;
-	__u32 epoch = propagation_epoch();
-	if (rt && epoch) {
-		node_choose(pid, rt, first_request, ci->tuple.local_port, epoch);
+	if (node_ids->valid) {
+		node_choose(pid, node_ids, first_request, ci->tuple.local_port, epoch);
 		node_port = ci->tuple.local_port;
 	}
 	seam_choose_context(&inj, rule->sample_threshold, rule->follow_parent, node_port);
@@ -1280,7 +1277,7 @@ static __always_inline int on_payload(struct conn_info *ci, struct sock *sk, __u
 			else if (direction == SEAM_DIR_EGRESS && status && s->payload[9] != '1')
 				serving_end(ci, 1, epoch); /* a final response, not "100 Continue" */
 			else if (direction == SEAM_DIR_EGRESS && !status && (data_flags & TLS_BEFORE_SEND))
-				tls_option(ci, pid, pid_tgid, first_message);
+				tls_option(ci, pid, pid_tgid, &s->ev.async, first_message, epoch);
 			else if (direction == SEAM_DIR_EGRESS && !status && !data_flags)
 				report_injected(ci, pid, pid_tgid);
 		}
@@ -1440,7 +1437,7 @@ static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 
 		count_node_read(pid); /* every socket read, whatever the socket: each may start a callback */
 	if (direction == SEAM_DIR_INGRESS && (flags & MSG_PEEK))
 		return 0; /* the same bytes will be read again */
-	struct conn_info *ci = conn_of(sk);
+	struct conn_info *ci = conn_of(sk, node);
 	if (!ci || (ci->flags & CONN_NOT_TCP))
 		return 0;
 	/* A connection that carried plaintext HTTP is no TLS library's: no lookup on that path. */
@@ -1859,10 +1856,13 @@ int node_accept_enter(struct pt_regs *ctx)
 	__u32 pid = pid_tgid >> 32;
 	if ((__u32)pid_tgid != pid)
 		return 0;
-	struct seam_node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
 	struct node_accepting a = {.phase = bpf_get_attach_cookie(ctx)};
+	/* the info callback runs a score of times a handshake, and only its end matters */
+	if (a.phase == SEAM_NODE_SECURED && !((int)ctx->si & SSL_CB_HANDSHAKE_DONE))
+		return 0;
+	struct seam_node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
 	if (a.phase == SEAM_NODE_SECURED) {
-		if (!rt || !((int)ctx->si & SSL_CB_HANDSHAKE_DONE))
+		if (!rt)
 			return 0;
 		a.key = securing_conn(pid);
 	} else {
@@ -1973,7 +1973,10 @@ int node_send_enter(struct pt_regs *ctx)
 	 * requests is a server's, and what it writes are responses */
 	if (ci && ((ci->flags & CONN_TLS) || (ci->open_reqs && ci->epoch == epoch)))
 		goto none;
-	node_choose(pid, rt, !ci || !(ci->flags & CONN_HTTP), BPF_CORE_READ(sk, __sk_common.skc_num),
+	struct seam_async a = {};
+	if (node_read_ids(rt, &a) != 0)
+		goto none;
+	node_choose(pid, &a, !ci || !(ci->flags & CONN_HTTP), BPF_CORE_READ(sk, __sk_common.skc_num),
 		    epoch);
 	return 0;
 none:
