@@ -4,8 +4,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use seam_abi::{
-    Event, Injected, NodeAccept, Tuple, AF_INET, DIR_INGRESS, EV_CLOSE, EV_DATA, EV_EXEC, EV_EXIT,
-    EV_INJECTED, EV_NODE_ACCEPT, EV_NODE_SOCKET, EV_SPAWN, EV_TCP_CONTEXT, INJ_CHILD,
+    Event, Injected, NodeAccept, Tuple, AF_INET, DATA_CONTEXT, DIR_INGRESS, EV_CLOSE, EV_DATA,
+    EV_EXEC, EV_EXIT, EV_NODE_ACCEPT, EV_NODE_SOCKET, EV_SPAWN, INJ_CHILD, INJ_REMOTE,
 };
 use seam_proto::msg::SpanRecord;
 
@@ -286,8 +286,8 @@ pub struct Engine {
     handed: IdMap<u32, Handoff>,
     /// Calls by such threads, held until the thread proves dedicated to its request.
     handoffs: Handoffs,
-    /// The context the kernel reported for the next request on a connection, just before it.
-    wire: IdMap<u64, WireCtx>,
+    /// The context the kernel reported with the event being handled, and its connection.
+    wire: Option<(u64, WireCtx)>,
     node: NodeLoops,
     pub counters: EngineCounters,
 }
@@ -319,7 +319,7 @@ impl Engine {
             started: Vec::new(),
             handed: IdMap::default(),
             handoffs: Handoffs::default(),
-            wire: IdMap::default(),
+            wire: None,
             node: NodeLoops::default(),
             counters: EngineCounters::default(),
         }
@@ -337,8 +337,30 @@ impl Engine {
             self.counters.malformed_records += 1;
             return None;
         };
+        if ev.kind == EV_DATA && ev.flags & DATA_CONTEXT != 0 {
+            match ev.context(record) {
+                Some(ctx) => self.on_context(ev.conn_id, ctx),
+                None => self.counters.malformed_records += 1,
+            }
+        }
         self.on_event(&ev, payload, out);
         Some((ev, payload))
+    }
+
+    /// The context the kernel reported with the request that starts in the next event of `conn`
+    /// (the one it came with): one ctxprop sent with it, or (kind [`INJ_REMOTE`]) one a peer's
+    /// TCP option brought.
+    pub fn on_context(&mut self, conn: u64, ctx: Injected) {
+        let wire = if ctx.kind == INJ_REMOTE {
+            WireCtx::Received(TraceContext {
+                trace_id: ctx.trace_id,
+                parent_id: ctx.span_id,
+                flags: ctx.flags,
+            })
+        } else {
+            WireCtx::Sent(ctx)
+        };
+        self.wire = Some((conn, wire));
     }
 
     pub fn on_event(&mut self, ev: &Event, payload: &[u8], out: &mut Vec<(u32, SpanRecord)>) {
@@ -385,24 +407,10 @@ impl Engine {
                     self.on_started(ev.conn_id, ev.pid, st, node.filter(|_| alone));
                 }
                 self.started = started;
-                // a context is reported right before its request's event: never later
-                self.take_wire(ev.conn_id);
+                // a context comes with its request's event: never later
+                self.wire = None;
                 self.finish_exchanges(ev.conn_id, out);
             }
-            EV_INJECTED | EV_TCP_CONTEXT => match Injected::parse(payload) {
-                Some(c) if ev.kind == EV_INJECTED => {
-                    self.wire.insert(ev.conn_id, WireCtx::Sent(c));
-                }
-                Some(c) => {
-                    let ctx = TraceContext {
-                        trace_id: c.trace_id,
-                        parent_id: c.span_id,
-                        flags: c.flags,
-                    };
-                    self.wire.insert(ev.conn_id, WireCtx::Received(ctx));
-                }
-                None => self.counters.malformed_records += 1,
-            },
             EV_CLOSE => {
                 if let Some(entry) = self.conns.get_mut(&ev.conn_id) {
                     entry.conn.on_close(&mut self.exchanges);
@@ -529,13 +537,11 @@ impl Engine {
         }
     }
 
-    /// The context reported for a connection's next request, if any (most hosts have none: no
-    /// lookup then).
+    /// The context reported for a connection's request starting now, if any.
     fn take_wire(&mut self, conn_id: u64) -> Option<WireCtx> {
-        if self.wire.is_empty() {
-            return None;
-        }
-        self.wire.remove(&conn_id)
+        self.wire
+            .take_if(|(conn, _)| *conn == conn_id)
+            .map(|(_, wire)| wire)
     }
 
     /// A client span whose context is already on the wire: its ids, trace and sampling are the
@@ -997,24 +1003,6 @@ mod tests {
     const REQ: &[u8] = b"GET /x HTTP/1.1\r\n\r\n";
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
 
-    /// A context record (EV_INJECTED or EV_TCP_CONTEXT) for connection `conn`.
-    fn context_record(conn: u64, kind: u8, ctx: Injected) -> (Event, Vec<u8>) {
-        let e = Event {
-            conn_id: conn,
-            kind,
-            captured: size_of::<Injected>() as u32,
-            ..Event::default()
-        };
-        // SAFETY: Injected is plain old data with no padding bytes left undefined (pad is a field).
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&ctx as *const Injected).cast::<u8>(),
-                size_of::<Injected>(),
-            )
-        };
-        (e, bytes.to_vec())
-    }
-
     #[test]
     fn a_tcp_option_context_is_the_server_spans_parent_unless_a_header_is_there() {
         let opt = Injected {
@@ -1026,8 +1014,7 @@ mod tests {
         };
         let mut engine = Engine::default();
         let mut out = Vec::new();
-        let (c, pc) = context_record(1, EV_TCP_CONTEXT, opt);
-        engine.on_event(&c, &pc, &mut out);
+        engine.on_context(1, opt);
         out.extend(play(
             &mut engine,
             &[
@@ -1042,8 +1029,7 @@ mod tests {
 
         let with_header: &[u8] =
             b"GET /x HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
-        let (c, pc) = context_record(3, EV_TCP_CONTEXT, opt);
-        engine.on_event(&c, &pc, &mut out);
+        engine.on_context(3, opt);
         out.extend(play(
             &mut engine,
             &[
@@ -1066,8 +1052,7 @@ mod tests {
         };
         let mut engine = Engine::default();
         let mut out = play(&mut engine, &[(1, 2, 22, DIR_INGRESS, (80, 5000), REQ, 10)]);
-        let (c, pc) = context_record(2, EV_INJECTED, inj);
-        engine.on_event(&c, &pc, &mut out);
+        engine.on_context(2, inj);
         out.extend(play(
             &mut engine,
             &[

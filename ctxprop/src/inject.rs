@@ -17,9 +17,8 @@ const FLOW_KEY_LEN: usize = 44;
 /// The loader's pins this object shares, by map name and pin file.
 const SHARED: &[(&str, &str)] = &[
     (names::SERVING, "serving"),
-    (names::INJECTED, "injected"),
     (names::PROP_ON, "prop_on"),
-    (names::PROP_MARKED, "marked"),
+    (names::PROP_SOCK, "prop_sock"),
     (names::REMOTE_CTX, "remote_ctx"),
     (names::PROP_RULE, "prop_rule"),
     (names::TLS_OPTION, "tls_option"),

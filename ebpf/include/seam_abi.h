@@ -16,10 +16,6 @@ enum seam_event_kind {
 	SEAM_EV_EXEC = 3, /* a target exec'd; payload is its new comm (16 bytes) */
 	SEAM_EV_SPAWN = 4, /* a target's thread (tid) created a thread or process; `bytes` is its tid */
 	SEAM_EV_EXIT = 5,  /* a target's thread (tid) exited */
-	SEAM_EV_INJECTED = 6, /* the request that follows on conn_id went out with this context
-			       * (payload: struct seam_injected) */
-	SEAM_EV_TCP_CONTEXT = 7, /* the request that follows on conn_id came with this context in a
-				  * TCP option (payload: struct seam_injected, span_id = the caller's) */
 	SEAM_EV_NODE_ACCEPT = 8, /* a Node main thread set up the connection conn_id it accepted,
 				  * or finished its TLS handshake (payload: struct seam_node_accept) */
 	SEAM_EV_NODE_SOCKET = 9, /* a Node main thread is making a TCP socket object, whose async id
@@ -40,6 +36,9 @@ enum seam_role {
 enum seam_data_flags {
 	SEAM_DATA_HTTP_START = 1, /* payload begins with an HTTP/1.x request or status line */
 	SEAM_DATA_TLS = 2,        /* plaintext read at the TLS library's boundary (SSL_read/SSL_write) */
+	SEAM_DATA_CONTEXT = 4,    /* a struct seam_injected follows the captured bytes: the context
+				   * this request went out with (kind CHILD or ROOT), or came with in
+				   * a TCP option (kind REMOTE, span_id = the caller's) */
 };
 
 struct seam_tuple {
@@ -131,8 +130,8 @@ enum seam_counter {
 	SEAM_CNT_MAX = 2,
 };
 
-/* What ctxprop's sk_msg program put on the wire for one outgoing request, handed from the
- * sending thread to the capture's send hook, which reports it just before the request. */
+/* What ctxprop's sk_msg program put on the wire for one outgoing request, handed through the
+ * socket's storage to the capture's send hook, which reports it with the request's event. */
 enum seam_injected_kind {
 	SEAM_INJ_CHILD = 1, /* child of the one server request the sending thread works for, or of
 			     * the request a Node main thread's call was found to work for */
@@ -153,6 +152,22 @@ struct seam_injected {
 	__u8 kind;
 	__u16 local_port; /* host byte order: which of the thread's connections */
 	__u32 pad;
+};
+
+/* A connection a target opened, while ctxprop propagates, in the socket's own storage: the
+ * capture creates it at connect() (its presence marks the socket for ctxprop), and each request's
+ * handoffs (sk_msg to the capture's report, sk_msg to sockops' option) are fields here rather
+ * than hash-map updates, which cost more than the rest of the request's work together. */
+#define SEAM_PENDING_REPORT 1 /* ctx went out with the request being sent: the capture reports it */
+#define SEAM_PENDING_OPTION 2 /* ctx goes in the TCP option of the next data segment */
+
+struct seam_prop_sock {
+	__u32 mark;     /* 1 | the target's selector override (SEAM_OVERRIDE_MASK) */
+	__u32 use;      /* carriers ctxprop applies, set once established (0: none) */
+	__u32 opaque;   /* never touch this connection again */
+	__u32 pending;  /* SEAM_PENDING_* */
+	__u64 skip;     /* body bytes of the current request still to pass */
+	struct seam_injected ctx;
 };
 
 /* Per thread: the server request it works for, kept by the capture for ctxprop's injection. */
@@ -191,6 +206,7 @@ struct seam_prop_rule {
 
 _Static_assert(sizeof(struct seam_prop_rule) == 16, "seam_prop_rule layout");
 _Static_assert(sizeof(struct seam_injected) == 32, "seam_injected layout");
+_Static_assert(sizeof(struct seam_prop_sock) == 56, "seam_prop_sock layout");
 _Static_assert(sizeof(struct seam_serving) == 24, "seam_serving layout");
 _Static_assert(sizeof(struct seam_node_choice) == 24, "seam_node_choice layout");
 _Static_assert(sizeof(struct seam_tuple) == 40, "seam_tuple layout");

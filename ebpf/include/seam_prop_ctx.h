@@ -39,28 +39,46 @@ static __always_inline void seam_continue(struct seam_injected *inj, const __u8 
 	inj->kind = SEAM_INJ_CHILD;
 }
 
-/* The request's trace for a send: the one a Node main thread's send on node_port was found to
- * work for (0: a send no Node choice is for); else the thread's one server request's trace, or a
- * new trace (which the request joins when it had none). With several requests on the thread, a
- * call cannot be told apart: a new trace. */
-static __always_inline void seam_choose_context(struct seam_injected *inj, __u64 threshold,
-						__u32 follow_parent, __u16 node_port)
+/* The current ctxprop run (seam_prop_on[0]), 0 while none propagates. */
+static __always_inline __u32 seam_prop_epoch(void)
+{
+	__u32 zero = 0;
+	__u32 *on = bpf_map_lookup_elem(&seam_prop_on, &zero);
+	return on ? *on : 0;
+}
+
+/* Takes into *out the request the capture found this Node main thread's send on local_port to
+ * work for in this ctxprop run (seam_node_choice); 0 when it left none for this send. */
+static __always_inline int seam_take_node_choice(struct seam_node_choice *out, __u16 local_port,
+						 __u32 epoch)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	__u32 zero = 0;
-	__u32 *epoch = bpf_map_lookup_elem(&seam_prop_on, &zero);
+	struct seam_node_choice *nc = bpf_map_lookup_elem(&seam_node_choice, &tid);
+	if (!nc || !epoch || nc->epoch != epoch || nc->local_port != local_port)
+		return 0;
+	*out = *nc;
+	bpf_map_delete_elem(&seam_node_choice, &tid);
+	return 1;
+}
+
+/* The request's trace for a send: the one a Node main thread's send was found to work for (nc,
+ * NULL for any other send); else the thread's one server request's trace in this ctxprop run, or
+ * a new trace (which the request joins when it had none). With several requests on the thread, a
+ * call cannot be told apart: a new trace. */
+static __always_inline void seam_choose_context(struct seam_injected *inj, __u64 threshold,
+						__u32 follow_parent, __u32 epoch,
+						const struct seam_node_choice *nc)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	__u32 span[2] = {bpf_get_prandom_u32() | 1 /* never an all-zero span id */,
 			 bpf_get_prandom_u32()};
 	__builtin_memcpy(inj->span_id, span, 8);
-	struct seam_node_choice *nc =
-		node_port ? bpf_map_lookup_elem(&seam_node_choice, &tid) : NULL;
-	if (nc && epoch && nc->epoch == *epoch && nc->local_port == node_port) {
+	if (nc) {
 		seam_continue(inj, nc->trace_id, nc->flags, nc->state, threshold, follow_parent);
-		bpf_map_delete_elem(&seam_node_choice, &tid);
 		return;
 	}
 	struct seam_serving *sv = bpf_map_lookup_elem(&seam_serving, &tid);
-	if (sv && (!epoch || sv->epoch != *epoch))
+	if (sv && (!epoch || sv->epoch != epoch))
 		sv = NULL; /* counted by an earlier run */
 	if (sv && sv->open == 1 &&
 	    (sv->state == SEAM_CTX_HEADER || sv->state == SEAM_CTX_GENERATED)) {

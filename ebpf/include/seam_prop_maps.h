@@ -24,14 +24,6 @@ struct {
 	__type(value, struct seam_node_choice);
 } seam_node_choice SEC(".maps");
 
-/* tid → the context its last outgoing request carried, until the capture reports it. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 8192);
-	__type(key, __u32);
-	__type(value, struct seam_injected);
-} seam_injected SEC(".maps");
-
 /* Connection (as the receiving host's capture names it) → the context the peer's last TCP
  * option carried; written by ctxprop's sockops, taken by the capture when a request starts. */
 struct {
@@ -41,14 +33,14 @@ struct {
 	__type(value, struct seam_injected);
 } seam_remote_ctx SEC(".maps");
 
-/* Set on TCP sockets an instrumented process connects (by the capture, which knows the target
- * set and its forks); ctxprop's sockops puts only these in its sockhash. */
+/* A TCP socket an instrumented process connects, while ctxprop propagates (created by the capture,
+ * which knows the target set and its forks); ctxprop's sockops puts only these in its sockhash. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, __u32);
-} seam_prop_marked SEC(".maps");
+	__type(value, struct seam_prop_sock);
+} seam_prop_sock SEC(".maps");
 
 /* [0] is non-zero while ctxprop injects: the capture keeps serving contexts only then. Each ctxprop
  * run writes a new value (an epoch; [1] is the last one used): counts kept under an earlier run

@@ -11,6 +11,7 @@
 #include "seam_abi.h"
 #include "seam_prop_maps.h"
 #include "seam_prop_ctx.h"
+#include "seam_http_head.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -192,16 +193,16 @@ struct scratch {
 	 * not on the stack, so the verifier does not track each value the scan may leave */
 	__u32 tp_found;
 	__u32 tp_value;
-	__u8 tp_bytes[32]; /* version, trace id, parent id, flags: decoded */
-	__u32 tp_bad;
+	__u32 tp_ids[7]; /* its trace id, parent id and flags, decoded */
+	struct seam_injected context; /* sent after the payload when ev.flags has SEAM_DATA_CONTEXT */
+	struct seam_node_choice node_choice; /* a Node TLS request's, off the stack */
 	/* the same scan's view of the request's framing: where its header block ends (0: not in
 	 * the captured bytes), where its Content-Length value starts (0: none), whether a
-	 * Transfer-Encoding is given; and that length, once read (length_digits counts) */
+	 * Transfer-Encoding is given; and that length, once read */
 	__u32 head_end;
 	__u32 length_at;
 	__u32 body_unknown;
-	__u32 body_length;
-	__u32 length_digits;
+	struct seam_length length;
 	/* a TLS write held in seam_tls_pending: its SSL object and when its call returned */
 	__u64 held_ssl;
 	__u64 held_ns;
@@ -217,18 +218,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct scratch);
 } seam_scratch SEC(".maps");
-
-struct injected_record {
-	struct seam_event ev;
-	struct seam_injected inj;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct injected_record);
-} seam_injected_scratch SEC(".maps");
 
 /* A TLS library call in progress on a thread (SSL_read/SSL_write and their _ex forms, or
  * SSL_do_handshake, which only teaches which socket an SSL object uses). */
@@ -497,26 +486,25 @@ static __always_inline int node_turn_request(__u32 pid, const struct seam_async 
 
 /* Which request a Node main thread's send of a request on the connection at local_port works
  * for, by its async ids a: the turn rule, or (first_request: no request went on that connection
- * before) the request its socket was made for. That request's context is left in
- * seam_node_choice for the send's context choice (seam_choose_context); else the thread's choice
- * is cleared. */
-static __always_inline void node_choose(__u32 pid, const struct seam_async *a, int first_request,
-					__u16 local_port, __u32 epoch)
+ * before) the request its socket was made for. Returns 1 with that request's context in *choice
+ * (for seam_choose_context), 0 when the ids prove none. */
+static __always_inline int node_choose(__u32 pid, const struct seam_async *a, int first_request,
+				       __u16 local_port, __u32 epoch, struct seam_node_choice *choice)
 {
 	struct node_req_ref ref;
 	if (!node_turn_request(pid, a, &ref)) {
 		if (!first_request)
-			goto none; /* a pooled connection's later request: its trigger proves nothing */
+			return 0; /* a pooled connection's later request: its trigger proves nothing */
 		struct node_made_key mk = {.pid = pid, .id = node_id(a->trigger_id)};
 		struct node_req_ref *made = bpf_map_lookup_elem(&seam_node_made, &mk);
 		if (!made)
-			goto none;
+			return 0;
 		ref = *made;
 		bpf_map_delete_elem(&seam_node_made, &mk);
 	}
 	struct node_req *req = bpf_map_lookup_elem(&seam_node_reqs, &ref.conn_id);
 	if (!req || !req->open || req->serial != ref.serial)
-		goto none;
+		return 0;
 	if (req->state != SEAM_CTX_HEADER && req->state != SEAM_CTX_GENERATED) {
 		/* the request's trace starts with its first call */
 		__u32 zero = 0;
@@ -524,17 +512,12 @@ static __always_inline void node_choose(__u32 pid, const struct seam_async *a, i
 		req->flags = seam_new_trace(req->trace_id, rule ? rule->sample_threshold : 0);
 		req->state = SEAM_CTX_GENERATED;
 	}
-	struct seam_node_choice choice = {
-		.flags = req->flags,
-		.state = req->state,
-		.local_port = local_port,
-		.epoch = epoch,
-	};
-	__builtin_memcpy(choice.trace_id, req->trace_id, 16);
-	bpf_map_update_elem(&seam_node_choice, &pid, &choice, BPF_ANY);
-	return;
-none:
-	bpf_map_delete_elem(&seam_node_choice, &pid);
+	choice->flags = req->flags;
+	choice->state = req->state;
+	choice->local_port = local_port;
+	choice->epoch = epoch;
+	__builtin_memcpy(choice->trace_id, req->trace_id, 16);
+	return 1;
 }
 
 enum io_kind {
@@ -711,7 +694,7 @@ static __always_inline struct conn_info *conn_of(struct sock *sk, int node_main_
 		if (info.tuple.local_port == 0)
 			return NULL;
 		info.conn_id = next_conn_id();
-		if (bpf_sk_storage_get(&seam_prop_marked, sk, 0, 0))
+		if (bpf_sk_storage_get(&seam_prop_sock, sk, 0, 0))
 			info.flags = CONN_MARKED;
 	} else {
 		info.flags = CONN_NOT_TCP;
@@ -724,11 +707,15 @@ static __always_inline struct conn_info *conn_of(struct sock *sk, int node_main_
 
 static __always_inline void emit(struct scratch *s, __u32 captured)
 {
-	__u64 size = sizeof(struct seam_event) + captured;
-	asm volatile("" : "+r"(size));
-	if (size > sizeof(struct seam_event) + SEAM_MAX_CAPTURE)
-		size = sizeof(struct seam_event) + SEAM_MAX_CAPTURE;
-	output(s, size);
+	__u64 n = captured;
+	asm volatile("" : "+r"(n));
+	if (n > SEAM_MAX_CAPTURE)
+		n = SEAM_MAX_CAPTURE;
+	if (s->ev.flags & SEAM_DATA_CONTEXT) {
+		__builtin_memcpy(&s->payload[n], &s->context, sizeof(s->context));
+		n += sizeof(s->context);
+	}
+	output(s, sizeof(struct seam_event) + n);
 }
 
 /* Copies up to `want` bytes from user memory into the scratch payload at `off`; returns bytes copied. */
@@ -860,18 +847,10 @@ static __always_inline void report_close(struct conn_info *ci, __u32 pid, __u64 
 }
 
 
-/* The current ctxprop run, 0 when none injects. */
-static __always_inline __u32 propagation_epoch(void)
-{
-	__u32 zero = 0;
-	__u32 *on = bpf_map_lookup_elem(&seam_prop_on, &zero);
-	return on ? *on : 0;
-}
-
 #define PMASK (SEAM_MAX_CAPTURE * 2 - 1)
 #define PB(s, o) ((s)->payload[(o) & PMASK])
 /* Eight payload bytes from o (the payload is followed by more of the scratch, so always in it). */
-#define WORD(s, o) (*(__u64 *)&(s)->payload[(o) & PMASK])
+#define WORD(s, o) seam_load8(&(s)->payload[(o) & PMASK])
 
 struct tp_scan {
 	struct scratch *s;
@@ -896,22 +875,20 @@ static __always_inline int tp_scan_byte(struct scratch *s, __u32 len, __u64 i)
 	}
 	if (o + 16 > len)
 		return 0; /* too short for a header seam reads; the blank line may follow */
-	/* header names by whole words (lowercased: '-' and ':' keep their 0x20 bit), which the
-	 * verifier walks far faster than a branch per byte */
-	__u64 name = WORD(s, o) | 0x2020202020202020ULL;
-	__u64 next = WORD(s, o + 8) | 0x2020202020202020ULL;
-	if (name == 0x7261706563617274ULL /* "tracepar" */ &&
-	    (next & 0xffffffffULL) == 0x3a746e65ULL /* "ent:" */) {
+	switch (seam_header_of(WORD(s, o), WORD(s, o + 8), WORD(s, o + 16))) {
+	case SEAM_HDR_TRACEPARENT:
 		if (s->tp_found == 0)
-			s->tp_value = o + 12;
+			s->tp_value = o + SEAM_TRACEPARENT_VALUE;
 		s->tp_found++;
-	} else if (name == 0x2d746e65746e6f63ULL /* "content-" */ &&
-	   (next & 0xffffffffffffffULL) == 0x3a6874676e656cULL /* "length:" */) {
+		break;
+	case SEAM_HDR_CONTENT_LENGTH:
 		if (s->length_at)
 			s->body_unknown = 1; /* two Content-Length headers */
-		s->length_at = o + 15;
-	} else if (name == 0x726566736e617274ULL /* "transfer" */ && PB(s, o + 8) == '-') {
-		s->body_unknown = 1; /* Transfer-Encoding: the body's end is in the body */
+		s->length_at = o + SEAM_CONTENT_LENGTH_VALUE;
+		break;
+	case SEAM_HDR_TRANSFER_ENCODING:
+		s->body_unknown = 1;
+		break;
 	}
 	return 0;
 }
@@ -925,10 +902,8 @@ static long tp_scan_step(__u64 w, void *ctx)
 	__u64 base = w * 8;
 	if (!s || base + 3 > t->len)
 		return 1;
-	__u64 v = *(__u64 *)&s->payload[base & (PMASK & ~7ULL)];
-	__u64 x = v ^ 0x0a0a0a0a0a0a0a0aULL;
-	if (!((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL))
-		return 0; /* no '\n' in this word */
+	if (!seam_has_byte(WORD(s, base & ~7ULL), '\n'))
+		return 0;
 #pragma unroll
 	for (int k = 0; k < 8; k++)
 		if (tp_scan_byte(s, t->len, base + k))
@@ -936,32 +911,50 @@ static long tp_scan_step(__u64 w, void *ctx)
 	return 0;
 }
 
-static __always_inline int hex_nibble(__u8 c)
+/* Eight characters of lowercase hex, as read (the first in the lowest byte), into four bytes in
+ * order, in the low half; the high half is non-zero when any character is not [0-9a-f]. Whole
+ * words, no branch per character: a per-pair loop cost more than the rest of a receive. A
+ * global function: inlined eight times, its constants stay live across the copies and spill,
+ * and the caller's frame then passes the 512 bytes a tracepoint's call chain may use on older
+ * kernels. */
+__attribute__((noinline)) __u64 hex8(__u64 w)
 {
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
+	__u64 bad = (seam_bytes_in(w, '0', '9') | seam_bytes_in(w, 'a', 'f')) ^ SEAM_HIGHS;
+	/* '0'-'9' are 0x3N, 'a'-'f' 0x6N (bit 6 set, N = value - 9) */
+	__u64 n = (w & SEAM_ONES * 0x0f) + ((w >> 6) & SEAM_ONES) * 9;
+	__u64 t = ((n & 0x00ff00ff00ff00ffULL) << 4) | ((n >> 8) & 0x00ff00ff00ff00ffULL);
+	t = (t | (t >> 8)) & 0x0000ffff0000ffffULL;
+	return (__u32)(t | (t >> 16)) | ((__u64)(bad != 0) << 32);
 }
 
-/* Decodes the k-th hex pair of a traceparent value (0: version, 1-16: trace id, 17-24: parent
- * id, 25: flags) into the scratch; any character that is not lowercase hex marks it bad. */
-static long tp_hex_step(__u64 k, void *ctx)
+/* Two hex characters at o as one byte, bad flag kept ('0' padding makes them a word). */
+#define HEX2(s, o) (hex8((WORD(s, o) & 0xffff) | 0x3030303030300000ULL) & 0xffffffff000000ffULL)
+
+/* Decodes the traceparent value at v of this CPU's scratch payload (its dashes checked) into
+ * tp_ids: returns its version, or -1 when it is not lowercase hex, has an all-zero id, or is
+ * version ff. A global function, verified once on its own: inlined, its registers would spill
+ * past the stack the socket hooks have left, and its exact results would multiply the
+ * verifier's states in the caller. */
+__attribute__((noinline)) int tp_decode(__u32 v)
 {
-	struct tp_scan *t = ctx;
-	struct scratch *s = t->s;
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&seam_scratch, &zero);
 	if (!s)
-		return 1;
-	__u32 o = k == 0 ? 0 : k <= 16 ? 3 + 2 * (k - 1) : k <= 24 ? 36 + 2 * (k - 17) : 53;
-	int h = hex_nibble(PB(s, t->value + o));
-	int l = hex_nibble(PB(s, t->value + o + 1));
-	if (h < 0 || l < 0) {
-		s->tp_bad = 1;
-		return 1;
+		return -1;
+	__u64 version = HEX2(s, v), flags = HEX2(s, v + 53), any = version | flags;
+	__u32 *ids = s->tp_ids;
+	ids[6] = (__u32)flags;
+#pragma unroll
+	for (int k = 0; k < 6; k++) {
+		__u64 d = hex8(WORD(s, v + (k < 4 ? 3 + 8 * k : 36 + 8 * (k - 4))));
+		ids[k] = (__u32)d;
+		any |= d;
 	}
-	s->tp_bytes[k & 31] = (__u8)(h << 4 | l);
-	return 0;
+	if ((any >> 32) || version == 0xff)
+		return -1;
+	if (!(ids[0] | ids[1] | ids[2] | ids[3]) || !(ids[4] | ids[5]))
+		return -1;
+	return (int)version;
 }
 
 /* The request's incoming context, by the same rules the correlator applies (W3C Trace Context
@@ -988,19 +981,10 @@ static __always_inline void incoming_context(struct scratch *s, __u32 len, struc
 		return;
 	if (PB(s, v + 2) != '-' || PB(s, v + 35) != '-' || PB(s, v + 52) != '-')
 		return;
-	t.value = v;
-	s->tp_bad = 0;
-	bpf_loop(26, tp_hex_step, &t, 0);
-	if (s->tp_bad || s->tp_bytes[0] == 0xff)
+	int version = tp_decode(v);
+	if (version < 0)
 		return;
-	int later_version = s->tp_bytes[0] != 0;
-	__u8 trace_any = 0, parent_any = 0;
-	for (int k = 1; k <= 16; k++)
-		trace_any |= s->tp_bytes[k];
-	for (int k = 17; k <= 24; k++)
-		parent_any |= s->tp_bytes[k];
-	if (!trace_any || !parent_any)
-		return;
+	int later_version = version != 0;
 	__u32 p = v + 55;
 	if (!(later_version && p < len && PB(s, p) == '-')) {
 		for (int k = 0; k < 8; k++) {
@@ -1011,46 +995,34 @@ static __always_inline void incoming_context(struct scratch *s, __u32 len, struc
 		if (p < len && PB(s, p) != '\r' && PB(s, p) != '\n')
 			return;
 	}
-	__builtin_memcpy(out->trace_id, &s->tp_bytes[1], 16);
-	out->flags = s->tp_bytes[25];
+	__builtin_memcpy(out->trace_id, s->tp_ids, 16);
+	out->flags = (__u8)s->tp_ids[6];
 	out->state = SEAM_CTX_HEADER;
 }
 
-/* A context record just before the request's own event: what went out with it (EV_INJECTED) or
- * what came with it in a TCP option (EV_TCP_CONTEXT). */
-static __always_inline void report_context(struct conn_info *ci, __u32 pid, __u32 tid, __u8 kind,
-					   struct seam_injected *ctx)
+/* The request's context rides on its own event, after the captured bytes: what went out with it
+ * or what came with it in a TCP option (the context's kind says which). One record, not two. */
+static __always_inline void report_context(struct scratch *s, const struct seam_injected *ctx)
 {
-	__u32 zero = 0;
-	struct injected_record *r = bpf_map_lookup_elem(&seam_injected_scratch, &zero);
-	if (!r)
-		return;
-	__builtin_memset(&r->ev, 0, sizeof(r->ev));
-	r->ev.kind = kind;
-	r->ev.conn_id = ci->conn_id;
-	r->ev.pid = pid;
-	r->ev.tid = tid;
-	r->ev.start_ns = r->ev.end_ns = bpf_ktime_get_ns();
-	r->ev.tuple = ci->tuple;
-	r->ev.captured = sizeof(r->inj);
-	r->inj = *ctx;
-	output(r, sizeof(*r));
+	s->context = *ctx;
+	s->ev.flags |= SEAM_DATA_CONTEXT;
 }
 
-/* Reports what ctxprop injected into the request this thread is sending on ci, so user space
- * gives the client span exactly the ids on the wire. */
-static __always_inline void report_injected(struct conn_info *ci, __u32 pid, __u64 pid_tgid)
+/* Reports what ctxprop injected into the request being sent on ci, so user space gives the
+ * client span exactly the ids on the wire. */
+static __always_inline void report_injected(struct conn_info *ci, struct sock *sk,
+					    struct scratch *s)
 {
-	__u32 tid = (__u32)pid_tgid;
-	struct seam_injected *inj = bpf_map_lookup_elem(&seam_injected, &tid);
-	if (!inj)
+	if (!(ci->flags & CONN_MARKED))
 		return;
-	if (inj->local_port == ci->tuple.local_port)
-		report_context(ci, pid, tid, SEAM_EV_INJECTED, inj);
-	bpf_map_delete_elem(&seam_injected, &tid);
+	struct seam_prop_sock *ps = bpf_sk_storage_get(&seam_prop_sock, sk, 0, 0);
+	if (!ps || !(ps->pending & SEAM_PENDING_REPORT))
+		return;
+	ps->pending &= ~SEAM_PENDING_REPORT;
+	report_context(s, &ps->ctx);
 }
 
-/* Digit k of the Content-Length value (blanks around it allowed); stops at the line's end. */
+/* Byte k of the Content-Length value. */
 static long length_step(__u64 k, void *ctx)
 {
 	struct tp_scan *t = ctx;
@@ -1058,33 +1030,25 @@ static long length_step(__u64 k, void *ctx)
 	if (!s)
 		return 1;
 	__u64 at = t->value + k;
-	__u8 c = PB(s, at);
-	if (at >= t->len || c == '\r')
+	if (at >= t->len)
 		return 1;
-	if (c >= '0' && c <= '9' && s->length_digits < 9) {
-		s->body_length = s->body_length * 10 + (c - '0');
-		s->length_digits++;
-	} else if (c != ' ' && c != '\t') {
-		s->body_unknown = 1;
-		return 1;
-	}
-	return 0;
+	return seam_length_feed(&s->length, PB(s, at));
 }
 
 /* Whether a request's read held it alone: its whole head, and no byte past its body. */
 static __always_inline int read_holds_request_alone(struct scratch *s, __u32 captured)
 {
-	s->body_length = 0;
-	s->length_digits = 0;
+	s->length.value = 0;
+	s->length.state = SEAM_LEN_BEFORE;
 	if (s->length_at) {
 		struct tp_scan t = {.s = s, .len = captured, .value = s->length_at};
-		bpf_loop(16, length_step, &t, 0);
-		if (!s->length_digits)
+		bpf_loop(SEAM_LENGTH_MAX_BYTES, length_step, &t, 0);
+		if (s->length.state != SEAM_LEN_DONE)
 			return 0;
 	}
 	__u32 bytes = s->ev.bytes;
 	return s->head_end && !s->body_unknown && bytes >= s->head_end &&
-	       bytes - s->head_end <= s->body_length;
+	       bytes - s->head_end <= s->length.value;
 }
 
 /* A Node main thread read a server request on ci (its context in fresh): the connection's
@@ -1146,7 +1110,7 @@ static __always_inline void serving_begin(struct conn_info *ci, __u32 pid, __u32
 			__builtin_memcpy(fresh.trace_id, opt->trace_id, 16);
 			fresh.flags = opt->flags;
 			fresh.state = SEAM_CTX_HEADER;
-			report_context(ci, pid, tid, SEAM_EV_TCP_CONTEXT, opt);
+			report_context(s, opt);
 		}
 		bpf_map_delete_elem(&seam_remote_ctx, &ci->tuple);
 	}
@@ -1208,7 +1172,7 @@ static __always_inline void remember_tls_read(__u64 pid_tgid, struct sock *sk)
 /* A TLS request's context for the TCP-option carrier: chosen here, where its plaintext is seen
  * before encryption, as ctxprop's sk_msg chooses a plaintext one; ctxprop's sockops writes it on
  * the request's first segment. Only on connections ctxprop took (marked) with that carrier. */
-static __always_inline void tls_option(struct conn_info *ci, __u32 pid, __u64 pid_tgid,
+static __always_inline void tls_option(struct conn_info *ci, struct scratch *s, __u32 pid,
 				       const struct seam_async *node_ids, int first_request,
 				       __u32 epoch)
 {
@@ -1225,14 +1189,13 @@ static __always_inline void tls_option(struct conn_info *ci, __u32 pid, __u64 pi
 	inj.local_port = ci->tuple.local_port;
 	/* A Node main thread's request (its event carries Node's ids): they say which server
 	 * request it works for, as at a plaintext send (whose probe leaves ciphertext alone). */
-	__u16 node_port = 0;
-	if (node_ids->valid) {
-		node_choose(pid, node_ids, first_request, ci->tuple.local_port, epoch);
-		node_port = ci->tuple.local_port;
-	}
-	seam_choose_context(&inj, rule->sample_threshold, rule->follow_parent, node_port);
+	struct seam_node_choice *nc = &s->node_choice;
+	if (!node_ids->valid ||
+	    !node_choose(pid, node_ids, first_request, ci->tuple.local_port, epoch, nc))
+		nc = NULL;
+	seam_choose_context(&inj, rule->sample_threshold, rule->follow_parent, epoch, nc);
 	if (bpf_map_update_elem(&seam_tls_option, &ci->tuple, &inj, BPF_ANY) == 0)
-		report_context(ci, pid, (__u32)pid_tgid, SEAM_EV_INJECTED, &inj);
+		report_context(s, &inj);
 }
 
 /* Bytes a target moved on ci between began and now: parsed as an HTTP/1.x stream, whether they
@@ -1269,7 +1232,7 @@ static __always_inline int on_payload(struct conn_info *ci, struct sock *sk, __u
 		int first_message = !(ci->flags & CONN_HTTP);
 		ci->flags |= CONN_HTTP;
 		s->ev.flags |= SEAM_DATA_HTTP_START;
-		__u32 epoch = propagation_epoch();
+		__u32 epoch = seam_prop_epoch();
 		if (epoch) {
 			int status = is_status_line(s->payload);
 			if (direction == SEAM_DIR_INGRESS && !status)
@@ -1277,9 +1240,9 @@ static __always_inline int on_payload(struct conn_info *ci, struct sock *sk, __u
 			else if (direction == SEAM_DIR_EGRESS && status && s->payload[9] != '1')
 				serving_end(ci, 1, epoch); /* a final response, not "100 Continue" */
 			else if (direction == SEAM_DIR_EGRESS && !status && (data_flags & TLS_BEFORE_SEND))
-				tls_option(ci, pid, pid_tgid, &s->ev.async, first_message, epoch);
+				tls_option(ci, s, pid, &s->ev.async, first_message, epoch);
 			else if (direction == SEAM_DIR_EGRESS && !status && !data_flags)
-				report_injected(ci, pid, pid_tgid);
+				report_injected(ci, sk, s);
 		}
 	} else {
 		captured = 0; /* a continuation ships counts and its tail only */
@@ -1522,12 +1485,12 @@ static __always_inline void mark_for_injection(struct sock *sk)
 {
 	__u32 pid = bpf_get_current_pid_tgid() >> 32;
 	__u32 *target = bpf_map_lookup_elem(&seam_targets, &pid);
-	if (!target || !propagation_epoch())
+	if (!target || !seam_prop_epoch())
 		return;
-	__u32 value = 1 | (*target & SEAM_OVERRIDE_MASK); /* with its selector's override */
-	__u32 *m = bpf_sk_storage_get(&seam_prop_marked, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (m)
-		*m = value;
+	struct seam_prop_sock *ps =
+		bpf_sk_storage_get(&seam_prop_sock, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (ps)
+		ps->mark = 1 | (*target & SEAM_OVERRIDE_MASK); /* with its selector's override */
 }
 
 /* tp_btf arguments: (const struct sock *sk, int oldstate, int newstate). A socket reaching
@@ -1547,7 +1510,7 @@ int on_state(__u64 *ctx)
 		return 0;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	report_close(ci, pid_tgid >> 32, pid_tgid);
-	serving_end(ci, ci->open_reqs, propagation_epoch());
+	serving_end(ci, ci->open_reqs, seam_prop_epoch());
 	bpf_map_delete_elem(&seam_conns, &key);
 	return 0;
 }
@@ -1938,7 +1901,7 @@ int node_socket_new(struct pt_regs *ctx)
 	output(&ev, sizeof(ev));
 	struct node_req_ref req;
 	__u64 last = node_id(ev.async.last_id);
-	if (last && propagation_epoch() && node_turn_request(pid, &ev.async, &req)) {
+	if (last && seam_prop_epoch() && node_turn_request(pid, &ev.async, &req)) {
 		struct node_made_key key = {.pid = pid, .id = last + 1};
 		bpf_map_update_elem(&seam_node_made, &key, &req, BPF_ANY);
 	}
@@ -1958,7 +1921,7 @@ int node_send_enter(struct pt_regs *ctx)
 	if ((__u32)pid_tgid != pid)
 		return 0;
 	struct seam_node_rt *rt = bpf_map_lookup_elem(&seam_node_rt, &pid);
-	__u32 epoch = propagation_epoch();
+	__u32 epoch = seam_prop_epoch();
 	if (!rt || !epoch)
 		return 0;
 	int fd = -1;
@@ -1976,8 +1939,11 @@ int node_send_enter(struct pt_regs *ctx)
 	struct seam_async a = {};
 	if (node_read_ids(rt, &a) != 0)
 		goto none;
-	node_choose(pid, &a, !ci || !(ci->flags & CONN_HTTP), BPF_CORE_READ(sk, __sk_common.skc_num),
-		    epoch);
+	struct seam_node_choice choice;
+	if (!node_choose(pid, &a, !ci || !(ci->flags & CONN_HTTP),
+			 BPF_CORE_READ(sk, __sk_common.skc_num), epoch, &choice))
+		goto none;
+	bpf_map_update_elem(&seam_node_choice, &pid, &choice, BPF_ANY);
 	return 0;
 none:
 	bpf_map_delete_elem(&seam_node_choice, &pid);
@@ -2065,7 +2031,6 @@ int on_process_exit(void *ctx)
 	}
 	__u32 tid = (__u32)pid_tgid;
 	bpf_map_delete_elem(&seam_serving, &tid);
-	bpf_map_delete_elem(&seam_injected, &tid);
 	bpf_map_delete_elem(&seam_tls_pending, &pid_tgid);
 	bpf_map_delete_elem(&seam_tls_last_read, &tid);
 	if (tid == pid)

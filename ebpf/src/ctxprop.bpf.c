@@ -11,6 +11,7 @@
 #include "seam_abi.h"
 #include "seam_prop_maps.h"
 #include "seam_prop_ctx.h"
+#include "seam_http_head.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -62,29 +63,6 @@ struct {
 	__type(value, __u32);
 } seam_prop_socks SEC(".maps");
 
-/* Where the next outgoing bytes of a connection are in its request stream. */
-struct framing {
-	__u64 skip;    /* body bytes of the current request still to pass */
-	__u32 opaque;  /* never touch this connection again */
-	__u32 use;     /* the carriers this connection's requests get */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct flow_key);
-	__type(value, struct framing);
-} seam_prop_framing SEC(".maps");
-
-/* The context the next data segment of a connection carries in its TCP option: set per request
- * by sk_msg, written once (on the segment that takes the request's first bytes) and dropped. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct flow_key);
-	__type(value, struct seam_injected);
-} seam_prop_option SEC(".maps");
-
 struct tcp_ctx_opt {
 	__u8 kind;
 	__u8 len;
@@ -100,24 +78,24 @@ struct {
 	__type(value, __u64);
 } seam_prop_counters SEC(".maps");
 
-/* What the head of a request says about framing, filled byte by byte. Kept in the per-CPU
- * buffer, not on the stack: the verifier then does not track every combination of its values. */
+/* What the head of a request says about framing. Kept in the per-CPU buffer, not on the
+ * stack: the verifier then does not track every combination of its values. */
 struct head_scan {
 	__u32 len;
-	__u32 line_start;    /* where the current line starts */
 	__u32 request_line;  /* bytes of the request line, CRLF included; 0 until seen */
 	__u32 head_len;      /* bytes of the whole head, blank line included; 0 until seen */
-	__u32 method_ok;     /* 1: the line starts with an upper-case token and a space; 2: it does not */
+	__u32 method_ok;     /* the line starts with an upper-case token and a space */
 	__u32 traceparents;  /* traceparent headers seen */
 	__u32 no_length;     /* Transfer-Encoding, Upgrade or a bad Content-Length: unframeable */
-	__u32 in_length;     /* reading Content-Length digits */
-	__u64 content_length;
+	__u32 length_at;     /* where the Content-Length value starts (0: no such header) */
+	struct seam_length length;
 };
 
 struct scan_buf {
 	struct seam_injected ctx; /* the request's context, off the 512-byte stack */
+	struct seam_node_choice node_choice; /* a Node main thread's send's, likewise */
 	struct head_scan t;
-	__u8 head[SCAN_MAX];
+	__u8 head[SCAN_MAX + 16]; /* zeroes follow the copied bytes: a word read past them is safe */
 	__u8 header[TP_HEADER_LEN + 2];
 };
 
@@ -135,31 +113,21 @@ static __always_inline void count(__u32 which)
 		*v += 1;
 }
 
-/* sockops and sk_msg contexts name a connection's fields alike: one body for both. */
-#define FLOW_KEY_OF(ctx, k)                                                                        \
-	do {                                                                                       \
-		(k)->family = (ctx)->family;                                                       \
-		(k)->local_port = (ctx)->local_port;                                               \
-		(k)->remote_port = (ctx)->remote_port;                                             \
-		if ((ctx)->family == 2) {                                                          \
-			(k)->local_ip[0] = (ctx)->local_ip4;                                       \
-			(k)->remote_ip[0] = (ctx)->remote_ip4;                                     \
-		} else {                                                                           \
-			for (int i_ = 0; i_ < 4; i_++) {                                           \
-				(k)->local_ip[i_] = (ctx)->local_ip6[i_];                          \
-				(k)->remote_ip[i_] = (ctx)->remote_ip6[i_];                        \
-			}                                                                          \
-		}                                                                                  \
-	} while (0)
-
+/* The sockhash key of a connection. */
 static __always_inline void key_of_ops(struct bpf_sock_ops *ops, struct flow_key *k)
 {
-	FLOW_KEY_OF(ops, k);
-}
-
-static __always_inline void key_of_msg(struct sk_msg_md *msg, struct flow_key *k)
-{
-	FLOW_KEY_OF(msg, k);
+	k->family = ops->family;
+	k->local_port = ops->local_port;
+	k->remote_port = ops->remote_port;
+	if (ops->family == 2) {
+		k->local_ip[0] = ops->local_ip4;
+		k->remote_ip[0] = ops->remote_ip4;
+	} else {
+		for (int i = 0; i < 4; i++) {
+			k->local_ip[i] = ops->local_ip6[i];
+			k->remote_ip[i] = ops->remote_ip6[i];
+		}
+	}
 }
 
 /* The connection as the capture names it (struct seam_tuple), from a sockops context. */
@@ -189,19 +157,30 @@ static __always_inline void tuple_of_ops(struct bpf_sock_ops *ops, struct seam_t
 	}
 }
 
+/* The socket's propagation state, if a target connected it while ctxprop ran. */
+static __always_inline struct seam_prop_sock *prop_sock(struct bpf_sock *sk)
+{
+	return sk ? bpf_sk_storage_get(&seam_prop_sock, sk, 0, 0) : NULL;
+}
+
+/* The context the next data segment carries: the plaintext request's, set by sk_msg, else a TLS
+ * request's, chosen by the capture at SSL_write (by tuple: a uprobe cannot name the socket). */
+static __always_inline struct seam_injected *option_context(struct bpf_sock_ops *ops,
+							     struct seam_prop_sock *ps,
+							     struct seam_tuple *t)
+{
+	if (ps && (ps->pending & SEAM_PENDING_OPTION))
+		return &ps->ctx;
+	tuple_of_ops(ops, t);
+	return bpf_map_lookup_elem(&seam_tls_option, t);
+}
+
 /* Kind 25 on the segment that takes a request's first bytes, then the context is dropped: a
  * later request without one must not lend it. */
-static __always_inline void write_option(struct bpf_sock_ops *ops, struct flow_key *k,
-					 struct seam_tuple *t)
+static __always_inline void write_option(struct bpf_sock_ops *ops, struct seam_tuple *t)
 {
-	struct seam_injected *ctx = bpf_map_lookup_elem(&seam_prop_option, k);
-	int tls = 0;
-	if (!ctx) {
-		/* a TLS request's context, chosen by the capture at SSL_write */
-		tuple_of_ops(ops, t);
-		ctx = bpf_map_lookup_elem(&seam_tls_option, t);
-		tls = 1;
-	}
+	struct seam_prop_sock *ps = prop_sock(ops->sk);
+	struct seam_injected *ctx = option_context(ops, ps, t);
 	if (!ctx)
 		return;
 	struct tcp_ctx_opt opt = {.kind = SEAM_TCP_OPT_KIND};
@@ -211,10 +190,10 @@ static __always_inline void write_option(struct bpf_sock_ops *ops, struct flow_k
 	opt.len = (ctx->flags & 1) ? SEAM_TCP_OPT_LEN : SEAM_TCP_OPT_LEN_FLAGS;
 	if (bpf_store_hdr_opt(ops, &opt, opt.len, 0) == 0)
 		count(PROP_CNT_OPTIONS_SENT);
-	if (tls)
-		bpf_map_delete_elem(&seam_tls_option, t);
+	if (ps && (ps->pending & SEAM_PENDING_OPTION))
+		ps->pending &= ~SEAM_PENDING_OPTION;
 	else
-		bpf_map_delete_elem(&seam_prop_option, k);
+		bpf_map_delete_elem(&seam_tls_option, t);
 }
 
 /* A peer's kind-25 option becomes the incoming context of the request these bytes start; the
@@ -246,19 +225,18 @@ int on_sockops(struct bpf_sock_ops *ops)
 	struct seam_tuple t = {};
 	switch (ops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
-		struct bpf_sock *sk = ops->sk;
-		if (!sk)
+		struct seam_prop_sock *ps = prop_sock(ops->sk);
+		if (!ps)
 			return 1;
-		__u32 *mark = bpf_sk_storage_get(&seam_prop_marked, sk, 0, 0);
-		if (!mark)
-			return 1;
-		__u32 own = (*mark & SEAM_OVERRIDE_MASK) >> SEAM_OVERRIDE_SHIFT;
+		__u32 own = (ps->mark & SEAM_OVERRIDE_MASK) >> SEAM_OVERRIDE_SHIFT;
 		__u32 use = own ? own - 1 : carriers;
 		if (!use)
 			return 1; /* its selector turned propagation off: the socket is never touched */
+		ps->use = use;
+		ps->opaque = 0;
+		ps->skip = 0;
+		ps->pending = 0;
 		key_of_ops(ops, &k);
-		struct framing fresh = {.use = use};
-		bpf_map_update_elem(&seam_prop_framing, &k, &fresh, BPF_ANY);
 		if (bpf_sock_hash_update(ops, &seam_prop_socks, &k, BPF_NOEXIST) == 0) {
 			count(PROP_CNT_SOCKETS);
 			__u32 flags = BPF_SOCK_OPS_STATE_CB_FLAG;
@@ -266,21 +244,26 @@ int on_sockops(struct bpf_sock_ops *ops)
 				flags |= BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
 			bpf_sock_ops_cb_flags_set(ops, flags);
 		} else {
+			ps->use = 0;
 			count(PROP_CNT_FAILED);
 		}
 		return 1;
 	}
-	case BPF_SOCK_OPS_STATE_CB:
+	case BPF_SOCK_OPS_STATE_CB: {
 		if (ops->args[1] == TCP_ESTABLISHED)
 			return 1;
 		key_of_ops(ops, &k);
 		if (bpf_map_delete_elem(&seam_prop_socks, &k) == 0)
 			count(PROP_CNT_RELEASED);
-		bpf_map_delete_elem(&seam_prop_framing, &k);
-		bpf_map_delete_elem(&seam_prop_option, &k);
+		struct seam_prop_sock *ps = prop_sock(ops->sk);
+		if (ps) {
+			ps->use = 0;
+			ps->pending = 0;
+		}
 		tuple_of_ops(ops, &t);
 		bpf_map_delete_elem(&seam_tls_option, &t);
 		return 1;
+	}
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		/* Reading options touches nothing, and any peer may send one whatever this host writes:
 		 * every accepted connection may bring a context. Only segments with an option the kernel
@@ -294,20 +277,15 @@ int on_sockops(struct bpf_sock_ops *ops)
 		if (!(ops->args[0] & BPF_WRITE_HDR_TCP_CURRENT_MSS)) {
 			if (ops->skb_len == 0 || (ops->skb_tcp_flags & TCPHDR_SYN))
 				return 1;
-			key_of_ops(ops, &k);
-			if (!bpf_map_lookup_elem(&seam_prop_option, &k)) {
-				tuple_of_ops(ops, &t);
-				if (!bpf_map_lookup_elem(&seam_tls_option, &t))
-					return 1;
-			}
+			if (!option_context(ops, prop_sock(ops->sk), &t))
+				return 1;
 		}
 		bpf_reserve_hdr_opt(ops, SEAM_TCP_OPT_LEN_FLAGS, 0);
 		return 1;
 	case BPF_SOCK_OPS_WRITE_HDR_OPT_CB:
 		if (ops->skb_len == 0 || (ops->skb_tcp_flags & TCPHDR_SYN))
 			return 1;
-		key_of_ops(ops, &k);
-		write_option(ops, &k, &t);
+		write_option(ops, &t);
 		return 1;
 	case BPF_SOCK_OPS_PARSE_HDR_OPT_CB:
 		read_option(ops);
@@ -317,39 +295,13 @@ int on_sockops(struct bpf_sock_ops *ops)
 }
 
 #define HB(b, o) ((b)->head[(o) & (SCAN_MAX - 1)])
-#define HL(b, o) (HB(b, o) | 0x20)
-
-static __always_inline int name_is(struct scan_buf *t, __u32 at, __u32 colon, __u32 which)
-{
-	__u32 n = colon - at;
-	switch (which) {
-	case 0: /* traceparent */
-		return n == 11 && HL(t, at) == 't' && HL(t, at + 1) == 'r' && HL(t, at + 2) == 'a' &&
-		       HL(t, at + 3) == 'c' && HL(t, at + 4) == 'e' && HL(t, at + 5) == 'p' &&
-		       HL(t, at + 6) == 'a' && HL(t, at + 7) == 'r' && HL(t, at + 8) == 'e' &&
-		       HL(t, at + 9) == 'n' && HL(t, at + 10) == 't';
-	case 1: /* content-length */
-		return n == 14 && HL(t, at) == 'c' && HL(t, at + 1) == 'o' && HL(t, at + 2) == 'n' &&
-		       HL(t, at + 3) == 't' && HL(t, at + 4) == 'e' && HL(t, at + 5) == 'n' &&
-		       HL(t, at + 6) == 't' && HB(t, at + 7) == '-' && HL(t, at + 8) == 'l' &&
-		       HL(t, at + 9) == 'e' && HL(t, at + 10) == 'n' && HL(t, at + 11) == 'g' &&
-		       HL(t, at + 12) == 't' && HL(t, at + 13) == 'h';
-	case 2: /* transfer-encoding */
-		return n == 17 && HL(t, at) == 't' && HL(t, at + 1) == 'r' && HL(t, at + 2) == 'a' &&
-		       HL(t, at + 3) == 'n' && HL(t, at + 4) == 's' && HL(t, at + 5) == 'f' &&
-		       HL(t, at + 6) == 'e' && HL(t, at + 7) == 'r' && HB(t, at + 8) == '-';
-	case 3: /* upgrade */
-		return n == 7 && HL(t, at) == 'u' && HL(t, at + 1) == 'p' && HL(t, at + 2) == 'g' &&
-		       HL(t, at + 3) == 'r' && HL(t, at + 4) == 'a' && HL(t, at + 5) == 'd' &&
-		       HL(t, at + 6) == 'e';
-	}
-	return 0;
-}
+/* Eight head bytes from o, the first in the lowest byte. */
+#define HW(b, o) seam_load8(&(b)->head[(o) & (SCAN_MAX - 1)])
 
 /* A request line: TOKEN SP target SP HTTP/1.x CRLF, with CONNECT left alone (a tunnel follows). */
 static __always_inline int request_line_ok(struct scan_buf *t, __u32 end)
 {
-	if (end < 16 || t->t.method_ok != 1)
+	if (end < 16 || !t->t.method_ok)
 		return 0;
 	__u32 v = end - 10; /* " HTTP/1.x\r\n" ends the line */
 	if (HB(t, v - 1) != ' ' || HB(t, v) != 'H' || HB(t, v + 1) != 'T' || HB(t, v + 2) != 'T' ||
@@ -359,71 +311,96 @@ static __always_inline int request_line_ok(struct scan_buf *t, __u32 end)
 	return !(HB(t, 0) == 'C' && HB(t, 1) == 'O' && HB(t, 2) == 'N' && HB(t, 3) == 'N');
 }
 
+/* Whether the head starts with 1-15 upper-case letters and a space, a word at a time: the first
+ * byte that is no letter must be the space. */
+static __always_inline int method_ok(struct scan_buf *b)
+{
+#pragma unroll
+	for (int k = 0; k < 2; k++) {
+		__u64 w = HW(b, 8 * k);
+		__u64 other = ~seam_bytes_in(w, 'A', 'Z') & SEAM_HIGHS;
+		if (!other)
+			continue;
+		__u64 first = other & -other;
+		return (first & seam_bytes_in(w, ' ', ' ')) && !(k == 0 && first == 0x80);
+	}
+	return 0;
+}
+
+/* The line that ends at i (a '\n'): the request line, or the blank line that ends the head, or
+ * a header line whose name says something about framing. Returns 1 when the scan is over. A global function, verified once on its
+ * own: inlined for each byte of a word, the compiler shares its reads between those paths, and
+ * the verifier refuses a pointer sum reached with different offsets without CAP_PERFMON. */
+__attribute__((noinline)) int line_end(__u32 i)
+{
+	__u32 zero = 0;
+	struct scan_buf *b = bpf_map_lookup_elem(&seam_prop_scratch, &zero);
+	if (!b)
+		return 1;
+	struct head_scan *t = &b->t;
+	__u64 o = i + 1;
+	if (t->request_line == 0) {
+		if (!request_line_ok(b, o))
+			return 1;
+		t->request_line = o;
+		return 0;
+	}
+	if (HB(b, o) == '\r') {
+		if (HB(b, o + 1) == '\n')
+			t->head_len = o + 2;
+		return 1;
+	}
+	switch (seam_header_of(HW(b, o), HW(b, o + 8), HW(b, o + 16))) {
+	case SEAM_HDR_TRACEPARENT:
+		t->traceparents++;
+		break;
+	case SEAM_HDR_CONTENT_LENGTH:
+		if (t->length_at)
+			t->no_length = 1; /* two Content-Length headers: leave it alone */
+		t->length_at = o + SEAM_CONTENT_LENGTH_VALUE;
+		break;
+	case SEAM_HDR_TRANSFER_ENCODING:
+	case SEAM_HDR_UPGRADE:
+		t->no_length = 1;
+		break;
+	}
+	return 0;
+}
+
 struct scan_ctx {
 	struct scan_buf *buf;
 };
 
-static long head_scan_step(__u64 i, void *ctx)
+/* Word w of the head: only a word holding a '\n' is looked at byte by byte. */
+static long head_scan_step(__u64 w, void *ctx)
 {
 	struct scan_buf *b = ((struct scan_ctx *)ctx)->buf;
 	if (!b)
 		return 1;
 	struct head_scan *t = &b->t;
-	if (i >= t->len)
+	__u64 base = w * 8;
+	if (base >= t->len)
 		return 1;
-	__u8 c = HB(b, i);
-	if (t->request_line == 0) {
-		if (i < 16 && t->method_ok == 0) {
-			if (c == ' ')
-				t->method_ok = i > 0 ? 1 : 2;
-			else if (c < 'A' || c > 'Z')
-				t->method_ok = 2;
-		}
-		if (c == '\n') {
-			if (!request_line_ok(b, i + 1))
-				return 1;
-			t->request_line = i + 1;
-			t->line_start = i + 1;
-		} else if (i >= 4096) {
-			return 1; /* no request line this long */
-		}
+	if (!seam_has_byte(HW(b, base), '\n'))
 		return 0;
-	}
-	if (t->in_length) {
-		if (c >= '0' && c <= '9') {
-			t->content_length = t->content_length * 10 + (c - '0');
-			if (t->content_length > (1ULL << 48))
-				t->no_length = 1;
-			return 0;
-		}
-		if (c == ' ' || c == '\t')
-			return 0;
-		if (c != '\r' && c != '\n')
-			t->no_length = 1;
-		t->in_length = 0;
-	}
-	if (c == ':' && t->line_start != 0) {
-		__u32 at = t->line_start;
-		t->line_start = 0; /* only the first colon ends a name */
-		if (name_is(b, at, i, 0)) {
-			t->traceparents++;
-		} else if (name_is(b, at, i, 1)) {
-			if (t->content_length)
-				t->no_length = 1; /* two Content-Length headers: leave it alone */
-			t->in_length = 1;
-		} else if (name_is(b, at, i, 2) || name_is(b, at, i, 3)) {
-			t->no_length = 1;
-		}
-		return 0;
-	}
-	if (c == '\n') {
-		if (i >= 3 && HB(b, i - 1) == '\r' && HB(b, i - 2) == '\n' && HB(b, i - 3) == '\r') {
-			t->head_len = i + 1;
+#pragma unroll
+	for (int k = 0; k < 8; k++)
+		if (HB(b, base + k) == '\n' && line_end(base + k))
 			return 1;
-		}
-		t->line_start = i + 1;
-	}
 	return 0;
+}
+
+/* Byte k of the Content-Length value. */
+static long length_step(__u64 k, void *ctx)
+{
+	struct scan_buf *b = ((struct scan_ctx *)ctx)->buf;
+	if (!b)
+		return 1;
+	struct head_scan *t = &b->t;
+	__u64 at = t->length_at + k;
+	if (at >= t->len)
+		return 1;
+	return seam_length_feed(&t->length, HB(b, at));
 }
 
 static __always_inline char hex_digit(__u8 n)
@@ -479,24 +456,27 @@ static __always_inline int insert_header(struct sk_msg_md *msg, struct scan_buf 
 }
 
 /* Gives the request a context on every configured carrier and tells the capture which. */
-static __always_inline int carry(struct sk_msg_md *msg, struct scan_buf *buf, struct flow_key *k,
-				 __u32 at, __u32 head_len, __u32 use)
+static __always_inline int carry(struct sk_msg_md *msg, struct scan_buf *buf,
+				 struct seam_prop_sock *ps, __u32 at, __u32 head_len)
 {
 	struct seam_injected *inj = &buf->ctx;
 	__builtin_memset(inj, 0, sizeof(*inj));
 	inj->local_port = (__u16)msg->local_port;
-	seam_choose_context(inj, sample_threshold, sample_follow_parent, inj->local_port);
-	int carried = 0;
-	if (use & CARRIER_HEADER)
-		carried = insert_header(msg, buf, at, head_len);
+	__u32 epoch = seam_prop_epoch();
+	struct seam_node_choice *nc = &buf->node_choice;
+	if (!seam_take_node_choice(nc, inj->local_port, epoch))
+		nc = NULL;
+	seam_choose_context(inj, sample_threshold, sample_follow_parent, epoch, nc);
+	__u32 use = ps->use;
+	__u32 pending = 0;
+	if ((use & CARRIER_HEADER) && insert_header(msg, buf, at, head_len))
+		pending = SEAM_PENDING_REPORT;
 	if (use & CARRIER_TCP_OPTION)
-		carried |= bpf_map_update_elem(&seam_prop_option, k, inj, BPF_ANY) == 0;
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	if (!carried) {
-		bpf_map_delete_elem(&seam_injected, &tid);
+		pending = SEAM_PENDING_REPORT | SEAM_PENDING_OPTION;
+	if (!pending)
 		return 0;
-	}
-	bpf_map_update_elem(&seam_injected, &tid, inj, BPF_ANY);
+	ps->ctx = *inj;
+	ps->pending = pending;
 	return 1;
 }
 
@@ -509,18 +489,10 @@ __attribute__((noinline)) int put_word(__u32 at, __u64 word)
 	struct scan_buf *buf = bpf_map_lookup_elem(&seam_prop_scratch, &zero);
 	__u64 off = at;
 	asm volatile("" : "+r"(off)); /* the bound is checked on the register that is used */
-	if (!buf || off > SCAN_MAX - 8)
+	if (!buf || off > SCAN_MAX + 8)
 		return 0;
 	__builtin_memcpy(&buf->head[off], &word, 8);
 	return 1;
-}
-
-/* What this thread injected before is reported with its next request: drop it when this send
- * carries a request seam leaves alone. */
-static __always_inline void forget_injection(void)
-{
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	bpf_map_delete_elem(&seam_injected, &tid);
 }
 
 /* Copies the first len (≤ SCAN_MAX) bytes of the message into buf->head. Packet pointers take
@@ -560,60 +532,67 @@ static __always_inline int copy_head(struct sk_msg_md *msg, struct scan_buf *buf
 SEC("sk_msg")
 int on_msg(struct sk_msg_md *msg)
 {
-	struct flow_key k = {};
-	key_of_msg(msg, &k);
-	struct framing *f = bpf_map_lookup_elem(&seam_prop_framing, &k);
-	if (!f || f->opaque || !f->use)
+	struct seam_prop_sock *ps = prop_sock(msg->sk);
+	if (!ps || ps->opaque || !ps->use)
 		return SK_PASS;
-	__u32 use = f->use;
 	__u32 size = msg->size;
-	if (f->skip >= size) {
-		f->skip -= size;
+	if (ps->skip >= size) {
+		ps->skip -= size;
 		return SK_PASS;
 	}
-	if (f->skip != 0) {
+	if (ps->skip != 0) {
 		/* a request would start inside this send, right after a body: pipelining */
-		f->opaque = 1;
+		ps->opaque = 1;
 		count(PROP_CNT_OPAQUE);
 		return SK_PASS;
 	}
+	/* what an earlier request carried was reported at its send's end, or that send failed:
+	 * either way it must not lend this one its ids (an option still waiting for its segment
+	 * stays until this request's context replaces it) */
+	ps->pending &= ~SEAM_PENDING_REPORT;
 	__u32 zero = 0;
 	struct scan_buf *buf = bpf_map_lookup_elem(&seam_prop_scratch, &zero);
 	if (!buf)
 		return SK_PASS;
 	__u32 len = size < SCAN_MAX ? size : SCAN_MAX;
 	if (!copy_head(msg, buf, len)) {
-		f->opaque = 1;
+		ps->opaque = 1;
 		count(PROP_CNT_OPAQUE);
 		return SK_PASS;
 	}
+	put_word(len, 0);
+	put_word(len + 8, 0);
 	struct head_scan *t = &buf->t;
 	__builtin_memset(t, 0, sizeof(*t));
 	t->len = len;
+	t->method_ok = method_ok(buf);
 	struct scan_ctx sc = {.buf = buf};
-	bpf_loop(len, head_scan_step, &sc, 0);
+	bpf_loop((len + 7) / 8, head_scan_step, &sc, 0);
+	if (t->length_at) {
+		bpf_loop(SEAM_LENGTH_MAX_BYTES, length_step, &sc, 0);
+		if (t->length.state != SEAM_LEN_DONE)
+			t->no_length = 1;
+	}
 	if (t->request_line == 0 || t->head_len == 0) {
 		/* not HTTP/1.x, or a head split over sends or longer than SCAN_MAX */
-		f->opaque = 1;
+		ps->opaque = 1;
 		count(PROP_CNT_OPAQUE);
-		forget_injection();
 		return SK_PASS;
 	}
 	__u64 body_here = size - t->head_len;
-	if (t->no_length || body_here > t->content_length) {
+	if (t->no_length || body_here > t->length.value) {
 		/* after this request the stream cannot be followed */
-		f->opaque = 1;
+		ps->opaque = 1;
 		count(PROP_CNT_OPAQUE);
 	} else {
-		f->skip = t->content_length - body_here;
+		ps->skip = t->length.value - body_here;
 	}
 	if (t->traceparents) {
 		count(PROP_CNT_HAD_HEADER);
-		forget_injection(); /* an earlier send that failed must not lend this request its ids */
-		bpf_map_delete_elem(&seam_prop_option, &k);
+		ps->pending = 0; /* nor an earlier request's option */
 		return SK_PASS;
 	}
-	if (carry(msg, buf, &k, t->request_line, t->head_len, use))
+	if (carry(msg, buf, ps, t->request_line, t->head_len))
 		count(PROP_CNT_INJECTED);
 	return SK_PASS;
 }

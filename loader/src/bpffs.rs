@@ -16,9 +16,8 @@ pub const PINS: &[(&str, &str, u32)] = &[
     (names::TARGETS, "targets", 0o600),
     // shared with ctxprop (group seam), which injects from and reports into them
     (names::SERVING, "serving", 0o660),
-    (names::INJECTED, "injected", 0o660),
     (names::PROP_ON, "prop_on", 0o660),
-    (names::PROP_MARKED, "marked", 0o660),
+    (names::PROP_SOCK, "prop_sock", 0o660),
     (names::REMOTE_CTX, "remote_ctx", 0o660),
     (names::PROP_RULE, "prop_rule", 0o660),
     (names::TLS_OPTION, "tls_option", 0o660),

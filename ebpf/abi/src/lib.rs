@@ -13,12 +13,6 @@ pub const EV_CLOSE: u8 = 2;
 pub const EV_EXEC: u8 = 3;
 pub const EV_SPAWN: u8 = 4;
 pub const EV_EXIT: u8 = 5;
-/// The request that follows on the same connection went out with the context in the payload
-/// (an [`Injected`]).
-pub const EV_INJECTED: u8 = 6;
-/// The request that follows on the same connection came with this context in a TCP option (an
-/// [`Injected`] whose span id is the caller's).
-pub const EV_TCP_CONTEXT: u8 = 7;
 /// A Node main thread set up the connection `conn_id` it accepted, or finished its TLS handshake
 /// (payload: a [`NodeAccept`]).
 pub const EV_NODE_ACCEPT: u8 = 8;
@@ -37,6 +31,9 @@ pub const ROLE_CONNECTED: u8 = 2;
 pub const DATA_HTTP_START: u8 = 1;
 /// The payload is plaintext read at the TLS library's boundary (SSL_read/SSL_write).
 pub const DATA_TLS: u8 = 2;
+/// An [`Injected`] follows the payload: the context the request went out with, or (kind
+/// [`INJ_REMOTE`], span id = the caller's) came with in a TCP option. See [`Event::context`].
+pub const DATA_CONTEXT: u8 = 4;
 
 pub const TARGET_SELECTED: u32 = 1;
 pub const TARGET_INHERITED: u32 = 2;
@@ -87,9 +84,9 @@ pub mod objects {
 pub mod names {
     /// Shared by both objects: created and pinned by the loader, opened by ctxprop.
     pub const SERVING: &str = "seam_serving";
-    pub const INJECTED: &str = "seam_injected";
     pub const PROP_ON: &str = "seam_prop_on";
-    pub const PROP_MARKED: &str = "seam_prop_marked";
+    /// Per-socket propagation state (`struct seam_prop_sock`), in the socket's own storage.
+    pub const PROP_SOCK: &str = "seam_prop_sock";
     pub const REMOTE_CTX: &str = "seam_remote_ctx";
     /// ctxprop's carriers and sampling rule, for the capture's TLS path (a [`PropRule`](crate::PropRule)).
     pub const PROP_RULE: &str = "seam_prop_rule";
@@ -278,6 +275,16 @@ impl Event {
         Some((ev, &rest[..captured]))
     }
 
+    /// The context a request's event carries after its payload ([`DATA_CONTEXT`]); `None` when
+    /// it carries none or the record is cut short.
+    pub fn context(&self, record: &[u8]) -> Option<Injected> {
+        if self.flags & DATA_CONTEXT == 0 {
+            return None;
+        }
+        let after = size_of::<Event>().checked_add(self.captured as usize)?;
+        Injected::parse(record.get(after..)?)
+    }
+
     pub fn tail(&self) -> &[u8] {
         &self.tail[..(self.tail_len as usize).min(TAIL_LEN)]
     }
@@ -351,5 +358,36 @@ mod tests {
         let (ev, payload) = Event::parse(&rec).expect("full header");
         assert_eq!(ev.captured, 100);
         assert_eq!(payload, b"GET / HT");
+    }
+
+    #[test]
+    fn a_context_is_read_after_the_payload_only_when_flagged_and_whole() {
+        let ctx = Injected {
+            trace_id: [3; 16],
+            span_id: [4; 8],
+            flags: 1,
+            kind: INJ_CHILD,
+            local_port: 8080,
+            pad: 0,
+        };
+        const HEAD: usize = size_of::<Event>();
+        let mut rec = [0u8; HEAD + 3 + size_of::<Injected>()];
+        rec[40..44].copy_from_slice(&3u32.to_ne_bytes()); // captured
+        rec[HEAD..HEAD + 3].copy_from_slice(b"GET");
+        // SAFETY: Injected is plain old data with every byte a field.
+        rec[HEAD + 3..].copy_from_slice(unsafe {
+            core::slice::from_raw_parts(
+                (&ctx as *const Injected).cast::<u8>(),
+                size_of::<Injected>(),
+            )
+        });
+        let (ev, payload) = Event::parse(&rec).expect("header");
+        assert_eq!(payload, b"GET", "the context is not payload");
+        assert_eq!(ev.context(&rec), None, "not flagged");
+        let flags_at = core::mem::offset_of!(Event, flags);
+        rec[flags_at] = DATA_CONTEXT;
+        let (ev, _) = Event::parse(&rec).expect("header");
+        assert_eq!(ev.context(&rec), Some(ctx));
+        assert_eq!(ev.context(&rec[..rec.len() - 1]), None, "cut short");
     }
 }

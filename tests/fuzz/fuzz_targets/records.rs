@@ -4,12 +4,12 @@
 
 use libfuzzer_sys::fuzz_target;
 use seam_abi::{
-    Async, Event, DIR_EGRESS, EV_CLOSE, EV_DATA, EV_EXEC, EV_EXIT, EV_INJECTED, EV_NODE_ACCEPT,
-    EV_NODE_SOCKET, EV_SPAWN, EV_TCP_CONTEXT, TAIL_LEN,
+    Async, Event, Injected, DIR_EGRESS, EV_CLOSE, EV_DATA, EV_EXEC, EV_EXIT, EV_NODE_ACCEPT,
+    EV_NODE_SOCKET, EV_SPAWN, TAIL_LEN,
 };
 use seam_correlator::engine::{Engine, LinkConfig};
 
-const KINDS: [u8; 12] = [
+const KINDS: [u8; 10] = [
     EV_DATA,
     EV_DATA,
     EV_DATA,
@@ -18,8 +18,6 @@ const KINDS: [u8; 12] = [
     EV_EXEC,
     EV_SPAWN,
     EV_EXIT,
-    EV_INJECTED,
-    EV_TCP_CONTEXT,
     EV_NODE_ACCEPT,
     EV_NODE_SOCKET,
 ];
@@ -67,6 +65,12 @@ fn structured(mut rest: &[u8], engine: &mut Engine) {
         ev.tuple.family = 2;
         ev.tuple.local_port = 8000 + u16::from(b & 3);
         ev.tuple.remote_port = 40000 + u16::from(b & 3);
+        if ev.kind == EV_DATA && a & 0x20 != 0 {
+            // a context reported with the request (its kind says sent or received)
+            if let Some(ctx) = Injected::parse(payload) {
+                engine.on_context(ev.conn_id, ctx);
+            }
+        }
         engine.on_event(&ev, payload, &mut out);
         if a == 0xff {
             engine.sweep(now, 1_000_000_000, 5_000_000_000, &mut out);
