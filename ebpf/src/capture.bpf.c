@@ -712,7 +712,10 @@ static __always_inline void emit(struct scratch *s, __u32 captured)
 	if (n > SEAM_MAX_CAPTURE)
 		n = SEAM_MAX_CAPTURE;
 	if (s->ev.flags & SEAM_DATA_CONTEXT) {
-		__builtin_memcpy(&s->payload[n], &s->context, sizeof(s->context));
+		const __u8 *ctx = (const __u8 *)&s->context;
+#pragma unroll
+		for (int i = 0; i < sizeof(s->context); i += 8)
+			seam_store8(&s->payload[n + i], seam_load8(ctx + i));
 		n += sizeof(s->context);
 	}
 	output(s, sizeof(struct seam_event) + n);

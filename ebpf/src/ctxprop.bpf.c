@@ -446,8 +446,9 @@ static __always_inline int insert_header(struct sk_msg_md *msg, struct scan_buf 
 		return 0;
 	}
 #pragma unroll
-	for (int i = 0; i < TP_HEADER_LEN; i++)
-		data[i] = h[i];
+	for (int i = 0; i + 8 <= TP_HEADER_LEN; i += 8)
+		seam_store8(data + i, seam_load8(h + i));
+	seam_store8(data + TP_HEADER_LEN - 8, seam_load8(h + TP_HEADER_LEN - 8));
 	/* The insertion is a scatterlist element of its own, and tcp_bpf sends each element with a
 	 * separate tcp_sendmsg: with TCP_NODELAY the head would leave as three segments, and a server
 	 * could read the request line alone. One element for the whole head keeps it one segment. */
@@ -491,7 +492,7 @@ __attribute__((noinline)) int put_word(__u32 at, __u64 word)
 	asm volatile("" : "+r"(off)); /* the bound is checked on the register that is used */
 	if (!buf || off > SCAN_MAX + 8)
 		return 0;
-	__builtin_memcpy(&buf->head[off], &word, 8);
+	seam_store8(&buf->head[off], word);
 	return 1;
 }
 
@@ -508,7 +509,7 @@ static __always_inline int copy_head(struct sk_msg_md *msg, struct scan_buf *buf
 	for (int i = 0; i < SCAN_MAX / 8; i++) {
 		if (data + (i + 1) * 8 > end || (i + 1) * 8 > len)
 			break;
-		*(__u64 *)&buf->head[i * 8] = *(__u64 *)(data + i * 8);
+		seam_store8(&buf->head[i * 8], seam_load8(data + i * 8));
 	}
 	if (len < 8) {
 #pragma unroll
