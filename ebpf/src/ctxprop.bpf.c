@@ -190,6 +190,8 @@ static __always_inline void write_option(struct bpf_sock_ops *ops, struct seam_t
 	opt.len = (ctx->flags & 1) ? SEAM_TCP_OPT_LEN : SEAM_TCP_OPT_LEN_FLAGS;
 	if (bpf_store_hdr_opt(ops, &opt, opt.len, 0) == 0)
 		count(PROP_CNT_OPTIONS_SENT);
+	/* the source is asked again, not compared by pointer: without CAP_PERFMON the verifier
+	 * refuses a comparison of two pointers ("pointer comparison prohibited") */
 	if (ps && (ps->pending & SEAM_PENDING_OPTION))
 		ps->pending &= ~SEAM_PENDING_OPTION;
 	else
@@ -328,9 +330,10 @@ static __always_inline int method_ok(struct scan_buf *b)
 }
 
 /* The line that ends at i (a '\n'): the request line, or the blank line that ends the head, or
- * a header line whose name says something about framing. Returns 1 when the scan is over. A global function, verified once on its
- * own: inlined for each byte of a word, the compiler shares its reads between those paths, and
- * the verifier refuses a pointer sum reached with different offsets without CAP_PERFMON. */
+ * a header line whose name says something about framing. Returns 1 when the scan is over. A
+ * global function, verified once on its own: inlined for each byte of a word, the compiler
+ * shares its reads between those paths, and the verifier refuses a pointer sum reached with
+ * different offsets without CAP_PERFMON. */
 __attribute__((noinline)) int line_end(__u32 i)
 {
 	__u32 zero = 0;
