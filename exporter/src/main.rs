@@ -9,7 +9,7 @@ use seam_exporter::config::{self, ExporterConfig, PrinterMode};
 use seam_exporter::{
     metrics::RedMetrics, otlp::OtlpSpans, printer::TracePrinter, selfmetrics::SelfMetrics,
 };
-use seam_proto::msg::{ExporterRequest, SpanBatch};
+use seam_proto::msg::{ExporterFrame, SpanBatchView};
 use seam_proto::{ipc, privilege, role, selfstats, Role};
 use tokio::sync::mpsc;
 
@@ -56,29 +56,27 @@ fn run(cfg: ExporterConfig) -> Result<()> {
         .context("tokio runtime")?;
     rt.block_on(async move {
         let shutdown = seam_proto::lifecycle::Shutdown::install()?;
-        let (tx, rx) = mpsc::channel::<SpanBatch>(cfg.queue_batches);
+        let (tx, rx) = mpsc::channel::<ExporterFrame>(cfg.queue_batches);
         let listener = ipc::bind(Role::Exporter)?;
         let policy = ipc::PeerPolicy::for_role(Role::Exporter);
         let received = selfstats::counter("spans_received");
         let dropped = selfstats::counter("spans_dropped");
         let depth = selfstats::gauge("export_queue_depth");
-        tokio::spawn(ipc::serve::<ExporterRequest, _>(
+        tokio::spawn(ipc::serve::<ExporterFrame, _>(
             listener,
             policy,
-            move |_, req, _| match req {
-                ExporterRequest::Spans(batch) => {
-                    let n = batch.spans.len() as u64;
-                    received.add(n);
-                    if tx.try_send(batch).is_err() {
-                        dropped.add(n);
-                        tracing::warn!(
-                            spans = n,
-                            total_dropped = dropped.get(),
-                            "export queue full: spans dropped"
-                        );
-                    }
-                    depth.set((tx.max_capacity() - tx.capacity()) as u64);
+            move |_, frame, _| {
+                let n = frame.spans() as u64;
+                received.add(n);
+                if tx.try_send(frame).is_err() {
+                    dropped.add(n);
+                    tracing::warn!(
+                        spans = n,
+                        total_dropped = dropped.get(),
+                        "export queue full: spans dropped"
+                    );
                 }
+                depth.set((tx.max_capacity() - tx.capacity()) as u64);
             },
         ));
         tracing::info!(otlp = cfg.otlp, printer = ?cfg.printer, "exporter configured");
@@ -93,7 +91,7 @@ fn run(cfg: ExporterConfig) -> Result<()> {
     Ok(())
 }
 
-async fn export_loop(cfg: ExporterConfig, mut rx: mpsc::Receiver<SpanBatch>) -> Result<()> {
+async fn export_loop(cfg: ExporterConfig, mut rx: mpsc::Receiver<ExporterFrame>) -> Result<()> {
     let mut otlp = if cfg.otlp {
         Some(OtlpSpans::from_env().context("OTLP exporter configuration (OTEL_EXPORTER_OTLP_*)")?)
     } else {
@@ -113,9 +111,20 @@ async fn export_loop(cfg: ExporterConfig, mut rx: mpsc::Receiver<SpanBatch>) -> 
     let mut stdout = std::io::stdout();
     loop {
         tokio::select! {
-            batch = rx.recv() => {
-                let Some(batch) = batch else { break };
+            frame = rx.recv() => {
+                let Some(frame) = frame else { break };
                 depth.set(rx.len() as u64);
+                if otlp.is_none() && !printer.wants_spans() {
+                    continue; // nothing reads the spans: they were checked and counted
+                }
+                let batch = match frame.view() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        selfstats::counter("spans_dropped").add(frame.spans() as u64);
+                        tracing::error!(error = %e, "a checked span batch no longer decodes: dropped");
+                        continue;
+                    }
+                };
                 printer.add(&batch);
                 if let Some(m) = metrics.as_mut() {
                     m.record(&batch);
@@ -154,7 +163,11 @@ struct Collector {
 
 /// Retries with exponential backoff while the collector is up; one attempt per batch while it is
 /// down. A batch that fails is dropped and counted.
-async fn export_with_retry(otlp: &mut OtlpSpans, batch: &SpanBatch, collector: &mut Collector) {
+async fn export_with_retry(
+    otlp: &mut OtlpSpans,
+    batch: &SpanBatchView<'_>,
+    collector: &mut Collector,
+) {
     let n = batch.spans.len() as u64;
     let attempts = if collector.down { 1 } else { 5 };
     let mut wait = Duration::from_millis(100);

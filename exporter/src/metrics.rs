@@ -7,7 +7,7 @@ use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::periodic_reader_with_async_runtime::PeriodicReader;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::Resource;
-use seam_proto::msg::{SpanBatch, SpanKind};
+use seam_proto::msg::{SpanBatchView, SpanKind};
 
 /// Semantic-convention default boundaries for HTTP durations, in seconds.
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -63,7 +63,7 @@ pub struct RedMetrics {
 
 impl RedMetrics {
     /// Records every span, sampled or not: metrics count all requests.
-    pub fn record(&mut self, batch: &SpanBatch) {
+    pub fn record(&mut self, batch: &SpanBatchView<'_>) {
         let key = (
             batch.service.service_name.clone(),
             batch.service.instance_id.clone(),
@@ -105,7 +105,11 @@ impl RedMetrics {
             };
             let attrs: Vec<KeyValue> = keys
                 .iter()
-                .filter_map(|k| s.attr(k).map(|v| KeyValue::new(*k, crate::otlp::value(v))))
+                .filter_map(|k| {
+                    s.attributes
+                        .get(k)
+                        .map(|v| KeyValue::new(*k, crate::otlp::value(v)))
+                })
                 .collect();
             hist.record(secs, &attrs);
         }

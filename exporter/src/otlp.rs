@@ -9,7 +9,7 @@ use opentelemetry::trace::{
 use opentelemetry::{InstrumentationScope, Key, KeyValue, Value};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 use opentelemetry_sdk::Resource;
-use seam_proto::msg::{self, AttrKey, AttrValue, SpanBatch, SpanRecord};
+use seam_proto::msg::{self, AttrKey, AttrRef, SpanBatchView, SpanView};
 
 pub fn scope() -> InstrumentationScope {
     InstrumentationScope::builder("seam")
@@ -17,17 +17,17 @@ pub fn scope() -> InstrumentationScope {
         .build()
 }
 
-pub fn value(v: &AttrValue) -> Value {
+pub fn value(v: AttrRef<'_>) -> Value {
     match v {
-        AttrValue::Str(s) => Value::from(s.clone()),
-        AttrValue::Ip(ip) => Value::from(ip.to_string()),
-        AttrValue::Known(k) => Value::from(k.as_str()),
-        AttrValue::Int(i) => Value::from(*i),
-        AttrValue::Bool(b) => Value::from(*b),
+        AttrRef::Str(s) => Value::from(s.to_string()),
+        AttrRef::Ip(ip) => Value::from(ip.to_string()),
+        AttrRef::Known(k) => Value::from(k.as_str()),
+        AttrRef::Int(i) => Value::from(i),
+        AttrRef::Bool(b) => Value::from(b),
     }
 }
 
-pub fn key_value(k: &AttrKey, v: &AttrValue) -> KeyValue {
+pub fn key_value(k: &AttrKey, v: AttrRef<'_>) -> KeyValue {
     let key = match k.known_name() {
         Some(name) => Key::from_static_str(name),
         None => Key::from(k.as_str().to_string()),
@@ -39,7 +39,7 @@ fn time(unix_nanos: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_nanos(unix_nanos)
 }
 
-pub fn to_span_data(s: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
+pub fn to_span_data(s: &SpanView<'_>, scope: &InstrumentationScope) -> SpanData {
     let state = s.tracestate.parse::<TraceState>().unwrap_or_default();
     SpanData {
         span_context: SpanContext::new(
@@ -55,7 +55,10 @@ pub fn to_span_data(s: &SpanRecord, scope: &InstrumentationScope) -> SpanData {
             msg::SpanKind::Server => SpanKind::Server,
             msg::SpanKind::Client => SpanKind::Client,
         },
-        name: s.name.clone(),
+        name: match msg::Known::method(s.name) {
+            Some(k) => k.as_str().into(),
+            None => s.name.to_string().into(),
+        },
         start_time: time(s.start_unix_nanos),
         end_time: time(s.end_unix_nanos),
         attributes: s.attributes.iter().map(|(k, v)| key_value(k, v)).collect(),
@@ -88,7 +91,7 @@ impl OtlpSpans {
     }
 
     /// Exports the sampled spans of one batch under its service's resource.
-    pub async fn export(&mut self, batch: &SpanBatch) -> Result<(), String> {
+    pub async fn export(&mut self, batch: &SpanBatchView<'_>) -> Result<(), String> {
         let spans: Vec<SpanData> = batch
             .spans
             .iter()

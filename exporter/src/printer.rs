@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use seam_proto::msg::{AttrValue, SpanBatch, SpanKind, SpanRecord, SpanStatus};
+use seam_proto::msg::{AttrValue, SpanBatchView, SpanKind, SpanRecord, SpanStatus};
 use serde_json::json;
 
 use crate::config::PrinterMode;
@@ -52,8 +52,13 @@ impl TracePrinter {
         }
     }
 
-    pub fn add(&mut self, batch: &SpanBatch) {
-        if self.mode == PrinterMode::Disabled {
+    /// Whether [`TracePrinter::add`] keeps anything: a disabled printer needs no spans read.
+    pub fn wants_spans(&self) -> bool {
+        self.mode != PrinterMode::Disabled
+    }
+
+    pub fn add(&mut self, batch: &SpanBatchView<'_>) {
+        if !self.wants_spans() {
             return;
         }
         for s in batch.spans.iter().filter(|s| s.sampled()) {
@@ -64,7 +69,7 @@ impl TracePrinter {
             p.last_seen = Instant::now();
             p.spans.push(Printed {
                 service: batch.service.service_name.clone(),
-                span: s.clone(),
+                span: s.to_owned_record(),
             });
         }
     }
@@ -193,7 +198,12 @@ fn write_json(out: &mut dyn Write, id: &[u8; 16], spans: Vec<Printed>) -> std::i
 #[cfg(test)]
 mod tests {
     use super::*;
-    use seam_proto::msg::{AttrKey, ServiceIdentity};
+    use seam_proto::msg::{AttrKey, ExporterFrame, ServiceIdentity, SpanBatch};
+
+    fn add(p: &mut TracePrinter, batch: &SpanBatch) {
+        let frame = ExporterFrame::of(batch).expect("a batch frames");
+        p.add(&frame.view().expect("a checked frame reads"));
+    }
 
     fn span(id: u8, parent: Option<u8>, start: u64) -> SpanRecord {
         SpanRecord {
@@ -230,7 +240,7 @@ mod tests {
                 span(3, Some(2), 30),
             ],
         };
-        p.add(&batch);
+        add(&mut p, &batch);
         let mut out = Vec::new();
         p.flush(&mut out, false);
         let text = String::from_utf8(out).expect("utf8");
@@ -251,7 +261,7 @@ mod tests {
             service: ServiceIdentity::default(),
             spans: vec![span(1, None, 10), quiet],
         };
-        p.add(&batch);
+        add(&mut p, &batch);
         let mut out = Vec::new();
         p.flush(&mut out, true);
         let text = String::from_utf8(out).expect("utf8");

@@ -5,6 +5,7 @@
 //! is the slot's position and the value's type is fixed, so an attribute costs an option tag and
 //! its value. In memory the list is unchanged; a value that does not fit its key's slot (an
 //! unknown method as text, a second value for a key) travels in the list of the rest.
+//! [`AttrsView`] reads the same bytes in place: its text is borrowed from the received frame.
 
 use std::net::IpAddr;
 
@@ -17,7 +18,7 @@ use crate::msg::{AttrKey, AttrValue, Known};
 macro_rules! slots {
     ($($key:ident => $slot:ident: $ty:ty, $read:ident, $variant:ident;)*) => {
         /// Slots in a fixed order; `R` is a pair of the rest, borrowed or owned like `T`.
-        #[derive(Serialize, Deserialize)]
+        #[derive(Debug, Serialize, Deserialize)]
         struct Slots<T, R> {
             $($slot: Option<$ty>,)*
             rest: Vec<R>,
@@ -55,6 +56,15 @@ macro_rules! slots {
             attrs.extend(s.rest);
             Ok(attrs)
         }
+
+        /// The keys of the slots, in slot order: a view lends them as `&'static AttrKey`.
+        static SLOT_KEYS: [AttrKey; [$(stringify!($slot)),*].len()] = [$(AttrKey::$key),*];
+
+        impl<'a> AttrsView<'a> {
+            fn slot_values(&self) -> [Option<AttrRef<'a>>; SLOT_KEYS.len()] {
+                [$(self.0.$slot.map(AttrRef::$variant)),*]
+            }
+        }
     };
 }
 
@@ -75,6 +85,74 @@ slots! {
     ClientAddress => client_address: IpAddr, ip, Ip;
     ThreadId => thread_id: i64, int, Int;
     SeamCapture => capture: Known, known, Known;
+}
+
+/// A span's attributes as they lie in a received frame: its text is borrowed, nothing is allocated
+/// unless a value fits no slot. They come in the order the owned list is decoded in.
+#[derive(Debug, Deserialize)]
+pub struct AttrsView<'a>(#[serde(borrow)] Slots<&'a str, (AttrKey, AttrValue)>);
+
+/// One attribute value of a view; text borrowed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AttrRef<'a> {
+    Str(&'a str),
+    Ip(IpAddr),
+    Known(Known),
+    Int(i64),
+    Bool(bool),
+}
+
+impl<'a> AttrRef<'a> {
+    pub fn of(v: &'a AttrValue) -> Self {
+        match v {
+            AttrValue::Str(s) => AttrRef::Str(s),
+            AttrValue::Ip(a) => AttrRef::Ip(*a),
+            AttrValue::Known(k) => AttrRef::Known(*k),
+            AttrValue::Int(i) => AttrRef::Int(*i),
+            AttrValue::Bool(b) => AttrRef::Bool(*b),
+        }
+    }
+
+    pub fn to_owned_value(self) -> AttrValue {
+        match self {
+            AttrRef::Str(s) => AttrValue::Str(s.to_string()),
+            AttrRef::Ip(a) => AttrValue::Ip(a),
+            AttrRef::Known(k) => AttrValue::Known(k),
+            AttrRef::Int(i) => AttrValue::Int(i),
+            AttrRef::Bool(b) => AttrValue::Bool(b),
+        }
+    }
+
+    /// The text of a string-like value.
+    pub fn as_str(self) -> Option<&'a str> {
+        match self {
+            AttrRef::Str(s) => Some(s),
+            AttrRef::Known(k) => Some(k.as_str()),
+            _ => None,
+        }
+    }
+}
+
+impl<'a> AttrsView<'a> {
+    /// Every attribute, slots first, then the rest in the order they were sent.
+    pub fn iter(&self) -> impl Iterator<Item = (&AttrKey, AttrRef<'_>)> + '_ {
+        SLOT_KEYS
+            .iter()
+            .zip(self.slot_values())
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .chain(self.0.rest.iter().map(|(k, v)| (k, AttrRef::of(v))))
+    }
+
+    /// The first value under the key named `key`.
+    pub fn get(&self, key: &str) -> Option<AttrRef<'_>> {
+        self.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
+    }
+
+    pub fn to_owned_list(&self) -> Vec<(AttrKey, AttrValue)> {
+        self.iter()
+            .map(|(k, v)| (k.clone(), v.to_owned_value()))
+            .collect()
+    }
 }
 
 /// Puts `value` in `slot` if the slot is free; says whether it did.

@@ -1,7 +1,7 @@
 //! The one place seam serialises messages: bincode 1.3 with a hard size limit.
 
 use bincode::Options;
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -50,6 +50,11 @@ pub fn encode_into<T: Serialize>(msg: &T, limit: u64, out: &mut Vec<u8>) -> Resu
 
 /// Decodes exactly one message from `bytes`; no allocation may exceed the frame's own size.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    decode_borrowed(bytes)
+}
+
+/// Like [`decode`], for a message that borrows its text from `bytes` instead of copying it.
+pub fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, CodecError> {
     options(bytes.len() as u64)
         .deserialize(bytes)
         .map_err(|e| match *e {

@@ -41,6 +41,15 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    read_frame_body(r, buf).await?;
+    Ok(codec::decode(buf)?)
+}
+
+/// Reads one frame's body into `buf`, its length checked against the cap first.
+pub async fn read_frame_body<R>(r: &mut R, buf: &mut Vec<u8>) -> Result<(), FrameError>
+where
+    R: AsyncRead + Unpin,
+{
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -57,7 +66,7 @@ where
     buf.clear();
     buf.resize(len as usize, 0);
     r.read_exact(buf).await?;
-    Ok(codec::decode(buf)?)
+    Ok(())
 }
 
 pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> Result<(), FrameError>

@@ -7,12 +7,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::Serialize;
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::codec::CodecError;
 use crate::fds::{send_with_fd, FdStream};
 use crate::frame::{
-    encode_frame, read_frame, read_frame_with, write_frame, write_frame_with, FrameError,
+    encode_frame, read_frame, read_frame_body, write_frame, write_frame_with, FrameError,
 };
 use crate::msg::{Hello, HelloReply};
 use crate::{Role, PROTOCOL_VERSION};
@@ -127,7 +128,10 @@ pub fn bind_at(path: &Path) -> Result<UnixListener, IpcError> {
 }
 
 /// A request type a daemon serves.
-pub trait Request: DeserializeOwned + Debug + Send + 'static {
+pub trait Request: Debug + Send + Sized + 'static {
+    /// Reads one request from a frame's body; an error closes the connection.
+    fn from_frame(body: &[u8]) -> Result<Self, CodecError>;
+
     /// File descriptors that travel with this request, taken in the order they were sent.
     fn passed_fds(&self) -> usize {
         0
@@ -214,7 +218,8 @@ where
     tracing::info!(peer = %role, uid = cred.uid(), "peer connected");
     let mut buf = Vec::new();
     loop {
-        match read_frame_with::<_, Req>(&mut stream, &mut buf).await {
+        let read = read_frame_body(&mut stream, &mut buf).await;
+        match read.and_then(|()| Ok(Req::from_frame(&buf)?)) {
             Ok(req) => {
                 let mut fds = Vec::with_capacity(req.passed_fds());
                 for _ in 0..req.passed_fds() {

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::attr_wire::{AttrRef, AttrsView};
 use crate::Role;
 
 /// First frame on every connection: who the client says it is and which protocol it speaks.
@@ -47,6 +48,10 @@ pub enum TlsFile {
 }
 
 impl crate::ipc::Request for LoaderRequest {
+    fn from_frame(body: &[u8]) -> Result<Self, crate::codec::CodecError> {
+        crate::codec::decode(body)
+    }
+
     fn passed_fds(&self) -> usize {
         match self {
             LoaderRequest::TlsLibrary { .. } => 1,
@@ -55,9 +60,24 @@ impl crate::ipc::Request for LoaderRequest {
     }
 }
 
-impl crate::ipc::Request for CtxpropRequest {}
-impl crate::ipc::Request for CorrelatorRequest {}
-impl crate::ipc::Request for ExporterRequest {}
+impl crate::ipc::Request for CtxpropRequest {
+    fn from_frame(body: &[u8]) -> Result<Self, crate::codec::CodecError> {
+        crate::codec::decode(body)
+    }
+}
+
+impl crate::ipc::Request for CorrelatorRequest {
+    fn from_frame(body: &[u8]) -> Result<Self, crate::codec::CodecError> {
+        crate::codec::decode(body)
+    }
+}
+
+/// The exporter serves span batches as checked frames, read in place.
+impl crate::ipc::Request for ExporterFrame {
+    fn from_frame(body: &[u8]) -> Result<Self, crate::codec::CodecError> {
+        ExporterFrame::check(body)
+    }
+}
 
 /// discover → ctxprop. A target's `propagation` is its selector's override of ctxprop's own
 /// `context_propagation`; `None` keeps ctxprop's.
@@ -318,6 +338,48 @@ impl SpanRecord {
     }
 }
 
+/// A [`SpanRecord`] read in place from a received frame (the same bytes): its text is borrowed,
+/// so the exporter decodes a span without allocating. Fields in the record's order.
+#[derive(Debug, Deserialize)]
+pub struct SpanView<'a> {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    pub trace_flags: u8,
+    pub tracestate: &'a str,
+    pub parent_is_remote: bool,
+    pub name: &'a str,
+    pub kind: SpanKind,
+    pub start_unix_nanos: u64,
+    pub end_unix_nanos: u64,
+    pub status: SpanStatus,
+    #[serde(borrow)]
+    pub attributes: AttrsView<'a>,
+}
+
+impl SpanView<'_> {
+    pub fn sampled(&self) -> bool {
+        self.trace_flags & 0x01 != 0
+    }
+
+    pub fn to_owned_record(&self) -> SpanRecord {
+        SpanRecord {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            parent_span_id: self.parent_span_id,
+            trace_flags: self.trace_flags,
+            tracestate: self.tracestate.to_string(),
+            parent_is_remote: self.parent_is_remote,
+            name: std::borrow::Cow::Owned(self.name.to_string()),
+            kind: self.kind,
+            start_unix_nanos: self.start_unix_nanos,
+            end_unix_nanos: self.end_unix_nanos,
+            status: self.status,
+            attributes: self.attributes.to_owned_list(),
+        }
+    }
+}
+
 /// Spans of one service.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SpanBatch {
@@ -325,8 +387,215 @@ pub struct SpanBatch {
     pub spans: Vec<SpanRecord>,
 }
 
+/// A [`SpanBatch`] read in place from a received frame.
+#[derive(Debug, Deserialize)]
+pub struct SpanBatchView<'a> {
+    pub service: ServiceIdentity,
+    #[serde(borrow)]
+    pub spans: Vec<SpanView<'a>>,
+}
+
+impl SpanBatchView<'_> {
+    pub fn to_owned_batch(&self) -> SpanBatch {
+        SpanBatch {
+            service: self.service.clone(),
+            spans: self.spans.iter().map(SpanView::to_owned_record).collect(),
+        }
+    }
+}
+
 /// correlator → exporter.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ExporterRequest {
     Spans(SpanBatch),
+}
+
+/// An [`ExporterRequest`] read in place from its frame; variants in the same order.
+#[derive(Debug, Deserialize)]
+enum ExporterRequestView<'a> {
+    #[serde(borrow)]
+    Spans(SpanBatchView<'a>),
+}
+
+/// An [`ExporterRequest`] decoded only to be checked: every span is read as a [`SpanView`] and
+/// counted, none is kept (a list of views would be allocated and each view moved into it).
+#[derive(Debug, Deserialize)]
+enum ExporterRequestCheck {
+    Spans {
+        #[serde(rename = "service")]
+        _service: ServiceIdentity,
+        spans: SpanCount,
+    },
+}
+
+/// How many spans a batch holds, each decoded and dropped.
+#[derive(Debug)]
+struct SpanCount(usize);
+
+impl<'de> Deserialize<'de> for SpanCount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Count;
+        impl<'de> serde::de::Visitor<'de> for Count {
+            type Value = SpanCount;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a sequence of spans")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<SpanCount, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<SpanView<'de>>()?.is_some() {
+                    n += 1;
+                }
+                Ok(SpanCount(n))
+            }
+        }
+        d.deserialize_seq(Count)
+    }
+}
+
+/// What the exporter keeps of an [`ExporterRequest`]: the frame's body, checked to decode when
+/// it arrived and read in place only when something reads the spans (decoding a batch into
+/// owned spans cost an allocation per text attribute, freed on another thread, whether or not
+/// anything read them).
+#[derive(Debug)]
+pub struct ExporterFrame {
+    body: Vec<u8>,
+    spans: usize,
+}
+
+impl ExporterFrame {
+    /// Takes a frame's body if it decodes as an [`ExporterRequest`].
+    pub fn check(body: &[u8]) -> Result<Self, crate::codec::CodecError> {
+        let ExporterRequestCheck::Spans { spans, .. } = crate::codec::decode_borrowed(body)?;
+        Ok(Self {
+            body: body.to_vec(),
+            spans: spans.0,
+        })
+    }
+
+    /// The frame the exporter receives for `batch`.
+    pub fn of(batch: &SpanBatch) -> Result<Self, crate::codec::CodecError> {
+        let request = ExporterRequest::Spans(batch.clone());
+        Self::check(&crate::codec::encode(
+            &request,
+            u64::from(crate::frame::MAX_FRAME),
+        )?)
+    }
+
+    /// How many spans the batch holds.
+    pub fn spans(&self) -> usize {
+        self.spans
+    }
+
+    /// The batch; it decoded when checked, so an error here means its memory was overwritten.
+    pub fn view(&self) -> Result<SpanBatchView<'_>, crate::codec::CodecError> {
+        let ExporterRequestView::Spans(batch) = crate::codec::decode_borrowed(&self.body)?;
+        Ok(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    fn batch() -> SpanBatch {
+        let span = |i: u8, method: &str, attributes| SpanRecord {
+            trace_id: [i; 16],
+            span_id: [i ^ 1; 8],
+            parent_span_id: (i % 2 == 1).then_some([3; 8]),
+            trace_flags: i & 1,
+            tracestate: if i == 2 { "k=v".into() } else { String::new() },
+            parent_is_remote: i == 2,
+            name: method.to_string().into(),
+            kind: SpanKind::Client,
+            start_unix_nanos: u64::from(i) << 40,
+            end_unix_nanos: (u64::from(i) << 40) + 9,
+            status: SpanStatus::Error,
+            attributes,
+        };
+        SpanBatch {
+            service: ServiceIdentity {
+                service_name: "svc".into(),
+                service_namespace: Some("ns".into()),
+                extra: vec![("a".into(), "b".into())],
+                ..ServiceIdentity::default()
+            },
+            spans: vec![
+                span(
+                    1,
+                    "GET",
+                    vec![
+                        (AttrKey::HttpRequestMethod, AttrValue::Known(Known::Get)),
+                        (AttrKey::UrlPath, AttrValue::Str("/é".into())),
+                        (
+                            AttrKey::NetworkPeerAddress,
+                            AttrValue::Ip("fe80::1".parse().expect("ip")),
+                        ),
+                        (AttrKey::ServerPort, AttrValue::Int(-5)),
+                    ],
+                ),
+                span(
+                    2,
+                    "PURGE",
+                    vec![
+                        (AttrKey::HttpRequestMethod, AttrValue::Str("PURGE".into())),
+                        (AttrKey::Other("x.y".into()), AttrValue::Bool(true)),
+                        (AttrKey::UrlPath, AttrValue::Str("/a".into())),
+                        (AttrKey::UrlPath, AttrValue::Str("/b".into())),
+                    ],
+                ),
+                span(3, "", Vec::new()),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_frame_read_in_place_is_the_batch_decoded() {
+        let sent = batch();
+        let body = codec::encode(&ExporterRequest::Spans(sent.clone()), 1 << 20).expect("encodes");
+        let ExporterRequest::Spans(decoded) = codec::decode(&body).expect("decodes");
+        let frame = ExporterFrame::check(&body).expect("checks");
+        assert_eq!(frame.spans(), 3);
+        let view = frame.view().expect("reads");
+        assert_eq!(view.to_owned_batch(), decoded);
+        assert_eq!(
+            view.spans[0].attributes.get("url.path"),
+            Some(AttrRef::Str("/é"))
+        );
+        assert_eq!(
+            view.spans[1].attributes.get("url.path"),
+            Some(AttrRef::Str("/a"))
+        );
+        assert_eq!(
+            view.spans[1].attributes.get("x.y"),
+            Some(AttrRef::Bool(true))
+        );
+        assert_eq!(view.spans[1].attributes.get("url.query"), None);
+        assert_eq!(view.spans[1].tracestate, "k=v");
+        assert!(view.spans[0].sampled() && !view.spans[1].sampled());
+    }
+
+    #[test]
+    fn a_frame_is_checked_like_a_decode() {
+        let body = codec::encode(&ExporterRequest::Spans(batch()), 1 << 20).expect("encodes");
+        for cut in 0..body.len() {
+            assert!(ExporterFrame::check(&body[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = body.clone();
+        longer.push(0);
+        assert!(ExporterFrame::check(&longer).is_err());
+        // "/é" is the only non-ASCII text: an invalid UTF-8 byte in its place is refused
+        let at = body
+            .windows(2)
+            .position(|w| w == "é".as_bytes())
+            .expect("the path is in the frame");
+        let mut bad = body.clone();
+        bad[at] = 0xff;
+        assert!(codec::decode::<ExporterRequest>(&bad).is_err());
+        assert!(ExporterFrame::check(&bad).is_err());
+        assert!(ExporterFrame::check(&body).is_ok());
+    }
 }
