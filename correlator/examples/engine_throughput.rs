@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use seam_abi::{Event, AF_INET, DATA_HTTP_START, DIR_EGRESS, DIR_INGRESS, EV_DATA};
+use seam_correlator::batches::{frame_batches, SPANS_PER_BATCH};
 use seam_correlator::engine::Engine;
-use seam_proto::msg::{ExporterRequest, ServiceIdentity, SpanBatch, SpanRecord};
+use seam_proto::msg::{ServiceIdentity, SpanRecord};
 
 const LANES: u64 = 16;
 
@@ -157,7 +158,6 @@ fn main() {
     seam_proto::heap::keep_batch_memory();
     let mut engine = Engine::default();
     let mut out: Vec<(u32, SpanRecord)> = Vec::new();
-    let mut frame = Vec::new();
     let mut spans = 0usize;
     let mut with_parent = 0usize;
     let mut bytes = 0usize;
@@ -165,24 +165,20 @@ fn main() {
     let allocations_before = ALLOCATIONS.load(Ordering::Relaxed);
     let start = Instant::now();
     let mut ship = |out: &mut Vec<(u32, SpanRecord)>| {
-        let batch = SpanBatch {
-            service: service.clone(),
-            spans: out.drain(..).map(|(_, s)| s).collect(),
-        };
-        spans += batch.spans.len();
-        with_parent += batch
-            .spans
+        spans += out.len();
+        with_parent += out
             .iter()
-            .filter(|s| s.parent_span_id.is_some())
+            .filter(|(_, s)| s.parent_span_id.is_some())
             .count();
-        frame.clear();
-        seam_proto::codec::encode_into(&ExporterRequest::Spans(batch), u64::MAX, &mut frame)
-            .expect("encodes");
-        bytes += frame.len();
+        frame_batches(
+            out,
+            |_| service.clone(),
+            |batch| bytes += batch.expect("frames").frame.len(),
+        );
     };
     for (ev, payload) in &steps {
         engine.on_event(ev, payload, &mut out);
-        if out.len() >= 512 {
+        if out.len() >= SPANS_PER_BATCH {
             ship(&mut out);
         }
     }

@@ -1,5 +1,6 @@
 //! seam's correlator: HTTP/1.x parsing, request/response pairing and span building.
 
+pub mod batches;
 pub mod config;
 pub mod conn;
 pub mod context;

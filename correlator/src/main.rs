@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
 use clap::Parser;
+use seam_correlator::batches::{frame_batches, Shipment, SPANS_PER_BATCH};
 use seam_correlator::context::Sampler;
 use seam_correlator::engine::{Engine, LinkConfig, MonotonicClock};
-use seam_proto::msg::{CorrelatorRequest, ExporterRequest, ServiceIdentity, SpanBatch, SpanRecord};
+use seam_proto::msg::{CorrelatorRequest, ServiceIdentity, SpanRecord};
 use seam_proto::{ipc, privilege, role, selfstats, Role};
 use tokio::sync::mpsc;
 
@@ -100,7 +101,7 @@ fn run(args: Args, links: LinkConfig) -> Result<()> {
     tracing::info!(pin_dir = %pin_dir.display(), "opened pinned ring buffer by file permission");
 
     let services: Services = Arc::default();
-    let (tx, rx) = mpsc::channel::<ExporterRequest>(args.span_queue);
+    let (tx, rx) = mpsc::channel::<Shipment>(args.span_queue);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -237,10 +238,6 @@ fn counter_sum(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
 #[derive(Debug, Default)]
 struct CommNames(HashMap<u32, String>);
 
-/// Spans per batch to the exporter: under ~100 KB, so neither side's allocator maps fresh pages
-/// for each one.
-const SPANS_PER_BATCH: usize = 512;
-
 impl CommNames {
     const MAX: usize = 16_384;
 
@@ -294,7 +291,7 @@ fn consume(
     mut ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     services: Services,
-    tx: mpsc::Sender<ExporterRequest>,
+    tx: mpsc::Sender<Shipment>,
     open_timeout: Duration,
     links: LinkConfig,
 ) {
@@ -360,12 +357,7 @@ fn consume(
 }
 
 /// This daemon's counters for seam-status and the exporter's self-metrics.
-fn publish_counters(
-    engine: &Engine,
-    events: u64,
-    lost_events: u64,
-    tx: &mpsc::Sender<ExporterRequest>,
-) {
+fn publish_counters(engine: &Engine, events: u64, lost_events: u64, tx: &mpsc::Sender<Shipment>) {
     selfstats::counter("events").set(events);
     selfstats::counter("lost_events").set(lost_events);
     for (name, value) in engine.counters.named() {
@@ -375,46 +367,42 @@ fn publish_counters(
     selfstats::gauge("export_queue_depth").set((tx.max_capacity() - tx.capacity()) as u64);
 }
 
-/// Groups finished spans by process and queues them; spans the queue cannot take are counted.
+/// Frames finished spans by process and queues the frames; spans the queue cannot take are counted.
 fn flush(
     ready: &mut Vec<(u32, SpanRecord)>,
     services: &Services,
     comms: &CommNames,
-    tx: &mpsc::Sender<ExporterRequest>,
+    tx: &mpsc::Sender<Shipment>,
 ) {
     if ready.is_empty() {
         return;
     }
     let described = services.lock().unwrap_or_else(|p| p.into_inner());
-    let mut by_pid: HashMap<u32, Vec<SpanRecord>> = HashMap::new();
-    for (pid, span) in ready.drain(..) {
-        by_pid.entry(pid).or_default().push(span);
-    }
-    for (pid, mut spans) in by_pid {
-        let service = identity(&described, comms, pid);
-        while !spans.is_empty() {
-            let rest = spans.split_off(spans.len().min(SPANS_PER_BATCH));
-            let n = spans.len() as u64;
-            let batch = SpanBatch {
-                service: service.clone(),
-                spans,
-            };
-            if tx.try_send(ExporterRequest::Spans(batch)).is_err() {
-                selfstats::counter("spans_dropped").add(n);
-                tracing::warn!(spans = n, "exporter queue full: spans dropped");
+    frame_batches(
+        ready,
+        |pid| identity(&described, comms, pid),
+        |batch| match batch {
+            Ok(shipment) => {
+                let n = shipment.spans;
+                if tx.try_send(shipment).is_err() {
+                    selfstats::counter("spans_dropped").add(n);
+                    tracing::warn!(spans = n, "exporter queue full: spans dropped");
+                }
             }
-            spans = rest;
-        }
-    }
+            Err((n, e)) => {
+                selfstats::counter("spans_dropped").add(n);
+                tracing::warn!(spans = n, error = %e, "a span batch does not frame: dropped");
+            }
+        },
+    );
 }
 
 /// Sends queued batches to the exporter, reconnecting when it restarts.
-async fn ship(mut rx: mpsc::Receiver<ExporterRequest>) {
+async fn ship(mut rx: mpsc::Receiver<Shipment>) {
     let mut client: Option<ipc::Client> = None;
     let mut connected_before = false;
-    while let Some(msg) = rx.recv().await {
-        let ExporterRequest::Spans(batch) = &msg;
-        let n = batch.spans.len() as u64;
+    while let Some(shipment) = rx.recv().await {
+        let n = shipment.spans;
         for attempt in 0..2 {
             if client.is_none() {
                 match ipc::connect_with_retry(
@@ -439,7 +427,7 @@ async fn ship(mut rx: mpsc::Receiver<ExporterRequest>) {
                 }
             }
             if let Some(c) = client.as_mut() {
-                match c.send(&msg).await {
+                match c.send_frame(&shipment.frame).await {
                     Ok(()) => {
                         selfstats::counter("spans_shipped").add(n);
                         break;

@@ -284,6 +284,18 @@ impl Client {
         Ok(write_frame_with(&mut self.stream, msg, &mut self.buf).await?)
     }
 
+    /// Sends a frame made by [`encode_frame`] elsewhere (where the message's parts were at hand).
+    pub async fn send_frame(&mut self, frame: &[u8]) -> Result<(), IpcError> {
+        use tokio::io::AsyncWriteExt;
+        let written = async {
+            self.stream.write_all(frame).await?;
+            self.stream.flush().await
+        };
+        written
+            .await
+            .map_err(|e| IpcError::Frame(FrameError::Io(e)))
+    }
+
     /// Sends `msg` with `fd` attached (for a request whose `passed_fds` is 1).
     pub async fn send_with_fd<T: Serialize>(
         &mut self,

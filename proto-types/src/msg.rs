@@ -410,6 +410,16 @@ pub enum ExporterRequest {
     Spans(SpanBatch),
 }
 
+/// An [`ExporterRequest::Spans`] made of borrowed spans: the same bytes, without moving each span
+/// into a batch of its own.
+#[derive(Debug, Serialize)]
+pub enum ExporterRequestRef<'a> {
+    Spans {
+        service: &'a ServiceIdentity,
+        spans: &'a [&'a SpanRecord],
+    },
+}
+
 /// An [`ExporterRequest`] read in place from its frame; variants in the same order.
 #[derive(Debug, Deserialize)]
 enum ExporterRequestView<'a> {
@@ -576,6 +586,20 @@ mod tests {
         assert_eq!(view.spans[1].attributes.get("url.query"), None);
         assert_eq!(view.spans[1].tracestate, "k=v");
         assert!(view.spans[0].sampled() && !view.spans[1].sampled());
+    }
+
+    #[test]
+    fn borrowed_spans_encode_as_a_batch() {
+        let sent = batch();
+        let spans: Vec<&SpanRecord> = sent.spans.iter().collect();
+        let borrowed = ExporterRequestRef::Spans {
+            service: &sent.service,
+            spans: &spans,
+        };
+        assert_eq!(
+            codec::encode(&borrowed, 1 << 20).expect("encodes"),
+            codec::encode(&ExporterRequest::Spans(sent.clone()), 1 << 20).expect("encodes")
+        );
     }
 
     #[test]
