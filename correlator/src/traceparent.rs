@@ -86,36 +86,15 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// OS CSPRNG output fetched 4 KiB at a time: one getrandom call serves ~170 spans, not two per span.
-struct RandomPool {
-    buf: [u8; 4096],
-    used: usize,
-}
-
-thread_local! {
-    static POOL: std::cell::RefCell<RandomPool> = const {
-        std::cell::RefCell::new(RandomPool { buf: [0; 4096], used: 4096 })
-    };
-}
-
+/// A CSPRNG's bytes: the thread's ChaCha12 generator, seeded and periodically reseeded from the
+/// operating system. (The kernel's own generator, even 4 KiB a call, cost ~90 ns a span here.)
 fn random<const N: usize>() -> [u8; N] {
-    POOL.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.used + N > p.buf.len() {
-            getrandom::fill(&mut p.buf).expect("the OS random source works");
-            p.used = 0;
-        }
-        let mut out = [0u8; N];
-        out.copy_from_slice(&p.buf[p.used..p.used + N]);
-        // Each byte is handed out once; wipe it so it cannot leak through the pool later.
-        let used = p.used;
-        p.buf[used..used + N].fill(0);
-        p.used += N;
-        out
-    })
+    let mut out = [0u8; N];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut out);
+    out
 }
 
-/// Random non-zero ids from the operating system's CSPRNG.
+/// Random non-zero ids from a CSPRNG.
 pub fn new_trace_id() -> [u8; 16] {
     loop {
         let id = random::<16>();

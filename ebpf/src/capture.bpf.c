@@ -530,6 +530,10 @@ enum io_kind {
 struct io_args {
 	__u64 ptr;
 	__u64 len;
+	/* the buffer holding the last byte moved, and how many of its bytes were moved: where
+	 * the tail is read from (set by capture_payload; a flat buffer is its own) */
+	__u64 tail_buf;
+	__u64 tail_moved;
 	__s32 fd;
 	__u8 kind;
 };
@@ -746,8 +750,23 @@ static __always_inline void read_tail(struct scratch *s, const __u8 *buf, __u64 
 	s->ev.tail_len = n;
 }
 
+/* Whether the copy's first `off` bytes end with the blank line that ends an HTTP head. */
+static __always_inline int ends_head(struct scratch *s, __u32 off)
+{
+	if (off < 4)
+		return 0;
+	__u32 at = off - 4;
+	return s->payload[at & (SEAM_MAX_CAPTURE - 1)] == '\r' &&
+	       s->payload[(at + 1) & (SEAM_MAX_CAPTURE - 1)] == '\n' &&
+	       s->payload[(at + 2) & (SEAM_MAX_CAPTURE - 1)] == '\r' &&
+	       s->payload[(at + 3) & (SEAM_MAX_CAPTURE - 1)] == '\n';
+}
+
 /* Copies the first bytes of the data the syscall moved, however it was described: one user
- * read for a flat buffer; for vectors, one read of the iovec array and one per buffer used. */
+ * read for a flat buffer; for vectors, one read of the iovec array and one per buffer used.
+ * A first buffer that ends a head is where a vectored copy stops: the buffers after it hold
+ * that message's body (a server's head and its file, say), which user space finds the end of
+ * from the head and the tail, never from the body's bytes. */
 static __always_inline __u32 capture_payload(struct scratch *s, struct io_args *a, __u64 bytes)
 {
 	__u64 limit = capture_bytes;
@@ -755,8 +774,11 @@ static __always_inline __u32 capture_payload(struct scratch *s, struct io_args *
 		limit = SEAM_MAX_CAPTURE;
 	if (limit > bytes)
 		limit = bytes;
-	if (a->kind == IO_FLAT)
+	if (a->kind == IO_FLAT) {
+		a->tail_buf = a->ptr;
+		a->tail_moved = bytes;
 		return copy_user(s, 0, (const void *)a->ptr, limit);
+	}
 	struct iovec *iov = (struct iovec *)a->ptr;
 	__u64 iovcnt = a->len;
 	if (a->kind == IO_MSGHDR) {
@@ -774,9 +796,24 @@ static __always_inline __u32 capture_payload(struct scratch *s, struct io_args *
 		size = sizeof(vs);
 	if (size == 0 || bpf_probe_read_user(vs, size, iov) != 0)
 		return 0;
-	__u32 off = 0;
+	__u64 before = 0;
 #pragma unroll
 	for (int i = 0; i < MAX_IOV; i++) {
+		if (i >= n)
+			break;
+		if (bytes <= before + vs[i].iov_len) {
+			a->tail_buf = (__u64)vs[i].iov_base;
+			a->tail_moved = bytes - before;
+			break;
+		}
+		before += vs[i].iov_len;
+	}
+	__u64 first = vs[0].iov_len < limit ? vs[0].iov_len : limit;
+	__u32 off = copy_user(s, 0, vs[0].iov_base, first);
+	if (off == vs[0].iov_len && ends_head(s, off))
+		return off;
+#pragma unroll
+	for (int i = 1; i < MAX_IOV; i++) {
 		if (i >= n || off >= limit)
 			break;
 		__u64 want = limit - off;
@@ -1251,8 +1288,8 @@ static __always_inline int on_payload(struct conn_info *ci, struct sock *sk, __u
 		captured = 0; /* a continuation ships counts and its tail only */
 	}
 	/* When the prefix holds every byte, user space takes the tail from it. */
-	if (args->kind == IO_FLAT && (!start || ret > captured))
-		read_tail(s, (const __u8 *)args->ptr, ret);
+	if (args->tail_buf && (!start || ret > captured))
+		read_tail(s, (const __u8 *)args->tail_buf, args->tail_moved);
 	s->ev.captured = captured;
 	emit(s, captured);
 	return 0;

@@ -1,6 +1,7 @@
 //! HTTP/1.x capture end to end: real daemons, real kernel, real servers and clients, spans at a collector.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use seam_tests::otlp::{OtlpReceiver, ReceivedSpan};
@@ -483,4 +484,82 @@ fn chunked_response_ends_with_its_last_chunk() {
         .find(|s| s.service() == service && s.attr("url.path").as_deref() == Some("/status/204"))
         .expect("second request");
     assert!(next.span.start_time_unix_nano >= chunked.span.end_time_unix_nano);
+}
+
+/// Responses sent whole by one `writev` or `sendmsg`, head in the first buffer and body in the
+/// second: the capture ships the head only, and the send's last bytes tell a chunked body's end.
+/// Each client holds its connection open until the spans are in, so neither a close nor a next
+/// request can be what ended them.
+#[test]
+fn vectored_responses_end_with_their_send() {
+    if !require_root() {
+        return;
+    }
+    let w = watch_server("python3", "pyserver.py", "vec", &[], &[]).expect("watched server");
+    let (rx, port, service, stack) = (&w.rx, w.port, w.service.as_str(), &w.stack);
+    let cases = [
+        ("writev", 0, 3000),
+        ("sendmsg", 0, 3000),
+        // one 3000-byte chunk: "bb8\r\n", the data, "\r\n", then "0\r\n\r\n"
+        ("writev", 1, 3012),
+        ("sendmsg", 1, 3012),
+    ];
+    let paths: Vec<String> = cases
+        .iter()
+        .map(|(call, chunked, _)| format!("/vectored/3000?call={call}&chunked={chunked}"))
+        .collect();
+    let mut clients = Vec::new();
+    for path in &paths {
+        let mut child = Command::new("python3")
+            .arg(seam_tests::fixture("holdclient.py"))
+            .arg(port.to_string())
+            .arg(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("client");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("client output");
+        assert_eq!(
+            line.trim(),
+            "3000",
+            "{path}: the client read the whole body"
+        );
+        clients.push(child);
+    }
+    let spans = rx.wait_for(WAIT, |all| {
+        all.iter().filter(|s| s.service() == service).count() >= cases.len()
+    });
+    for child in &mut clients {
+        assert!(
+            child.try_wait().expect("client state").is_none(),
+            "a client left before the spans were in"
+        );
+    }
+    for ((call, chunked, body), path) in cases.iter().zip(&paths) {
+        let span = spans
+            .iter()
+            .find(|s| {
+                s.service() == service
+                    && s.attr("url.query").as_deref() == path.split_once('?').map(|(_, q)| q)
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no span for {call} chunked={chunked} while its connection was open\n{}",
+                    stack.all_logs()
+                )
+            });
+        assert_eq!(span.attr_i64("http.response.status_code"), Some(200));
+        assert_eq!(
+            span.attr_i64("http.response.body.size"),
+            Some(*body),
+            "{call} chunked={chunked}"
+        );
+    }
+    for mut child in clients {
+        drop(child.stdin.take());
+        let _ = child.wait();
+    }
 }
