@@ -54,7 +54,6 @@ pub fn frame_batches(
             });
         }
     }
-    drop(spans);
     ready.clear();
 }
 

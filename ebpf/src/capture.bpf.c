@@ -750,16 +750,13 @@ static __always_inline void read_tail(struct scratch *s, const __u8 *buf, __u64 
 	s->ev.tail_len = n;
 }
 
-/* Whether the copy's first `off` bytes end with the blank line that ends an HTTP head. */
+/* Whether the copy's first `off` bytes end with the blank line that ends an HTTP head (the high
+ * half of the word before `off`, little-endian: "\r\n\r\n"). */
 static __always_inline int ends_head(struct scratch *s, __u32 off)
 {
-	if (off < 4)
+	if (off < 8)
 		return 0;
-	__u32 at = off - 4;
-	return s->payload[at & (SEAM_MAX_CAPTURE - 1)] == '\r' &&
-	       s->payload[(at + 1) & (SEAM_MAX_CAPTURE - 1)] == '\n' &&
-	       s->payload[(at + 2) & (SEAM_MAX_CAPTURE - 1)] == '\r' &&
-	       s->payload[(at + 3) & (SEAM_MAX_CAPTURE - 1)] == '\n';
+	return seam_load8(&s->payload[(off - 8) & (SEAM_MAX_CAPTURE - 1)]) >> 32 == 0x0a0d0a0d;
 }
 
 /* Copies the first bytes of the data the syscall moved, however it was described: one user

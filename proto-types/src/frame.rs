@@ -84,7 +84,15 @@ where
     T: Serialize,
 {
     encode_frame(msg, buf)?;
-    w.write_all(buf).await?;
+    write_encoded(w, buf).await
+}
+
+/// Writes a whole frame that [`encode_frame`] made, and flushes it.
+pub async fn write_encoded<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    frame: &[u8],
+) -> Result<(), FrameError> {
+    w.write_all(frame).await?;
     w.flush().await?;
     Ok(())
 }

@@ -13,7 +13,8 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::codec::CodecError;
 use crate::fds::{send_with_fd, FdStream};
 use crate::frame::{
-    encode_frame, read_frame, read_frame_body, write_frame, write_frame_with, FrameError,
+    encode_frame, read_frame, read_frame_body, write_encoded, write_frame, write_frame_with,
+    FrameError,
 };
 use crate::msg::{Hello, HelloReply};
 use crate::{Role, PROTOCOL_VERSION};
@@ -286,14 +287,7 @@ impl Client {
 
     /// Sends a frame made by [`encode_frame`] elsewhere (where the message's parts were at hand).
     pub async fn send_frame(&mut self, frame: &[u8]) -> Result<(), IpcError> {
-        use tokio::io::AsyncWriteExt;
-        let written = async {
-            self.stream.write_all(frame).await?;
-            self.stream.flush().await
-        };
-        written
-            .await
-            .map_err(|e| IpcError::Frame(FrameError::Io(e)))
+        Ok(write_encoded(&mut self.stream, frame).await?)
     }
 
     /// Sends `msg` with `fd` attached (for a request whose `passed_fds` is 1).
