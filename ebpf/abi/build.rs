@@ -21,17 +21,51 @@ fn main() {
         println!("cargo:rerun-if-changed={}", path.display());
     }
     println!("cargo:rerun-if-env-changed=CLANG");
+    println!("cargo:rerun-if-env-changed=SEAM_BENCH_CAPTURE_STAGE");
+    println!("cargo:rerun-if-env-changed=SEAM_BENCH_PROP_STAGE");
+    let stages = bench_stages();
 
     // Each object is loaded on its own, so a program one kernel rejects cannot sink the others.
     let objects: &[&str] = &["capture", "ctxprop"];
     for name in objects {
         let src = ebpf.join("src").join(format!("{name}.bpf.c"));
         println!("cargo:rerun-if-changed={}", src.display());
-        compile(&clang, &src, &include, &out.join(format!("{name}.bpf.o")));
+        compile(
+            &clang,
+            &src,
+            &include,
+            &stages,
+            &out.join(format!("{name}.bpf.o")),
+        );
     }
 }
 
-fn compile(clang: &str, src: &Path, include: &Path, obj: &Path) {
+/// Benchmark builds (bench/floor.sh) stop programs part way, to measure what each step costs:
+/// SEAM_BENCH_CAPTURE_STAGE `hooks` makes the capture's socket programs return at once, `lookup`
+/// return after the target and connection lookups, `copy` write no ring record;
+/// SEAM_BENCH_PROP_STAGE `pass` makes ctxprop's sk_msg program pass every send untouched. Unset in
+/// every other build. Returns the compiler's -D flags.
+fn bench_stages() -> [String; 2] {
+    let stage = |var: &str, names: &[&str]| match std::env::var(var).as_deref() {
+        Err(_) | Ok("") => 0,
+        Ok(name) => match names.iter().position(|n| *n == name) {
+            Some(i) => i + 1,
+            None => panic!("{var} is one of {names:?}, not {name:?}"),
+        },
+    };
+    [
+        format!(
+            "-DSEAM_BENCH_STAGE={}",
+            stage("SEAM_BENCH_CAPTURE_STAGE", &["hooks", "lookup", "copy"])
+        ),
+        format!(
+            "-DSEAM_BENCH_PROP_STAGE={}",
+            stage("SEAM_BENCH_PROP_STAGE", &["pass"])
+        ),
+    ]
+}
+
+fn compile(clang: &str, src: &Path, include: &Path, stages: &[String], obj: &Path) {
     let mut cmd = Command::new(clang);
     cmd.args([
         "-O2",
@@ -42,6 +76,7 @@ fn compile(clang: &str, src: &Path, include: &Path, obj: &Path) {
         "-Wall",
         "-Werror",
     ])
+    .args(stages)
     .arg("-I")
     .arg(include);
     if let Some(dir) = multiarch_include() {

@@ -15,6 +15,15 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/* Set only by benchmark builds (bench/floor.sh), where the socket programs stop part way so that
+ * what each step costs can be measured; 0 everywhere else: the whole capture. */
+#ifndef SEAM_BENCH_STAGE
+#define SEAM_BENCH_STAGE 0
+#endif
+#define BENCH_STOP_AT_HOOK (SEAM_BENCH_STAGE == 1)
+#define BENCH_STOP_AFTER_LOOKUP (SEAM_BENCH_STAGE == 2)
+#define BENCH_NO_RECORD (SEAM_BENCH_STAGE == 3)
+
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
@@ -722,7 +731,8 @@ static __always_inline void emit(struct scratch *s, __u32 captured)
 			seam_store8(&s->payload[n + i], seam_load8(ctx + i));
 		n += sizeof(s->context);
 	}
-	output(s, sizeof(struct seam_event) + n);
+	if (!BENCH_NO_RECORD)
+		output(s, sizeof(struct seam_event) + n);
 }
 
 /* Copies up to `want` bytes from user memory into the scratch payload at `off`; returns bytes copied. */
@@ -1438,7 +1448,7 @@ static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 
 	if (direction == SEAM_DIR_INGRESS && (flags & MSG_PEEK))
 		return 0; /* the same bytes will be read again */
 	struct conn_info *ci = conn_of(sk, node);
-	if (!ci || (ci->flags & CONN_NOT_TCP))
+	if (!ci || (ci->flags & CONN_NOT_TCP) || BENCH_STOP_AFTER_LOOKUP)
 		return 0;
 	/* A connection that carried plaintext HTTP is no TLS library's: no lookup on that path. */
 	struct tls_call *call = (ci->flags & (CONN_HTTP | CONN_TLS)) == CONN_HTTP
@@ -1471,6 +1481,8 @@ static __always_inline int on_sock_io(struct sock *sk, int ret, int flags, __u8 
 SEC("tp_btf/tcp_sendmsg_locked")
 int on_send_begin(__u64 *ctx)
 {
+	if (BENCH_STOP_AT_HOOK)
+		return 0;
 	arm_send(ctx[0], 0, 0);
 	return 0;
 }
@@ -1507,12 +1519,16 @@ int on_xmit(__u64 *ctx)
 SEC("tp_btf/sock_send_length")
 int on_send(__u64 *ctx)
 {
+	if (BENCH_STOP_AT_HOOK)
+		return 0;
 	return on_sock_io((struct sock *)ctx[0], (int)ctx[1], (int)ctx[2], SEAM_DIR_EGRESS);
 }
 
 SEC("tp_btf/sock_recv_length")
 int on_recv(__u64 *ctx)
 {
+	if (BENCH_STOP_AT_HOOK)
+		return 0;
 	return on_sock_io((struct sock *)ctx[0], (int)ctx[1], (int)ctx[2], SEAM_DIR_INGRESS);
 }
 

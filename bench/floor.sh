@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# What each step of seam's in-kernel work costs, and so how low its overhead can go on this
+# machine. bench/nginx.sh runs on four builds whose capture socket programs stop at a different
+# step (SEAM_BENCH_CAPTURE_STAGE, compiled in by ebpf/abi/build.rs):
+#   hooks   the programs are attached and return at once (the kernel's cost of calling them);
+#   lookup  they stop after the target check and the connection lookup;
+#   copy    they copy the bytes and parse as usual but write no ring record (the daemons idle);
+#   full    the normal build (this checkout's release binaries).
+# Then bench/ctxprop.sh runs on a build whose sk_msg program passes every send at once
+# (SEAM_BENCH_PROP_STAGE=pass: what a socket in the sockhash costs before any header is looked
+# at or inserted), and on the normal build.
+# The stage builds go to target/bench-floor (the first takes minutes, later ones only rebuild the
+# eBPF objects and their users); the normal build is never touched.
+#   bench/floor.sh [seconds per phase, default 8] [rounds, default 3] [capture|ctxprop|all, default all]
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
+secs=${1:-8}
+rounds=${2:-3}
+part=${3:-all}
+case $part in capture | ctxprop | all) ;; *) echo "part is capture, ctxprop or all, not $part" >&2; exit 64 ;; esac
+bench_prepare
+stage_target="$root/target/bench-floor"
+dirs=()
+# stage_build NAME VAR=VALUE: the release binaries built with VAR=VALUE, copied to a directory
+# of their own, whose path it prints.
+stage_build() {
+  (cd "$root" && env "$2" CARGO_TARGET_DIR="$stage_target" cargo build --release --workspace --bins --quiet)
+  mkdir -p "$stage_target/$1"
+  find "$stage_target/release" -maxdepth 1 -type f -name 'seam-*' -perm -u+x \
+    -exec cp {} "$stage_target/$1/" \;
+  echo "$stage_target/$1"
+}
+[ "$part" = ctxprop ] || for stage in hooks lookup copy; do
+  dirs+=("$stage=$(stage_build "$stage" SEAM_BENCH_CAPTURE_STAGE=$stage)")
+done
+[ "$part" = ctxprop ] || dirs+=("full=$SEAM_BIN_DIR")
+for entry in "${dirs[@]}"; do
+  echo "== capture: $entry"
+  SEAM_BIN_DIR=${entry#*=} "$here/nginx.sh" "$secs" "$rounds" \
+    | grep -E '^(throughput ratio|cpu added per request|of which)'
+done
+[ "$part" = capture ] || for entry in "msg-pass=$(stage_build msg-pass SEAM_BENCH_PROP_STAGE=pass)" "full=$SEAM_BIN_DIR"; do
+  echo "== ctxprop: $entry"
+  SEAM_BIN_DIR=${entry#*=} "$here/ctxprop.sh" "$secs" "$rounds" 2>/dev/null | grep -E 'loss|headers |tcp '
+done
