@@ -1138,6 +1138,28 @@ static __always_inline void node_request_read(struct conn_info *ci, __u32 pid, s
 	bpf_map_update_elem(&seam_node_turn, &pid, &t, BPF_ANY);
 }
 
+/* Thread tid received a request (its context in *fresh): it works for that one, or for several at
+ * once when others are still open. An entry the thread has is rewritten where it is: an update
+ * of the LRU map would take a new element from its lists for every request. A global function,
+ * verified once on its own: inlined, its branches multiplied the states of on_recv past the
+ * verifier's limit. */
+__attribute__((noinline)) int serving_enter(__u32 tid, const struct seam_serving *fresh)
+{
+	if (!fresh)
+		return 0;
+	struct seam_serving *sv = bpf_map_lookup_elem(&seam_serving, &tid);
+	if (!sv)
+		return bpf_map_update_elem(&seam_serving, &tid, fresh, BPF_ANY) == 0;
+	if (sv->epoch == fresh->epoch && sv->open > 0) {
+		if (sv->open < 0xffff)
+			sv->open++;
+		sv->state = SEAM_CTX_AMBIGUOUS;
+	} else {
+		*sv = *fresh;
+	}
+	return 1;
+}
+
 /* A request arrived on ci for thread tid: the thread now works for it, alone or among others. */
 static __always_inline void serving_begin(struct conn_info *ci, __u32 pid, __u32 tid,
 					  struct scratch *s, __u32 captured, __u32 epoch)
@@ -1161,14 +1183,7 @@ static __always_inline void serving_begin(struct conn_info *ci, __u32 pid, __u32
 		}
 		bpf_map_delete_elem(&seam_remote_ctx, &ci->tuple);
 	}
-	struct seam_serving *sv = bpf_map_lookup_elem(&seam_serving, &tid);
-	if (sv && sv->epoch == epoch && sv->open > 0) {
-		if (sv->open < 0xffff)
-			sv->open++;
-		sv->state = SEAM_CTX_AMBIGUOUS;
-	} else {
-		bpf_map_update_elem(&seam_serving, &tid, &fresh, BPF_ANY);
-	}
+	serving_enter(tid, &fresh);
 	if (ci->open_reqs < 0xff)
 		ci->open_reqs++;
 	ci->serving_tid = tid;
