@@ -13,6 +13,7 @@
 # eBPF objects and their users); the normal build is never touched.
 #   bench/floor.sh [seconds per phase, default 8] [rounds, default 3] [capture|ctxprop|all, default all]
 set -euo pipefail
+shopt -s inherit_errexit # a failed build inside $(stage_build …) fails the script
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 # shellcheck source=bench/lib.sh
@@ -33,16 +34,26 @@ stage_build() {
     -exec cp {} "$stage_target/$1/" \;
   echo "$stage_target/$1"
 }
-[ "$part" = ctxprop ] || for stage in hooks lookup copy; do
-  dirs+=("$stage=$(stage_build "$stage" SEAM_BENCH_CAPTURE_STAGE=$stage)")
-done
-[ "$part" = ctxprop ] || dirs+=("full=$SEAM_BIN_DIR")
+# Every build is made before any run, each by a plain assignment, so a failed build stops here
+# (not a run on stale binaries).
+if [ "$part" != ctxprop ]; then
+  for stage in hooks lookup copy; do
+    dir=$(stage_build "$stage" "SEAM_BENCH_CAPTURE_STAGE=$stage")
+    dirs+=("$stage=$dir")
+  done
+  dirs+=("full=$SEAM_BIN_DIR")
+fi
+if [ "$part" != capture ]; then
+  pass_dir=$(stage_build msg-pass SEAM_BENCH_PROP_STAGE=pass)
+fi
 for entry in "${dirs[@]}"; do
   echo "== capture: $entry"
   SEAM_BIN_DIR=${entry#*=} "$here/nginx.sh" "$secs" "$rounds" \
     | grep -E '^(throughput ratio|cpu added per request|of which)'
 done
-[ "$part" = capture ] || for entry in "msg-pass=$(stage_build msg-pass SEAM_BENCH_PROP_STAGE=pass)" "full=$SEAM_BIN_DIR"; do
-  echo "== ctxprop: $entry"
-  SEAM_BIN_DIR=${entry#*=} "$here/ctxprop.sh" "$secs" "$rounds" 2>/dev/null | grep -E 'loss|headers |tcp '
-done
+if [ "$part" != capture ]; then
+  for entry in "msg-pass=$pass_dir" "full=$SEAM_BIN_DIR"; do
+    echo "== ctxprop: $entry"
+    SEAM_BIN_DIR=${entry#*=} "$here/ctxprop.sh" "$secs" "$rounds" 2>/dev/null | grep -E 'loss|headers |tcp '
+  done
+fi

@@ -55,7 +55,7 @@ fn bench_stages() -> [String; 2] {
     };
     [
         format!(
-            "-DSEAM_BENCH_STAGE={}",
+            "-DSEAM_BENCH_CAPTURE_STAGE={}",
             stage("SEAM_BENCH_CAPTURE_STAGE", &["hooks", "lookup", "copy"])
         ),
         format!(

@@ -17,12 +17,12 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* Set only by benchmark builds (bench/floor.sh), where the socket programs stop part way so that
  * what each step costs can be measured; 0 everywhere else: the whole capture. */
-#ifndef SEAM_BENCH_STAGE
-#define SEAM_BENCH_STAGE 0
+#ifndef SEAM_BENCH_CAPTURE_STAGE
+#define SEAM_BENCH_CAPTURE_STAGE 0
 #endif
-#define BENCH_STOP_AT_HOOK (SEAM_BENCH_STAGE == 1)
-#define BENCH_STOP_AFTER_LOOKUP (SEAM_BENCH_STAGE == 2)
-#define BENCH_NO_RECORD (SEAM_BENCH_STAGE == 3)
+#define BENCH_STOP_AT_HOOK (SEAM_BENCH_CAPTURE_STAGE == 1)
+#define BENCH_STOP_AFTER_LOOKUP (SEAM_BENCH_CAPTURE_STAGE == 2)
+#define BENCH_NO_RECORD (SEAM_BENCH_CAPTURE_STAGE == 3)
 
 #define AF_INET 2
 #define AF_INET6 10
