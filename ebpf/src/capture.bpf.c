@@ -1174,14 +1174,16 @@ static __always_inline void serving_begin(struct conn_info *ci, __u32 pid, __u32
 	 * find it. The header wins when both are there. */
 	struct seam_injected *opt = bpf_map_lookup_elem(&seam_remote_ctx, &ci->tuple);
 
-	if (opt) {
+	if (opt && opt->kind == SEAM_INJ_REMOTE) {
 		if (fresh.state == SEAM_CTX_NONE) {
 			__builtin_memcpy(fresh.trace_id, opt->trace_id, 16);
 			fresh.flags = opt->flags;
 			fresh.state = SEAM_CTX_HEADER;
 			report_context(s, opt);
 		}
-		bpf_map_delete_elem(&seam_remote_ctx, &ci->tuple);
+		/* Taken where it is. A delete costs a trip through the LRU lists for every request, and
+		 * could remove the next request's option had it replaced this one meanwhile. */
+		opt->kind = 0;
 	}
 	serving_enter(tid, &fresh);
 	if (ci->open_reqs < 0xff)
