@@ -133,6 +133,7 @@ enum seam_counter {
 /* What ctxprop's sk_msg program put on the wire for one outgoing request, handed through the
  * socket's storage to the capture's send hook, which reports it with the request's event. */
 enum seam_injected_kind {
+	SEAM_INJ_TAKEN = 0, /* a seam_remote_ctx entry the capture has taken: it holds nothing */
 	SEAM_INJ_CHILD = 1, /* child of the one server request the sending thread works for, or of
 			     * the request a Node main thread's call was found to work for */
 	SEAM_INJ_ROOT = 2,  /* the thread works for no request, or for several: a new trace */

@@ -26,7 +26,7 @@ struct {
 
 /* Connection (as the receiving host's capture names it) → the context the peer's last TCP
  * option carried; written by ctxprop's sockops, taken by the capture when a request starts (its
- * kind cleared: an entry whose kind is not SEAM_INJ_REMOTE holds nothing). */
+ * kind set to SEAM_INJ_TAKEN in place). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);

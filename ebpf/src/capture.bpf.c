@@ -1183,7 +1183,7 @@ static __always_inline void serving_begin(struct conn_info *ci, __u32 pid, __u32
 		}
 		/* Taken where it is. A delete costs a trip through the LRU lists for every request, and
 		 * could remove the next request's option had it replaced this one meanwhile. */
-		opt->kind = 0;
+		opt->kind = SEAM_INJ_TAKEN;
 	}
 	serving_enter(tid, &fresh);
 	if (ci->open_reqs < 0xff)
