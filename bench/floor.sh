@@ -9,9 +9,13 @@
 # Then bench/ctxprop.sh runs on a build whose sk_msg program passes every send at once
 # (SEAM_BENCH_PROP_STAGE=pass: what a socket in the sockhash costs before any header is looked
 # at or inserted), and on the normal build.
+# `msg` times ctxprop's sk_msg program itself (bench/msg-cost.sh, header carrier) on builds that
+# stop it after each step (SEAM_BENCH_PROP_STAGE): pass (at once), copy (the head copied), scan
+# (framed), choose (context chosen and reported, no header), push (header pushed and written, the
+# head left in three scatterlist elements), and the normal build.
 # The stage builds go to target/bench-floor (the first takes minutes, later ones only rebuild the
 # eBPF objects and their users); the normal build is never touched.
-#   bench/floor.sh [seconds per phase, default 8] [rounds, default 3] [capture|ctxprop|all, default all]
+#   bench/floor.sh [seconds per phase, default 8] [rounds, default 3] [capture|ctxprop|msg|all, default all]
 set -euo pipefail
 shopt -s inherit_errexit # a failed build inside $(stage_build …) fails the script
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,7 +25,7 @@ root=$(cd "$here/.." && pwd)
 secs=${1:-8}
 rounds=${2:-3}
 part=${3:-all}
-case $part in capture | ctxprop | all) ;; *) echo "part is capture, ctxprop or all, not $part" >&2; exit 64 ;; esac
+case $part in capture | ctxprop | msg | all) ;; *) echo "part is capture, ctxprop, msg or all, not $part" >&2; exit 64 ;; esac
 bench_prepare
 stage_target="$root/target/bench-floor"
 dirs=()
@@ -36,24 +40,35 @@ stage_build() {
 }
 # Every build is made before any run, each by a plain assignment, so a failed build stops here
 # (not a run on stale binaries).
-if [ "$part" != ctxprop ]; then
+if [ "$part" = capture ] || [ "$part" = all ]; then
   for stage in hooks lookup copy; do
     dir=$(stage_build "$stage" "SEAM_BENCH_CAPTURE_STAGE=$stage")
     dirs+=("$stage=$dir")
   done
   dirs+=("full=$SEAM_BIN_DIR")
 fi
-if [ "$part" != capture ]; then
+if [ "$part" = ctxprop ] || [ "$part" = all ]; then
   pass_dir=$(stage_build msg-pass SEAM_BENCH_PROP_STAGE=pass)
+fi
+msg_dirs=()
+if [ "$part" = msg ]; then
+  for stage in pass copy scan choose push; do
+    dir=$(stage_build "msg-$stage" "SEAM_BENCH_PROP_STAGE=$stage")
+    msg_dirs+=("$dir")
+  done
+  msg_dirs+=("$SEAM_BIN_DIR")
 fi
 for entry in "${dirs[@]}"; do
   echo "== capture: $entry"
   SEAM_BIN_DIR=${entry#*=} "$here/nginx.sh" "$secs" "$rounds" \
     | grep -E '^(throughput ratio|cpu added per request|of which)'
 done
-if [ "$part" != capture ]; then
+if [ "$part" = ctxprop ] || [ "$part" = all ]; then
   for entry in "msg-pass=$pass_dir" "full=$SEAM_BIN_DIR"; do
     echo "== ctxprop: $entry"
     SEAM_BIN_DIR=${entry#*=} "$here/ctxprop.sh" "$secs" "$rounds" 2>/dev/null | grep -E 'loss|headers |tcp '
   done
+fi
+if [ "$part" = msg ]; then
+  "$here/msg-cost.sh" "$secs" "$rounds" "${msg_dirs[@]}"
 fi

@@ -43,8 +43,10 @@ fn main() {
 /// Benchmark builds (bench/floor.sh) stop programs part way, to measure what each step costs:
 /// SEAM_BENCH_CAPTURE_STAGE `hooks` makes the capture's socket programs return at once, `lookup`
 /// return after the target and connection lookups, `copy` write no ring record;
-/// SEAM_BENCH_PROP_STAGE `pass` makes ctxprop's sk_msg program pass every send untouched. Unset in
-/// every other build. Returns the compiler's -D flags.
+/// SEAM_BENCH_PROP_STAGE `pass` makes ctxprop's sk_msg program pass every send untouched, `copy`
+/// return once the head is copied, `scan` once it is framed, `choose` report a chosen context
+/// without inserting the header, `push` insert it but leave the head in three scatterlist
+/// elements. Unset in every other build. Returns the compiler's -D flags.
 fn bench_stages() -> [String; 2] {
     let stage = |var: &str, names: &[&str]| match std::env::var(var).as_deref() {
         Err(_) | Ok("") => 0,
@@ -60,7 +62,7 @@ fn bench_stages() -> [String; 2] {
         ),
         format!(
             "-DSEAM_BENCH_PROP_STAGE={}",
-            stage("SEAM_BENCH_PROP_STAGE", &["pass"])
+            stage("SEAM_BENCH_PROP_STAGE", &["pass", "copy", "scan", "choose", "push"])
         ),
     ]
 }

@@ -25,6 +25,19 @@ static __always_inline void seam_store8(void *p, __u64 w)
 	*(__u64 *)p = w;
 }
 
+/* Four bytes, likewise. */
+static __always_inline __u32 seam_load4(const void *p)
+{
+	asm volatile("" : "+r"(p));
+	return *(const __u32 *)p;
+}
+
+static __always_inline void seam_store4(void *p, __u32 w)
+{
+	asm volatile("" : "+r"(p));
+	*(__u32 *)p = w;
+}
+
 /* Whether any byte of w is c. */
 static __always_inline int seam_has_byte(__u64 w, __u8 c)
 {

@@ -4,6 +4,11 @@
 #define SEAM_PROP_CTX_H
 
 #include "seam_prop_maps.h"
+#include "seam_http_head.h"
+
+/* The key of a one-entry array, in .rodata: a key on the stack is a store that a verifier without
+ * CAP_PERFMON (ctxprop's) fences against speculation on every run. */
+static const __u32 seam_key_zero = 0;
 
 /* The sampled flag of a trace this host starts: the trace id's low 63 bits against the
  * OTEL_TRACES_SAMPLER ratio's threshold (the correlator decides the same way). */
@@ -14,15 +19,13 @@ static __always_inline __u8 seam_sampled(const __u8 *trace_id, __u64 threshold)
 	return (__builtin_bswap64(low) >> 1) < threshold ? 0x01 : 0x00;
 }
 
-/* A new trace id from this host (never all zero); returns its sampled flag. */
+/* A new trace id from this host (never all zero); returns its sampled flag. Written where it
+ * goes, not through a stack copy (a fenced spill in ctxprop, as above). */
 static __always_inline __u8 seam_new_trace(__u8 *trace_id, __u64 threshold)
 {
-	__u32 r[4];
 #pragma unroll
 	for (int i = 0; i < 4; i++)
-		r[i] = bpf_get_prandom_u32();
-	r[3] |= 1;
-	__builtin_memcpy(trace_id, r, 16);
+		seam_store4(trace_id + 4 * i, bpf_get_prandom_u32() | (i == 3));
 	return seam_sampled(trace_id, threshold);
 }
 
@@ -42,8 +45,7 @@ static __always_inline void seam_continue(struct seam_injected *inj, const __u8 
 /* The current ctxprop run (seam_prop_on[0]), 0 while none propagates. */
 static __always_inline __u32 seam_prop_epoch(void)
 {
-	__u32 zero = 0;
-	__u32 *on = bpf_map_lookup_elem(&seam_prop_on, &zero);
+	__u32 *on = bpf_map_lookup_elem(&seam_prop_on, &seam_key_zero);
 	return on ? *on : 0;
 }
 
@@ -70,9 +72,8 @@ static __always_inline void seam_choose_context(struct seam_injected *inj, __u64
 						const struct seam_node_choice *nc)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	__u32 span[2] = {bpf_get_prandom_u32() | 1 /* never an all-zero span id */,
-			 bpf_get_prandom_u32()};
-	__builtin_memcpy(inj->span_id, span, 8);
+	seam_store4(inj->span_id, bpf_get_prandom_u32() | 1); /* never an all-zero span id */
+	seam_store4(inj->span_id + 4, bpf_get_prandom_u32());
 	if (nc) {
 		seam_continue(inj, nc->trace_id, nc->flags, nc->state, threshold, follow_parent);
 		return;

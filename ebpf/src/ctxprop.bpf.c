@@ -15,11 +15,16 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-/* Set only by a benchmark build (bench/floor.sh): 1 makes the sk_msg program pass every send at
- * once, to measure what having a socket in the sockhash costs; 0 everywhere else. */
+/* Set only by a benchmark build (bench/floor.sh), to measure what each step of the sk_msg
+ * program costs (ebpf/abi/build.rs names the stages); 0 everywhere else. */
 #ifndef SEAM_BENCH_PROP_STAGE
 #define SEAM_BENCH_PROP_STAGE 0
 #endif
+#define BENCH_PASS (SEAM_BENCH_PROP_STAGE == 1)
+#define BENCH_STOP_AFTER_COPY (SEAM_BENCH_PROP_STAGE == 2)
+#define BENCH_STOP_AFTER_SCAN (SEAM_BENCH_PROP_STAGE == 3)
+#define BENCH_NO_HEADER (SEAM_BENCH_PROP_STAGE == 4)
+#define BENCH_NO_JOIN (SEAM_BENCH_PROP_STAGE == 5)
 
 #define SK_PASS 1
 #define TCP_ESTABLISHED 1
@@ -102,7 +107,6 @@ struct scan_buf {
 	struct seam_node_choice node_choice; /* a Node main thread's send's, likewise */
 	struct head_scan t;
 	__u8 head[SCAN_MAX + 16]; /* zeroes follow the copied bytes: a word read past them is safe */
-	__u8 header[TP_HEADER_LEN + 2];
 };
 
 struct {
@@ -112,9 +116,12 @@ struct {
 	__type(value, struct scan_buf);
 } seam_prop_scratch SEC(".maps");
 
-static __always_inline void count(__u32 which)
+/* The counters' keys, in .rodata for the reason seam_key_zero is. */
+static const __u32 prop_counter_keys[PROP_CNT_MAX] = {0, 1, 2, 3, 4, 5, 6, 7};
+
+static __always_inline void count(enum prop_counter which)
 {
-	__u64 *v = bpf_map_lookup_elem(&seam_prop_counters, &which);
+	__u64 *v = bpf_map_lookup_elem(&seam_prop_counters, &prop_counter_keys[which]);
 	if (v)
 		*v += 1;
 }
@@ -342,8 +349,7 @@ static __always_inline int method_ok(struct scan_buf *b)
  * different offsets without CAP_PERFMON. */
 __attribute__((noinline)) int line_end(__u32 i)
 {
-	__u32 zero = 0;
-	struct scan_buf *b = bpf_map_lookup_elem(&seam_prop_scratch, &zero);
+	struct scan_buf *b = bpf_map_lookup_elem(&seam_prop_scratch, &seam_key_zero);
 	if (!b)
 		return 1;
 	struct head_scan *t = &b->t;
@@ -380,22 +386,33 @@ struct scan_ctx {
 	struct scan_buf *buf;
 };
 
-/* Word w of the head: only a word holding a '\n' is looked at byte by byte. */
-static long head_scan_step(__u64 w, void *ctx)
+#define SCAN_STEP 32
+
+/* Bytes [32 s, 32 s + 32) of the head: only a word holding a '\n' is looked at byte by byte. Four
+ * words a step, from one pointer: each variable offset into the buffer costs a speculation fence
+ * without CAP_PERFMON, and each step a call. */
+static long head_scan_step(__u64 s, void *ctx)
 {
 	struct scan_buf *b = ((struct scan_ctx *)ctx)->buf;
 	if (!b)
 		return 1;
 	struct head_scan *t = &b->t;
-	__u64 base = w * 8;
+	__u64 base = s * SCAN_STEP;
 	if (base >= t->len)
 		return 1;
-	if (!seam_has_byte(HW(b, base), '\n'))
-		return 0;
+	const __u8 *p = &b->head[base & (SCAN_MAX - SCAN_STEP)];
 #pragma unroll
-	for (int k = 0; k < 8; k++)
-		if (HB(b, base + k) == '\n' && line_end(base + k))
+	for (int k = 0; k < SCAN_STEP; k += 8) {
+		/* past len only zeroes are read (on_msg clears 16 bytes there), not a stale head */
+		if (base + k >= t->len)
 			return 1;
+		if (!seam_has_byte(seam_load8(p + k), '\n'))
+			continue;
+#pragma unroll
+		for (int j = 0; j < 8; j++)
+			if (p[k + j] == '\n' && line_end(base + k + j))
+				return 1;
+	}
 	return 0;
 }
 
@@ -412,36 +429,28 @@ static long length_step(__u64 k, void *ctx)
 	return seam_length_feed(&t->length, HB(b, at));
 }
 
-static __always_inline char hex_digit(__u8 n)
+/* Eight text bytes from little-endian x: each of its four bytes as two lower-case hex digits,
+ * its first byte first. Worked a whole word at a time: written a digit at a time, the compiler
+ * spills to the stack, and without CAP_PERFMON the verifier fences every spill (Spectre v4). */
+static __always_inline __u64 hex8(__u32 x)
 {
-	return n < 10 ? '0' + n : 'a' + (n - 10);
+	__u64 y = x;
+	y = (y | (y << 16)) & 0x0000ffff0000ffffULL;
+	y = (y | (y << 8)) & 0x00ff00ff00ff00ffULL; /* byte 2i holds byte i of x */
+	__u64 n = ((y >> 4) & 0x000f000f000f000fULL) | ((y & 0x000f000f000f000fULL) << 8);
+	__u64 letters = ((n + SEAM_ONES * 6) >> 4) & SEAM_ONES; /* 1 in each byte that is 10..15 */
+	return n + SEAM_ONES * '0' + letters * ('a' - '0' - 10);
 }
+
+#define WORD8(a, b, c, d, e, f, g, h)                                                         \
+	((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24 | (__u64)(e) << 32 | \
+	 (__u64)(f) << 40 | (__u64)(g) << 48 | (__u64)(h) << 56)
 
 /* Adds the header right after the request line. */
 static __always_inline int insert_header(struct sk_msg_md *msg, struct scan_buf *buf, __u32 at,
 					 __u32 head_len)
 {
 	struct seam_injected *inj = &buf->ctx;
-	__u8 *h = buf->header;
-	h[0] = 't', h[1] = 'r', h[2] = 'a', h[3] = 'c', h[4] = 'e', h[5] = 'p', h[6] = 'a', h[7] = 'r';
-	h[8] = 'e', h[9] = 'n', h[10] = 't', h[11] = ':', h[12] = ' ', h[13] = '0', h[14] = '0';
-	h[15] = '-';
-#pragma unroll
-	for (int i = 0; i < 16; i++) {
-		h[16 + 2 * i] = hex_digit(inj->trace_id[i] >> 4);
-		h[17 + 2 * i] = hex_digit(inj->trace_id[i] & 15);
-	}
-	h[48] = '-';
-#pragma unroll
-	for (int i = 0; i < 8; i++) {
-		h[49 + 2 * i] = hex_digit(inj->span_id[i] >> 4);
-		h[50 + 2 * i] = hex_digit(inj->span_id[i] & 15);
-	}
-	h[65] = '-';
-	h[66] = hex_digit(inj->flags >> 4);
-	h[67] = hex_digit(inj->flags & 15);
-	h[68] = '\r';
-	h[69] = '\n';
 	if (bpf_msg_push_data(msg, at, TP_HEADER_LEN, 0) != 0)
 		return 0;
 	if (bpf_msg_pull_data(msg, at, at + TP_HEADER_LEN, 0) != 0) {
@@ -454,13 +463,22 @@ static __always_inline int insert_header(struct sk_msg_md *msg, struct scan_buf 
 		bpf_msg_pop_data(msg, at, TP_HEADER_LEN, 0);
 		return 0;
 	}
+	/* "traceparent: 00-" <trace id> "-" <span id> "-" <flags> "\r\n" */
+	seam_store8(data, WORD8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r'));
+	seam_store8(data + 8, WORD8('e', 'n', 't', ':', ' ', '0', '0', '-'));
 #pragma unroll
-	for (int i = 0; i + 8 <= TP_HEADER_LEN; i += 8)
-		seam_store8(data + i, seam_load8(h + i));
-	seam_store8(data + TP_HEADER_LEN - 8, seam_load8(h + TP_HEADER_LEN - 8));
+	for (int i = 0; i < 4; i++)
+		seam_store8(data + 16 + 8 * i, hex8(seam_load4(inj->trace_id + 4 * i)));
+	data[48] = '-';
+	seam_store8(data + 49, hex8(seam_load4(inj->span_id)));
+	seam_store8(data + 57, hex8(seam_load4(inj->span_id + 4)));
+	seam_store4(data + 65, '-' | (__u32)(hex8(inj->flags) & 0xffff) << 8 | (__u32)'\r' << 24);
+	data[69] = '\n';
 	/* The insertion is a scatterlist element of its own, and tcp_bpf sends each element with a
 	 * separate tcp_sendmsg: with TCP_NODELAY the head would leave as three segments, and a server
 	 * could read the request line alone. One element for the whole head keeps it one segment. */
+	if (BENCH_NO_JOIN)
+		return 1;
 	bpf_msg_pull_data(msg, 0, head_len + TP_HEADER_LEN, 0);
 	return 1;
 }
@@ -479,7 +497,9 @@ static __always_inline int carry(struct sk_msg_md *msg, struct scan_buf *buf,
 	seam_choose_context(inj, sample_threshold, sample_follow_parent, epoch, nc);
 	__u32 use = ps->use;
 	__u32 pending = 0;
-	if ((use & CARRIER_HEADER) && insert_header(msg, buf, at, head_len))
+	if (BENCH_NO_HEADER)
+		pending = SEAM_PENDING_REPORT;
+	else if ((use & CARRIER_HEADER) && insert_header(msg, buf, at, head_len))
 		pending = SEAM_PENDING_REPORT;
 	if (use & CARRIER_TCP_OPTION)
 		pending = SEAM_PENDING_REPORT | SEAM_PENDING_OPTION;
@@ -490,18 +510,21 @@ static __always_inline int carry(struct sk_msg_md *msg, struct scan_buf *buf,
 	return 1;
 }
 
-/* Stores eight bytes at a variable offset of the head. A global function is verified once, on
- * its own: inlined, the store would be reached on many paths, which the verifier refuses for a
- * variable offset without CAP_PERFMON. */
-__attribute__((noinline)) int put_word(__u32 at, __u64 word)
+/* Ends a copy of len bytes of the head: its last eight bytes (word, from last = len - 8) and
+ * zeroes for sixteen bytes after it, which a word read past the end then finds. A global
+ * function is verified once, on its own: inlined, the stores would be reached on many paths,
+ * which the verifier refuses for a variable offset without CAP_PERFMON. */
+__attribute__((noinline)) int finish_copy(__u32 last, __u64 word, __u32 len)
 {
-	__u32 zero = 0;
-	struct scan_buf *buf = bpf_map_lookup_elem(&seam_prop_scratch, &zero);
-	__u64 off = at;
-	asm volatile("" : "+r"(off)); /* the bound is checked on the register that is used */
-	if (!buf || off > SCAN_MAX + 8)
+	struct scan_buf *buf = bpf_map_lookup_elem(&seam_prop_scratch, &seam_key_zero);
+	__u64 at = last, end = len;
+	asm volatile("" : "+r"(at)); /* the bound is checked on the register that is used */
+	asm volatile("" : "+r"(end));
+	if (!buf || at > SCAN_MAX - 8 || end > SCAN_MAX)
 		return 0;
-	seam_store8(&buf->head[off], word);
+	seam_store8(&buf->head[at], word);
+	seam_store8(&buf->head[end], 0);
+	seam_store8(&buf->head[end + 8], 0);
 	return 1;
 }
 
@@ -527,7 +550,7 @@ static __always_inline int copy_head(struct sk_msg_md *msg, struct scan_buf *buf
 				break;
 			buf->head[k] = data[k];
 		}
-		return 1;
+		return finish_copy(0, seam_load8(buf->head), len);
 	}
 	__u32 last = len - 8;
 	if (bpf_msg_pull_data(msg, last, len, 0) != 0)
@@ -536,13 +559,13 @@ static __always_inline int copy_head(struct sk_msg_md *msg, struct scan_buf *buf
 	end = msg->data_end;
 	if (data + 8 > end)
 		return 0;
-	return put_word(last, *(__u64 *)data);
+	return finish_copy(last, *(__u64 *)data, len);
 }
 
 SEC("sk_msg")
 int on_msg(struct sk_msg_md *msg)
 {
-	if (SEAM_BENCH_PROP_STAGE == 1)
+	if (BENCH_PASS)
 		return SK_PASS;
 	struct seam_prop_sock *ps = prop_sock(msg->sk);
 	if (!ps || ps->opaque || !ps->use)
@@ -562,8 +585,7 @@ int on_msg(struct sk_msg_md *msg)
 	 * either way it must not lend this one its ids (an option still waiting for its segment
 	 * stays until this request's context replaces it) */
 	ps->pending &= ~SEAM_PENDING_REPORT;
-	__u32 zero = 0;
-	struct scan_buf *buf = bpf_map_lookup_elem(&seam_prop_scratch, &zero);
+	struct scan_buf *buf = bpf_map_lookup_elem(&seam_prop_scratch, &seam_key_zero);
 	if (!buf)
 		return SK_PASS;
 	__u32 len = size < SCAN_MAX ? size : SCAN_MAX;
@@ -572,14 +594,14 @@ int on_msg(struct sk_msg_md *msg)
 		count(PROP_CNT_OPAQUE);
 		return SK_PASS;
 	}
-	put_word(len, 0);
-	put_word(len + 8, 0);
+	if (BENCH_STOP_AFTER_COPY)
+		return SK_PASS;
 	struct head_scan *t = &buf->t;
 	__builtin_memset(t, 0, sizeof(*t));
 	t->len = len;
 	t->method_ok = method_ok(buf);
 	struct scan_ctx sc = {.buf = buf};
-	bpf_loop((len + 7) / 8, head_scan_step, &sc, 0);
+	bpf_loop((len + SCAN_STEP - 1) / SCAN_STEP, head_scan_step, &sc, 0);
 	if (t->length_at) {
 		bpf_loop(SEAM_LENGTH_MAX_BYTES, length_step, &sc, 0);
 		if (t->length.state != SEAM_LEN_DONE)
@@ -599,6 +621,8 @@ int on_msg(struct sk_msg_md *msg)
 	} else {
 		ps->skip = t->length.value - body_here;
 	}
+	if (BENCH_STOP_AFTER_SCAN)
+		return SK_PASS;
 	if (t->traceparents) {
 		count(PROP_CNT_HAD_HEADER);
 		ps->pending = 0; /* nor an earlier request's option */
