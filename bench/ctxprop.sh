@@ -27,35 +27,14 @@ cleanup() {
 trap cleanup EXIT
 export SEAM_TRACE_PRINTER=disabled SEAM_RUN_DIR=/run/seam-bench SEAM_PIN_DIR=/sys/fs/bpf/seam-bench
 
-# gated CMD…: a shell that waits on a fifo, then execs CMD (same pid, so it can be a target before
-# its first connection). Sets `gate` (the pid) and `gate_fifo`.
-gated() {
-  gate_fifo="$work/go.$RANDOM"
-  mkfifo "$gate_fifo"
-  sh -c 'read x < "$0"; exec "$@"' "$gate_fifo" "$@" > "$work/gated.out" & gate=$!
-}
-# with_seam MODE PID: the stack instrumenting nginx and PID with context_propagation=MODE.
-with_seam() {
-  : > "$work/daemons.log"
-  SEAM_CONTEXT_PROPAGATION=$1 SEAM_OPEN_PORT=$port SEAM_TARGET_PID=$2 \
-    "$here/../scripts/run" 2>>"$work/daemons.log" & stack=$!
-  for _ in $(seq 150); do
-    grep -q "target added pid=$2" "$work/daemons.log" 2>/dev/null \
-      && grep -q "ready role=ctxprop" "$work/daemons.log" && break
-    sleep 0.1
-  done
-}
-stop_seam() {
-  kill -TERM "$stack"; wait "$stack" 2>/dev/null || true; stack=
-}
 # wrk_phase LABEL MODE: MODE "none" runs without seam. Appends "LABEL rps p50 p99".
 wrk_phase() {
-  gated taskset -c 1 wrk -t1 -c32 -d"${secs}s" --latency "http://127.0.0.1:$port/index.html"
-  [ "$2" = none ] || with_seam "$2" "$gate"
+  bench_gated taskset -c 1 wrk -t1 -c32 -d"${secs}s" --latency "http://127.0.0.1:$port/index.html"
+  [ "$2" = none ] || bench_with_seam "$2" "$gate" "$port"
   echo > "$gate_fifo"
   wait "$gate"
   if [ "$2" != none ]; then
-    stop_seam # ctxprop logs its counters as it stops
+    bench_stop_seam # ctxprop logs its counters as it stops
     grep -o "propagation counters.*" "$work/daemons.log" | sed "s/^/$1: /" >> "$work/counters.txt" || true
   fi
   read -r _ rps p50 p99 < <(bench_wrk_figures "$work/gated.out")
@@ -78,11 +57,11 @@ done
 python3 "$here/../tests/fixtures/sink.py" "$upload_port" & sinkpid=$!
 bench_wait_port "$upload_port"
 upload_phase() { # MODE: five 1 GiB uploads from an instrumented client
-  gated python3 "$here/../tests/fixtures/upload.py" "$upload_port" $((1 << 30)) 5
-  with_seam "$1" "$gate"
+  bench_gated python3 "$here/../tests/fixtures/upload.py" "$upload_port" $((1 << 30)) 5
+  bench_with_seam "$1" "$gate" "$port"
   echo > "$gate_fifo"
   wait "$gate"
-  stop_seam
+  bench_stop_seam
   echo "upload-$1 $(cat "$work/gated.out")" >> "$work/uploads.txt"
   rm -f "$gate_fifo"
 }

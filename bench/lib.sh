@@ -69,6 +69,33 @@ bench_stop_nginx() {
   wait "$nginx_master" 2>/dev/null || true
 }
 
+# bench_gated CMD…: a shell that waits on a fifo, then execs CMD (same pid, so it can be a target
+# before its first connection); its output goes to $work/gated.out. Sets `gate` (the pid) and
+# `gate_fifo`: `echo > "$gate_fifo"` lets it run.
+bench_gated() {
+  gate_fifo="$work/go.$RANDOM"
+  mkfifo "$gate_fifo"
+  sh -c 'read x < "$0"; exec "$@"' "$gate_fifo" "$@" > "$work/gated.out" & gate=$!
+}
+
+# bench_with_seam MODE PID PORT: the daemons (from $SEAM_BIN_DIR) instrumenting the server on PORT
+# and PID with context_propagation=MODE, once PID is a target and ctxprop is ready (15 s at
+# most); their log goes to $work/daemons.log. Sets `stack`; bench_stop_seam stops them.
+bench_with_seam() {
+  : > "$work/daemons.log"
+  SEAM_CONTEXT_PROPAGATION=$1 SEAM_OPEN_PORT=$3 SEAM_TARGET_PID=$2 \
+    "$SEAM_ROOT/scripts/run" 2>>"$work/daemons.log" & stack=$!
+  for _ in $(seq 150); do
+    grep -q "target added pid=$2" "$work/daemons.log" 2>/dev/null \
+      && grep -q "ready role=ctxprop" "$work/daemons.log" && break
+    sleep 0.1
+  done
+}
+
+bench_stop_seam() {
+  kill -TERM "$stack"; wait "$stack" 2>/dev/null || true; stack=
+}
+
 # bench_otlp_sink PORT: a loopback OTLP/HTTP endpoint that accepts every export and keeps
 # nothing, so a run can include what exporting costs seam. Sets `sink`; bench_stop_sink stops it.
 bench_otlp_sink() {

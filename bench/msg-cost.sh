@@ -31,21 +31,12 @@ results="$work/msg-cost.txt"
 : > "$results"
 for _ in $(seq "$rounds"); do
   for dir in "${builds[@]}"; do
-    # wrk waits on a fifo, so it is a target (by pid) before its first connection
-    fifo="$work/go.$RANDOM"
-    mkfifo "$fifo"
-    sh -c 'read x < "$0"; exec "$@"' "$fifo" taskset -c 1 wrk -t1 -c32 -d"${secs}s" \
-      "http://127.0.0.1:$port/index.html" > "$work/wrk.out" & gate=$!
-    : > "$work/daemons.log"
-    SEAM_BIN_DIR=$dir SEAM_CONTEXT_PROPAGATION=${SEAM_CONTEXT_PROPAGATION:-headers} \
-      SEAM_OPEN_PORT=$port SEAM_TARGET_PID=$gate "$here/../scripts/run" 2>>"$work/daemons.log" & stack=$!
-    for _ in $(seq 150); do
-      grep -q "target added pid=$gate" "$work/daemons.log" && grep -q "ready role=ctxprop" "$work/daemons.log" && break
-      sleep 0.1
-    done
+    bench_gated taskset -c 1 wrk -t1 -c32 -d"${secs}s" "http://127.0.0.1:$port/index.html"
+    SEAM_BIN_DIR=$dir bench_with_seam "${SEAM_CONTEXT_PROPAGATION:-headers}" "$gate" "$port"
     sysctl -qw kernel.bpf_stats_enabled=1
-    echo > "$fifo"
+    echo > "$gate_fifo"
     wait "$gate"
+    rm -f "$gate_fifo"
     programs=$(bpftool -j prog show | python3 -c '
 import json, sys
 out = []
@@ -55,8 +46,8 @@ for p in json.load(sys.stdin):
         out.append("%s=%.0f" % ("sk_msg" if p.get("type") == "sk_msg" else name, p["run_time_ns"] / p["run_cnt"]))
 print(" ".join(sorted(out)))')
     sysctl -qw kernel.bpf_stats_enabled=0
-    kill -TERM "$stack"; wait "$stack" 2>/dev/null || true; stack=
-    line="$dir requests=$(awk '/requests in/ {print $1}' "$work/wrk.out") $programs"
+    bench_stop_seam
+    line="$dir requests=$(awk '/requests in/ {print $1}' "$work/gated.out") $programs"
     echo "$line" | tee -a "$results"
   done
 done

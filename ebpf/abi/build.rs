@@ -62,7 +62,10 @@ fn bench_stages() -> [String; 2] {
         ),
         format!(
             "-DSEAM_BENCH_PROP_STAGE={}",
-            stage("SEAM_BENCH_PROP_STAGE", &["pass", "copy", "scan", "choose", "push"])
+            stage(
+                "SEAM_BENCH_PROP_STAGE",
+                &["pass", "copy", "scan", "choose", "push"]
+            )
         ),
     ]
 }
