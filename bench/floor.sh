@@ -11,8 +11,7 @@
 # at or inserted), and on the normal build.
 # `msg` times ctxprop's sk_msg program itself (bench/msg-cost.sh, header carrier) on builds that
 # stop it after each step (SEAM_BENCH_PROP_STAGE): pass (at once), copy (the head copied), scan
-# (framed), choose (context chosen and reported, no header), push (header pushed and written, the
-# head left in three scatterlist elements), and the normal build.
+# (framed), choose (context chosen and reported, no header), and the normal build.
 # The stage builds go to target/bench-floor (the first takes minutes, later ones only rebuild the
 # eBPF objects and their users); the normal build is never touched.
 #   bench/floor.sh [seconds per phase, default 8] [rounds, default 3] [capture|ctxprop|msg|all, default all]
@@ -52,7 +51,7 @@ if [ "$part" = ctxprop ] || [ "$part" = all ]; then
 fi
 msg_dirs=()
 if [ "$part" = msg ]; then
-  for stage in pass copy scan choose push; do
+  for stage in pass copy scan choose; do
     dir=$(stage_build "msg-$stage" "SEAM_BENCH_PROP_STAGE=$stage")
     msg_dirs+=("$dir")
   done

@@ -45,8 +45,7 @@ fn main() {
 /// return after the target and connection lookups, `copy` write no ring record;
 /// SEAM_BENCH_PROP_STAGE `pass` makes ctxprop's sk_msg program pass every send untouched, `copy`
 /// return once the head is copied, `scan` once it is framed, `choose` report a chosen context
-/// without inserting the header, `push` insert it but leave the head in three scatterlist
-/// elements. Unset in every other build. Returns the compiler's -D flags.
+/// without inserting the header. Unset in every other build. Returns the compiler's -D flags.
 fn bench_stages() -> [String; 2] {
     let stage = |var: &str, names: &[&str]| match std::env::var(var).as_deref() {
         Err(_) | Ok("") => 0,
@@ -62,10 +61,7 @@ fn bench_stages() -> [String; 2] {
         ),
         format!(
             "-DSEAM_BENCH_PROP_STAGE={}",
-            stage(
-                "SEAM_BENCH_PROP_STAGE",
-                &["pass", "copy", "scan", "choose", "push"]
-            )
+            stage("SEAM_BENCH_PROP_STAGE", &["pass", "copy", "scan", "choose"])
         ),
     ]
 }

@@ -24,7 +24,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define BENCH_STOP_AFTER_COPY (SEAM_BENCH_PROP_STAGE == 2)
 #define BENCH_STOP_AFTER_SCAN (SEAM_BENCH_PROP_STAGE == 3)
 #define BENCH_NO_HEADER (SEAM_BENCH_PROP_STAGE == 4)
-#define BENCH_NO_JOIN (SEAM_BENCH_PROP_STAGE == 5)
 
 #define SK_PASS 1
 #define TCP_ESTABLISHED 1
@@ -342,8 +341,9 @@ static __always_inline int method_ok(struct scan_buf *b)
 	return 0;
 }
 
-/* The line that ends at i (a '\n'): the request line, or the blank line that ends the head, or
- * a header line whose name says something about framing. Returns 1 when the scan is over. A
+/* The '\n' at i: the request line when it is the first, and the line that starts after it: the
+ * blank line that ends the head, or a header line whose name says something about framing or is
+ * traceparent (the first header line too). Returns 1 when the scan is over. A
  * global function, verified once on its own: inlined for each byte of a word, the compiler
  * shares its reads between those paths, and the verifier refuses a pointer sum reached with
  * different offsets without CAP_PERFMON. */
@@ -358,7 +358,6 @@ __attribute__((noinline)) int line_end(__u32 i)
 		if (!request_line_ok(b, o))
 			return 1;
 		t->request_line = o;
-		return 0;
 	}
 	if (HB(b, o) == '\r') {
 		if (HB(b, o + 1) == '\n')
@@ -446,23 +445,97 @@ static __always_inline __u64 hex8(__u32 x)
 	((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24 | (__u64)(e) << 32 | \
 	 (__u64)(f) << 40 | (__u64)(g) << 48 | (__u64)(h) << 56)
 
-/* Adds the header right after the request line. */
+/* Eight bytes of the copied head from at (a variable offset): a global function, verified once
+ * on its own, for the reason finish_copy is one. */
+__attribute__((noinline)) __u64 head_word(__u32 at)
+{
+	struct scan_buf *buf = bpf_map_lookup_elem(&seam_prop_scratch, &seam_key_zero);
+	__u64 o = at;
+	asm volatile("" : "+r"(o)); /* the bound is checked on the register that is used */
+	if (!buf || o > SCAN_MAX + 8)
+		return 0;
+	return seam_load8(&buf->head[o]);
+}
+
+/* Words [k0, k1) of write_shifted; 0 once the message ends. */
+static __always_inline int write_shifted_words(__u8 *data, __u8 *end, struct scan_buf *buf,
+					       __u64 at, const int k0, const int k1)
+{
+#pragma unroll
+	for (int k = k0; k < k1; k++) {
+		const int d = 8 * k;
+		if (data + d + 8 > end)
+			return 0;
+		__u64 w;
+		if (d < TP_HEADER_LEN) {
+			w = seam_load8(&buf->head[d]);
+		} else if (d > SCAN_MAX + 8) {
+			w = seam_load8(&buf->head[d - TP_HEADER_LEN]);
+		} else {
+			__u64 before_at = (__u64)((__s64)(d - at) >> 63); /* all ones while d < at */
+			w = (seam_load8(&buf->head[d]) & before_at) |
+			    (seam_load8(&buf->head[d - TP_HEADER_LEN]) & ~before_at);
+		}
+		seam_store8(data + d, w);
+	}
+	return 1;
+}
+
+/* Writes the first n bytes of the send (copied in the scratch head) again at the start of the
+ * message, TP_HEADER_LEN bytes apart after the request line (at): every whole word of the n + 70
+ * bytes is the head's word at the same place before at and the one 70 bytes back after it
+ * (chosen by a mask: a branch on at in each of the unrolled words multiplies the verifier's
+ * paths). The words that overlap the header's place are written again with it; the last,
+ * partial, word is the caller's. Packet offsets are constants, as ctxprop has no CAP_PERFMON;
+ * the words go in four runs, each short enough for the compiler to unroll. A global function,
+ * verified once on its own: inlined, its 520 words were verified again for each way on_msg
+ * reaches them. It calls no helper, so the caller's packet pointers stay as they were. */
+__attribute__((noinline)) int write_shifted(struct sk_msg_md *msg, __u32 at)
+{
+	struct scan_buf *buf = bpf_map_lookup_elem(&seam_prop_scratch, &seam_key_zero);
+	if (!buf)
+		return 0;
+	__u8 *data = msg->data; /* a global function's context argument is never NULL */
+	__u8 *end = msg->data_end;
+#define SHIFT_RUN ((SCAN_MAX + TP_HEADER_LEN) / 8 / 4)
+	_Static_assert(4 * SHIFT_RUN == (SCAN_MAX + TP_HEADER_LEN) / 8, "four runs cover the words");
+	if (write_shifted_words(data, end, buf, at, 0, SHIFT_RUN) &&
+	    write_shifted_words(data, end, buf, at, SHIFT_RUN, 2 * SHIFT_RUN) &&
+	    write_shifted_words(data, end, buf, at, 2 * SHIFT_RUN, 3 * SHIFT_RUN))
+		write_shifted_words(data, end, buf, at, 3 * SHIFT_RUN, 4 * SHIFT_RUN);
+#undef SHIFT_RUN
+	return 1;
+}
+
+/* Adds the header right after the request line (at), the send's first n bytes (its head, or
+ * all of it when it was copied whole) given again with it as one new scatterlist element in
+ * front, and the old ones then dropped. tcp_bpf sends each element with a tcp_sendmsg of its
+ * own: with TCP_NODELAY a header pushed into the head would split it into three segments, and
+ * joining them again costs a second page and a copy of the whole element. */
 static __always_inline int insert_header(struct sk_msg_md *msg, struct scan_buf *buf, __u32 at,
-					 __u32 head_len)
+					 __u32 n)
 {
 	struct seam_injected *inj = &buf->ctx;
-	if (bpf_msg_push_data(msg, at, TP_HEADER_LEN, 0) != 0)
+	__u32 len = n + TP_HEADER_LEN;
+	if (bpf_msg_push_data(msg, 0, len, 0) != 0)
 		return 0;
-	if (bpf_msg_pull_data(msg, at, at + TP_HEADER_LEN, 0) != 0) {
-		bpf_msg_pop_data(msg, at, TP_HEADER_LEN, 0);
-		return 0;
-	}
+	if (bpf_msg_pull_data(msg, 0, len, 0) != 0)
+		goto undo;
+	write_shifted(msg, at);
+	__u64 tail = head_word(n - 8);
+	if (bpf_msg_pull_data(msg, len - 8, len, 0) != 0)
+		goto undo;
 	__u8 *data = msg->data;
 	__u8 *end = msg->data_end;
-	if (data + TP_HEADER_LEN > end) {
-		bpf_msg_pop_data(msg, at, TP_HEADER_LEN, 0);
-		return 0;
-	}
+	if (data + 8 > end)
+		goto undo;
+	seam_store8(data, tail);
+	if (bpf_msg_pull_data(msg, at, at + TP_HEADER_LEN, 0) != 0)
+		goto undo;
+	data = msg->data;
+	end = msg->data_end;
+	if (data + TP_HEADER_LEN > end)
+		goto undo;
 	/* "traceparent: 00-" <trace id> "-" <span id> "-" <flags> "\r\n" */
 	seam_store8(data, WORD8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r'));
 	seam_store8(data + 8, WORD8('e', 'n', 't', ':', ' ', '0', '0', '-'));
@@ -474,18 +547,18 @@ static __always_inline int insert_header(struct sk_msg_md *msg, struct scan_buf 
 	seam_store8(data + 57, hex8(seam_load4(inj->span_id + 4)));
 	seam_store4(data + 65, '-' | (__u32)(hex8(inj->flags) & 0xffff) << 8 | (__u32)'\r' << 24);
 	data[69] = '\n';
-	/* The insertion is a scatterlist element of its own, and tcp_bpf sends each element with a
-	 * separate tcp_sendmsg: with TCP_NODELAY the head would leave as three segments, and a server
-	 * could read the request line alone. One element for the whole head keeps it one segment. */
-	if (BENCH_NO_JOIN)
-		return 1;
-	bpf_msg_pull_data(msg, 0, head_len + TP_HEADER_LEN, 0);
+	/* the old bytes start where the new element ends: dropping them splits nothing */
+	if (bpf_msg_pop_data(msg, len, n, 0) != 0)
+		goto undo;
 	return 1;
+undo:
+	bpf_msg_pop_data(msg, 0, len, 0);
+	return 0;
 }
 
 /* Gives the request a context on every configured carrier and tells the capture which. */
 static __always_inline int carry(struct sk_msg_md *msg, struct scan_buf *buf,
-				 struct seam_prop_sock *ps, __u32 at, __u32 head_len)
+				 struct seam_prop_sock *ps, __u32 at, __u32 rewritten)
 {
 	struct seam_injected *inj = &buf->ctx;
 	__builtin_memset(inj, 0, sizeof(*inj));
@@ -499,7 +572,7 @@ static __always_inline int carry(struct sk_msg_md *msg, struct scan_buf *buf,
 	__u32 pending = 0;
 	if (BENCH_NO_HEADER)
 		pending = SEAM_PENDING_REPORT;
-	else if ((use & CARRIER_HEADER) && insert_header(msg, buf, at, head_len))
+	else if ((use & CARRIER_HEADER) && insert_header(msg, buf, at, rewritten))
 		pending = SEAM_PENDING_REPORT;
 	if (use & CARRIER_TCP_OPTION)
 		pending = SEAM_PENDING_REPORT | SEAM_PENDING_OPTION;
@@ -628,7 +701,8 @@ int on_msg(struct sk_msg_md *msg)
 		ps->pending = 0; /* nor an earlier request's option */
 		return SK_PASS;
 	}
-	if (carry(msg, buf, ps, t->request_line, t->head_len))
+	/* a send copied whole is given again whole: one segment, as it was */
+	if (carry(msg, buf, ps, t->request_line, size <= SCAN_MAX ? size : t->head_len))
 		count(PROP_CNT_INJECTED);
 	return SK_PASS;
 }
