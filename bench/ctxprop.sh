@@ -27,18 +27,22 @@ cleanup() {
 trap cleanup EXIT
 export SEAM_TRACE_PRINTER=disabled SEAM_RUN_DIR=/run/seam-bench SEAM_PIN_DIR=/sys/fs/bpf/seam-bench
 
-# wrk_phase LABEL MODE: MODE "none" runs without seam. Appends "LABEL rps p50 p99".
+# wrk_phase LABEL MODE: MODE "none" runs without seam. Appends "LABEL rps p50 p99 steal%".
 wrk_phase() {
   bench_gated taskset -c 1 wrk -t1 -c32 -d"${secs}s" --latency "http://127.0.0.1:$port/index.html"
   [ "$2" = none ] || bench_with_seam "$2" "$gate" "$port"
+  local before
+  before=$(bench_cpu_ticks)
   echo > "$gate_fifo"
   wait "$gate"
+  local steal
+  steal=$(bench_steal_share "$before" "$(bench_cpu_ticks)")
   if [ "$2" != none ]; then
     bench_stop_seam # ctxprop logs its counters as it stops
     grep -o "propagation counters.*" "$work/daemons.log" | sed "s/^/$1: /" >> "$work/counters.txt" || true
   fi
   read -r _ rps p50 p99 < <(bench_wrk_figures "$work/gated.out")
-  echo "$1 $rps $p50 $p99" >> "$work/rounds.txt"
+  echo "$1 $rps $p50 $p99 $steal" >> "$work/rounds.txt"
   rm -f "$gate_fifo"
 }
 : > "$work/rounds.txt"
@@ -75,14 +79,15 @@ python3 - "$work/rounds.txt" "$work/uploads.txt" "$secs" "$rounds" <<'PY'
 import re, statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 by = {}
-for label, rps, p50, p99 in rows:
-    by.setdefault(label, []).append((float(rps), float(p50), float(p99)))
+for label, rps, p50, p99, steal in rows:
+    by.setdefault(label, []).append((float(rps), float(p50), float(p99), float(steal)))
 print(f"nginx + wrk (wrk instrumented), {sys.argv[3]} s phases, {sys.argv[4]} rounds")
 for label in ("none", "disabled", "headers", "tcp"):
     v = by[label]
     print(f"  {label:9s} throughput {statistics.median(x[0] for x in v):8.0f} req/s  "
           f"p50 {statistics.median(x[1] for x in v):6.0f} us  p99 {statistics.median(x[2] for x in v):6.0f} us"
-          f"  rounds {' '.join(f'{x[0]:.0f}' for x in v)}")
+          f"  rounds {' '.join(f'{x[0]:.0f}' for x in v)}"
+          f"  steal % {' '.join(f'{x[3]:.1f}' for x in v)}")
 n = len(by["none"])
 loss = [1 - by["headers"][i][0] / by["disabled"][i][0] for i in range(n)]
 seam = [1 - by["disabled"][i][0] / by["none"][i][0] for i in range(n)]
