@@ -105,6 +105,7 @@ struct scan_buf {
 	struct seam_injected ctx; /* the request's context, off the 512-byte stack */
 	struct seam_node_choice node_choice; /* a Node main thread's send's, likewise */
 	struct head_scan t;
+	__u64 last_word; /* the last eight bytes of what write_shifted gives again */
 	__u8 head[SCAN_MAX + 16]; /* zeroes follow the copied bytes: a word read past them is safe */
 };
 
@@ -445,18 +446,6 @@ static __always_inline __u64 hex8(__u32 x)
 	((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24 | (__u64)(e) << 32 | \
 	 (__u64)(f) << 40 | (__u64)(g) << 48 | (__u64)(h) << 56)
 
-/* Eight bytes of the copied head from at (a variable offset): a global function, verified once
- * on its own, for the reason finish_copy is one. */
-__attribute__((noinline)) __u64 head_word(__u32 at)
-{
-	struct scan_buf *buf = bpf_map_lookup_elem(&seam_prop_scratch, &seam_key_zero);
-	__u64 o = at;
-	asm volatile("" : "+r"(o)); /* the bound is checked on the register that is used */
-	if (!buf || o > SCAN_MAX + 8)
-		return 0;
-	return seam_load8(&buf->head[o]);
-}
-
 /* Words [k0, k1) of write_shifted; 0 once the message ends. */
 static __always_inline int write_shifted_words(__u8 *data, __u8 *end, struct scan_buf *buf,
 					       __u64 at, const int k0, const int k1)
@@ -486,15 +475,19 @@ static __always_inline int write_shifted_words(__u8 *data, __u8 *end, struct sca
  * bytes is the head's word at the same place before at and the one 70 bytes back after it
  * (chosen by a mask: a branch on at in each of the unrolled words multiplies the verifier's
  * paths). The words that overlap the header's place are written again with it; the last,
- * partial, word is the caller's. Packet offsets are constants, as ctxprop has no CAP_PERFMON;
- * the words go in four runs, each short enough for the compiler to unroll. A global function,
- * verified once on its own: inlined, its 520 words were verified again for each way on_msg
- * reaches them. It calls no helper, so the caller's packet pointers stay as they were. */
-__attribute__((noinline)) int write_shifted(struct sk_msg_md *msg, __u32 at)
+ * partial, word is left in buf->last_word for the caller (a variable offset into the packet
+ * needs a pull). Packet offsets are constants, as ctxprop has no CAP_PERFMON; the words go in
+ * four runs, each short enough for the compiler to unroll. A global function, verified once on
+ * its own: inlined, its 520 words were verified again for each way on_msg reaches them. It calls
+ * no helper, so the caller's packet pointers stay as they were. Returns 0 when it wrote nothing. */
+__attribute__((noinline)) int write_shifted(struct sk_msg_md *msg, __u32 at, __u32 n)
 {
 	struct scan_buf *buf = bpf_map_lookup_elem(&seam_prop_scratch, &seam_key_zero);
-	if (!buf)
+	__u64 last = n - 8;
+	asm volatile("" : "+r"(last)); /* the bound is checked on the register that is used */
+	if (!buf || last > SCAN_MAX + 8)
 		return 0;
+	buf->last_word = seam_load8(&buf->head[last]);
 	__u8 *data = msg->data; /* a global function's context argument is never NULL */
 	__u8 *end = msg->data_end;
 #define SHIFT_RUN ((SCAN_MAX + TP_HEADER_LEN) / 8 / 4)
@@ -521,15 +514,13 @@ static __always_inline int insert_header(struct sk_msg_md *msg, struct scan_buf 
 		return 0;
 	if (bpf_msg_pull_data(msg, 0, len, 0) != 0)
 		goto undo;
-	write_shifted(msg, at);
-	__u64 tail = head_word(n - 8);
-	if (bpf_msg_pull_data(msg, len - 8, len, 0) != 0)
+	if (!write_shifted(msg, at, n) || bpf_msg_pull_data(msg, len - 8, len, 0) != 0)
 		goto undo;
 	__u8 *data = msg->data;
 	__u8 *end = msg->data_end;
 	if (data + 8 > end)
 		goto undo;
-	seam_store8(data, tail);
+	seam_store8(data, buf->last_word);
 	if (bpf_msg_pull_data(msg, at, at + TP_HEADER_LEN, 0) != 0)
 		goto undo;
 	data = msg->data;
