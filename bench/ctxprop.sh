@@ -5,7 +5,7 @@
 # context_propagation=disabled; the same with context_propagation=headers; and with
 # context_propagation=tcp. Then bulk upload throughput (1 GiB HTTP POSTs to a sink,
 # shutdown, blocking recv) from an instrumented client with and without the sockhash.
-# Prints medians and per-round figures.
+# Prints medians and per-round figures, with the share of each phase the hypervisor stole.
 #   bench/ctxprop.sh [seconds per phase, default 8] [rounds, default 3]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

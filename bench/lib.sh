@@ -123,18 +123,18 @@ bench_wait_port() {
   done
 }
 
-# bench_cpu_ticks: "busy steal total" summed over CPUs 0 and 1 (the ones the benchmarks pin to),
-# in clock ticks since boot, from /proc/stat. Two readings bracket a phase; bench_steal_share
-# turns them into the share of those CPUs' time the hypervisor took, which slows a phase for
-# reasons that have nothing to do with seam.
+# bench_cpu_ticks: "steal total" summed over CPUs 0 and 1 (the ones the benchmarks pin to), in
+# clock ticks since boot, from /proc/stat. Two readings bracket a phase; bench_steal_share turns
+# them into the share of those CPUs' time the hypervisor took, which slows a phase for reasons
+# that have nothing to do with seam.
 bench_cpu_ticks() {
-  awk '/^cpu[01] / { busy += $2 + $3 + $4 + $7 + $8; steal += $9; total += $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }
-       END { print busy, steal, total }' /proc/stat
+  awk '/^cpu[01] / { steal += $9; total += $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }
+       END { print steal, total }' /proc/stat
 }
 
 # bench_steal_share "BEFORE" "AFTER": stolen time as a percentage of the interval, one decimal.
 bench_steal_share() {
-  echo "$1 $2" | awk '{ t = $6 - $3; printf "%.1f\n", (t > 0 ? 100 * ($5 - $2) / t : 0) }'
+  echo "$1 $2" | awk '{ t = $4 - $2; printf "%.1f\n", (t > 0 ? 100 * ($3 - $1) / t : 0) }'
 }
 
 # bench_wrk_figures FILE: "requests req/s p50_us p99_us" from the output of wrk --latency.
