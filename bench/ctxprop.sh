@@ -41,7 +41,9 @@ wrk_phase() {
     bench_stop_seam # ctxprop logs its counters as it stops
     grep -o "propagation counters.*" "$work/daemons.log" | sed "s/^/$1: /" >> "$work/counters.txt" || true
   fi
-  read -r _ rps p50 p99 < <(bench_wrk_figures "$work/gated.out")
+  local figures
+  figures=$(bench_wrk_figures "$work/gated.out")
+  read -r _ rps p50 p99 <<< "$figures"
   echo "$1 $rps $p50 $p99 $steal" >> "$work/rounds.txt"
   rm -f "$gate_fifo"
 }

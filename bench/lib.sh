@@ -16,8 +16,11 @@ bench_prepare() {
 # `work` (a scratch directory the caller may use too), `scheme`, `nginx_master` and `worker` (the
 # worker's pid); bench_stop_nginx stops it.
 bench_nginx() {
-  local port=$1 listen="127.0.0.1:$1" tls=""
+  local port=$1 listen="127.0.0.1:$1" tls="" served=0
   work=$(mktemp -d)
+  # nginx's worker runs as nobody: a directory only root may enter would make every request a
+  # 403 and an error-log line
+  chmod 0755 "$work"
   mkdir -p "$work/www"
   head -c 612 /dev/zero | tr '\0' x > "$work/www/index.html"
   scheme=http
@@ -36,9 +39,10 @@ http { access_log off; keepalive_requests 1000000; server { listen $listen; $tls
 CONF
   taskset -c 0 nginx -c "$work/nginx.conf" -p "$work" 2>/dev/null & nginx_master=$!
   for _ in $(seq 50); do
-    curl -sk -o /dev/null "$scheme://127.0.0.1:$port/index.html" && break
+    curl -fsk -o /dev/null "$scheme://127.0.0.1:$port/index.html" && { served=1; break; }
     sleep 0.1
   done
+  [ "$served" = 1 ] || seam_die "nginx does not serve $scheme://127.0.0.1:$port/index.html (see $work/error.log)"
   worker=$(pgrep -P "$nginx_master" | head -1)
 }
 
@@ -78,16 +82,31 @@ bench_gated() {
   sh -c 'read x < "$0"; exec "$@"' "$gate_fifo" "$@" > "$work/gated.out" & gate=$!
 }
 
-# bench_with_seam MODE PID PORT: the daemons (from $SEAM_BIN_DIR) instrumenting the server on PORT
-# and PID with context_propagation=MODE, once PID is a target and ctxprop is ready (15 s at
-# most); their log goes to $work/daemons.log. Sets `stack`; bench_stop_seam stops them.
+# bench_with_seam MODE PID PORT [scripts/run ARGS…]: the daemons (from $SEAM_BIN_DIR) instrumenting
+# the server on PORT and PID with context_propagation=MODE, once the loader has PID as a target and
+# ctxprop (unless ARGS leave it out) is ready (15 s at most); their log goes to $work/daemons.log.
+# Sets `stack`; bench_stop_seam stops them.
 bench_with_seam() {
+  local mode=$1 pid=$2 port=$3
+  shift 3
   : > "$work/daemons.log"
-  SEAM_CONTEXT_PROPAGATION=$1 SEAM_OPEN_PORT=$3 SEAM_TARGET_PID=$2 \
-    "$SEAM_ROOT/scripts/run" 2>>"$work/daemons.log" & stack=$!
+  SEAM_CONTEXT_PROPAGATION=$mode SEAM_OPEN_PORT=$port SEAM_TARGET_PID=$pid \
+    "$SEAM_ROOT/scripts/run" "$@" 2>>"$work/daemons.log" & stack=$!
+  local ready="ready role=ctxprop"
+  case " $* " in *" --without ctxprop "*) ready="ready role=loader" ;; esac
+  bench_wait_log "$work/daemons.log" "target added pid=$pid" "$ready"
+}
+
+# bench_wait_log FILE PATTERN…: until FILE has a line with each PATTERN (15 s at most).
+bench_wait_log() {
+  local file=$1 p missing
+  shift
   for _ in $(seq 150); do
-    grep -q "target added pid=$2" "$work/daemons.log" 2>/dev/null \
-      && grep -q "ready role=ctxprop" "$work/daemons.log" && break
+    missing=0
+    for p in "$@"; do
+      grep -q "$p" "$file" 2>/dev/null || { missing=1; break; }
+    done
+    [ "$missing" = 0 ] && return
     sleep 0.1
   done
 }
@@ -142,6 +161,10 @@ bench_wrk_figures() {
   python3 - "$1" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
+# a server answering errors measures the wrong thing
+bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+if bad:
+    sys.exit(f"{sys.argv[1]}: {bad.group(1)} responses were not 2xx or 3xx")
 def lat(p):
     m = re.search(r"\s%s%%\s+([\d.]+)(us|ms|s)" % p, text)
     return float(m.group(1)) * {"us": 1, "ms": 1000, "s": 1e6}[m.group(2)]
@@ -153,4 +176,18 @@ PY
 
 bench_stop_sink() {
   [ -n "${sink:-}" ] && kill "$sink" 2>/dev/null || true
+}
+
+# bench_busy_ticks PID…: clock ticks CPUs 0 and 1 spent busy (user, nice, system, irq, softirq)
+# since boot, less what the processes PID… (all their threads) spent. Two readings bracket a phase;
+# with seam's daemons as PIDs, what is left is the work done in the measured processes' context
+# (their eBPF programs included) and the network's softirqs, which a slower VM phase does not
+# make scarcer the way it makes throughput fall.
+bench_busy_ticks() {
+  local own=0 p t
+  for p in "$@"; do
+    t=$(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null) || t=0
+    own=$((own + ${t:-0}))
+  done
+  awk -v own="$own" '/^cpu[01] / { busy += $2 + $3 + $4 + $7 + $8 } END { print busy - own }' /proc/stat
 }
