@@ -73,20 +73,18 @@ ctxprop_stop() {
 # burst LABEL: one wrk burst; appends "LABEL rps p50 p99 steal% requests busy-ticks", busy ticks
 # being CPUs 0-1's outside seam's daemons.
 burst() {
-  local before steal daemons busy all
+  local before steal daemons busy
   read -ra daemons < <(pgrep -d ' ' -x 'seam-(loader|correlator|exporter|discover|ctxprop)')
   before=$(bench_cpu_ticks)
   busy=$(bench_busy_ticks "${daemons[@]}")
-  all=$(bench_busy_ticks)
   echo "$1" > "$ctl"
   read -r _ < "$done_fifo"
   busy=$(($(bench_busy_ticks "${daemons[@]}") - busy))
-  all=$(($(bench_busy_ticks) - all))
   steal=$(bench_steal_share "$before" "$(bench_cpu_ticks)")
   local figures
   figures=$(bench_wrk_figures "$work/burst.out")
   read -r requests rps p50 p99 <<< "$figures"
-  echo "$1 $rps $p50 $p99 $steal $requests $busy $all" >> "$work/bursts.txt"
+  echo "$1 $rps $p50 $p99 $steal $requests $busy" >> "$work/bursts.txt"
 }
 : > "$work/bursts.txt"
 : > "$work/counters.txt"
@@ -116,7 +114,7 @@ import statistics, sys
 variants = sys.argv[4:]
 by = {}
 for line in open(sys.argv[1]):
-    label, rps, p50, p99, steal, requests, busy, everything = line.split()
+    label, rps, p50, p99, steal, requests, busy = line.split()
     # CPU time per request outside seam's daemons, in microseconds (a tick is 10 ms)
     cpu = int(busy) * 10000 / int(requests)
     by.setdefault(label, []).append((float(rps), float(p50), float(p99), float(steal), cpu))

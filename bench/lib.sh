@@ -181,8 +181,8 @@ bench_stop_sink() {
 # bench_busy_ticks PID…: clock ticks CPUs 0 and 1 spent busy (user, nice, system, irq, softirq)
 # since boot, less what the processes PID… (all their threads) spent. Two readings bracket a phase;
 # with seam's daemons as PIDs, what is left is the work done in the measured processes' context
-# (their eBPF programs included) and the network's softirqs, which a slower VM phase does not
-# make scarcer the way it makes throughput fall.
+# (their eBPF programs included) and the network's softirqs, whatever share of the CPUs the
+# daemons happened to take from them.
 bench_busy_ticks() {
   local own=0 p t
   for p in "$@"; do
