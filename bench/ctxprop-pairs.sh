@@ -74,7 +74,7 @@ ctxprop_stop() {
 # being CPUs 0-1's outside seam's daemons.
 burst() {
   local before steal daemons busy
-  read -ra daemons < <(pgrep -d ' ' -x 'seam-(loader|correlator|exporter|discover|ctxprop)')
+  read -ra daemons < <(bench_daemon_pids)
   before=$(bench_cpu_ticks)
   busy=$(bench_busy_ticks "${daemons[@]}")
   echo "$1" > "$ctl"

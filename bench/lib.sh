@@ -178,16 +178,28 @@ bench_stop_sink() {
   [ -n "${sink:-}" ] && kill "$sink" 2>/dev/null || true
 }
 
-# bench_busy_ticks PID…: clock ticks CPUs 0 and 1 spent busy (user, nice, system, irq, softirq)
-# since boot, less what the processes PID… (all their threads) spent. Two readings bracket a phase;
-# with seam's daemons as PIDs, what is left is the work done in the measured processes' context
-# (their eBPF programs included) and the network's softirqs, whatever share of the CPUs the
-# daemons happened to take from them.
-bench_busy_ticks() {
-  local own=0 p t
+# bench_daemon_pids: the running seam daemons' pids, space-separated.
+bench_daemon_pids() {
+  pgrep -d ' ' -x 'seam-(discover|loader|ctxprop|correlator|exporter)' || true
+}
+
+# bench_proc_ticks PID…: clock ticks the processes PID… (all their threads) spent on CPU, user and
+# system, since they started; a process that is gone counts nothing.
+bench_proc_ticks() {
+  local ticks=0 p t
   for p in "$@"; do
     t=$(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null) || t=0
-    own=$((own + ${t:-0}))
+    ticks=$((ticks + ${t:-0}))
   done
-  awk -v own="$own" '/^cpu[01] / { busy += $2 + $3 + $4 + $7 + $8 } END { print busy - own }' /proc/stat
+  echo "$ticks"
+}
+
+# bench_busy_ticks PID…: clock ticks CPUs 0 and 1 spent busy (user, nice, system, irq, softirq)
+# since boot, less what the processes PID… spent. Two readings bracket a phase; with seam's
+# daemons as PIDs, what is left is the work done in the measured processes' context (their eBPF
+# programs included) and the network's softirqs, whatever share of the CPUs the daemons
+# happened to take from them.
+bench_busy_ticks() {
+  awk -v own="$(bench_proc_ticks "$@")" \
+    '/^cpu[01] / { busy += $2 + $3 + $4 + $7 + $8 } END { print busy - own }' /proc/stat
 }

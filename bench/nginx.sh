@@ -38,20 +38,12 @@ wrk_conn=()
 if [ "${SEAM_BENCH_CLOSE:-0}" = 1 ]; then
   wrk_conn=(-H "Connection: close")
 fi
-cpu_ticks() { # sum of utime+stime of the given pids
-  local t=0 p
-  for p in "$@"; do
-    [ -r "/proc/$p/stat" ] || continue
-    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$t"
-}
 run_wrk() { # label, extra args…; prints "requests rps p50 p99 nginx_ticks daemon_ticks"
   local label=$1; shift
   local nb db na da out
-  nb=$(cpu_ticks "$worker"); db=$(cpu_ticks $daemons)
+  nb=$(bench_proc_ticks "$worker"); db=$(bench_proc_ticks $daemons)
   out=$(taskset -c 1 wrk -t1 -c32 -d"${secs}s" --latency "${wrk_conn[@]}" "$@" "$scheme://127.0.0.1:$port/index.html")
-  na=$(cpu_ticks "$worker"); da=$(cpu_ticks $daemons)
+  na=$(bench_proc_ticks "$worker"); da=$(bench_proc_ticks $daemons)
   echo "$out" > "$work/wrk-$label.txt"
   echo "$(bench_wrk_figures "$work/wrk-$label.txt") $((na - nb)) $((da - db))"
 }
@@ -72,7 +64,7 @@ start_seam() {
     [ "$(grep -c "target added pid=$worker" "$work/daemons.log" 2>/dev/null)" -ge "$1" ] && break
     sleep 0.1
   done
-  daemons=$(pgrep -x 'seam-(discover|loader|ctxprop|correlator|exporter)' | tr '\n' ' ')
+  daemons=$(bench_daemon_pids)
 }
 stop_seam() {
   sleep 1.5 # the correlator publishes its totals once a second
