@@ -45,6 +45,22 @@ static __always_inline int seam_has_byte(__u64 w, __u8 c)
 	return ((x - SEAM_ONES) & ~x & SEAM_HIGHS) != 0;
 }
 
+/* Per byte of w, its top bit where the byte is c. Exact for every byte: no carry crosses into
+ * the next one (seam_has_byte's borrow may mark a byte after a match). */
+static __always_inline __u64 seam_bytes_eq(__u64 w, __u8 c)
+{
+	__u64 x = w ^ (SEAM_ONES * c);
+	__u64 low7 = SEAM_ONES * 0x7f;
+	return ~(((x & low7) + low7) | x | low7);
+}
+
+/* Where in its word the lowest byte marked in m is (0-7): m non-zero, only top bits set. The
+ * marked bit, moved to the byte's lowest, times 0x0001…07 leaves the byte's index on top. */
+static __always_inline __u32 seam_first_marked(__u64 m)
+{
+	return (__u32)((((m & -m) >> 7) * 0x0001020304050607ULL) >> 56);
+}
+
 /* Per byte of w, its top bit where first <= byte <= last (1 <= first, last <= 127). Exact for
  * every byte: no borrow or carry crosses into the next one. */
 static __always_inline __u64 seam_bytes_in(__u64 w, __u8 first, __u8 last)
