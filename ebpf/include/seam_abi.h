@@ -152,7 +152,7 @@ struct seam_injected {
 	__u8 flags;
 	__u8 kind;
 	__u16 local_port; /* host byte order: which of the thread's connections */
-	__u32 pad;
+	__u32 epoch; /* SEAM_INJ_REMOTE: the ctxprop run that read it (see seam_prop_on) */
 };
 
 /* A connection a target opened, while ctxprop propagates, in the socket's own storage: the

@@ -49,6 +49,25 @@ static __always_inline __u32 seam_prop_epoch(void)
 	return on ? *on : 0;
 }
 
+/* seam_prop_on[SEAM_PROP_ON_OPTION_RUN]'s key, in .rodata for the reason seam_key_zero is. */
+static const __u32 seam_key_option_run = SEAM_PROP_ON_OPTION_RUN;
+
+/* ctxprop run epoch has read a peer's TCP option: the capture starts looking for them. Written
+ * only when it changes, so the line stays shared between CPUs. */
+static __always_inline void seam_note_option_run(__u32 epoch)
+{
+	__u32 *run = bpf_map_lookup_elem(&seam_prop_on, &seam_key_option_run);
+	if (run && *run != epoch)
+		*run = epoch;
+}
+
+/* Whether ctxprop run epoch has read a peer's TCP option yet. */
+static __always_inline int seam_option_read_in(__u32 epoch)
+{
+	__u32 *run = bpf_map_lookup_elem(&seam_prop_on, &seam_key_option_run);
+	return run && *run == epoch;
+}
+
 /* Takes into *out the request the capture found this Node main thread's send on local_port to
  * work for in this ctxprop run (seam_node_choice); 0 when it left none for this send. */
 static __always_inline int seam_take_node_choice(struct seam_node_choice *out, __u16 local_port,

@@ -45,10 +45,13 @@ struct {
 
 /* [0] is non-zero while ctxprop injects: the capture keeps serving contexts only then. Each ctxprop
  * run writes a new value (an epoch; [1] is the last one used): counts kept under an earlier run
- * are ignored, so a request that began or ended while no ctxprop ran never skews a thread's count. */
+ * are ignored, so a request that began or ended while no ctxprop ran never skews a thread's count.
+ * [2] is the last run in which a peer's TCP option was read: until one is, the capture does not
+ * look for one in seam_remote_ctx at every request a server receives. */
+#define SEAM_PROP_ON_OPTION_RUN 2
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, __u32);
 } seam_prop_on SEC(".maps");

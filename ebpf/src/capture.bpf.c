@@ -1185,10 +1185,13 @@ static __always_inline void serving_begin(struct conn_info *ci, __u32 pid, __u32
 	struct seam_serving fresh = {.open = 1, .epoch = epoch};
 	incoming_context(s, captured, &fresh);
 	/* The peer's TCP option, taken whether used or not: a later request without one must never
-	 * find it. The header wins when both are there. */
-	struct seam_injected *opt = bpf_map_lookup_elem(&seam_remote_ctx, &ci->tuple);
+	 * find it. The header wins when both are there. One read in an earlier ctxprop run is never
+	 * taken: it may be any earlier request's. */
+	struct seam_injected *opt = seam_option_read_in(epoch)
+					    ? bpf_map_lookup_elem(&seam_remote_ctx, &ci->tuple)
+					    : NULL;
 
-	if (opt && opt->kind == SEAM_INJ_REMOTE) {
+	if (opt && opt->kind == SEAM_INJ_REMOTE && opt->epoch == epoch) {
 		if (fresh.state == SEAM_CTX_NONE) {
 			__builtin_memcpy(fresh.trace_id, opt->trace_id, 16);
 			fresh.flags = opt->flags;

@@ -217,15 +217,17 @@ static __always_inline void read_option(struct bpf_sock_ops *ops)
 {
 	struct tcp_ctx_opt opt = {.kind = SEAM_TCP_OPT_KIND};
 	long n = bpf_load_hdr_opt(ops, &opt, sizeof(opt), 0);
-	if (n != SEAM_TCP_OPT_LEN && n != SEAM_TCP_OPT_LEN_FLAGS)
+	__u32 epoch = seam_prop_epoch();
+	if (!epoch || (n != SEAM_TCP_OPT_LEN && n != SEAM_TCP_OPT_LEN_FLAGS))
 		return;
-	struct seam_injected ctx = {.kind = SEAM_INJ_REMOTE};
+	struct seam_injected ctx = {.kind = SEAM_INJ_REMOTE, .epoch = epoch};
 	__builtin_memcpy(ctx.trace_id, opt.trace_id, 16);
 	__builtin_memcpy(ctx.span_id, opt.span_id, 8);
 	ctx.flags = n == SEAM_TCP_OPT_LEN_FLAGS ? opt.flags : 0x01;
 	struct seam_tuple t = {};
 	tuple_of_ops(ops, &t);
-	bpf_map_update_elem(&seam_remote_ctx, &t, &ctx, BPF_ANY);
+	if (bpf_map_update_elem(&seam_remote_ctx, &t, &ctx, BPF_ANY) == 0)
+		seam_note_option_run(epoch);
 	count(PROP_CNT_OPTIONS_RECEIVED);
 }
 

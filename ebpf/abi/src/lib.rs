@@ -216,7 +216,7 @@ pub struct Injected {
     pub flags: u8,
     pub kind: u8,
     pub local_port: u16,
-    pub pad: u32,
+    pub epoch: u32,
 }
 
 impl Injected {
@@ -368,7 +368,7 @@ mod tests {
             flags: 1,
             kind: INJ_CHILD,
             local_port: 8080,
-            pad: 0,
+            epoch: 0,
         };
         const HEAD: usize = size_of::<Event>();
         let mut rec = [0u8; HEAD + 3 + size_of::<Injected>()];
