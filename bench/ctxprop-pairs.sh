@@ -11,8 +11,9 @@
 # any propagation (an OpenTelemetry SDK's too); the capture reads incoming context only while
 # ctxprop runs, so this leaves that out. Prints for each variant against ctxprop
 # off the throughput loss, the CPU time per request added outside seam's daemons (the programs'
-# work and all it causes) and the daemons' CPU time per request: median, mean with its 95 %
-# interval, and per cycle.
+# work and all it causes), the daemons' CPU time per request, and the busy time per request of
+# nginx's CPU and of the client's (which of the two sides a cost lands on): median, mean with its
+# 95 % interval, and per cycle.
 #   bench/ctxprop-pairs.sh [seconds per burst, default 3] [cycles, default 20] [VARIANT… default headers tcp]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -79,22 +80,25 @@ ctxprop_stop() {
   grep -o "propagation counters.*" "$work/ctxprop.log" | sed "s/^/$1: /" >> "$work/counters.txt" || true
 }
 # burst LABEL: one wrk burst; appends "LABEL rps p50 p99 steal% requests busy-ticks
-# daemon-ticks", busy ticks being CPUs 0-1's outside seam's daemons.
+# daemon-ticks cpu0-ticks cpu1-ticks", busy ticks being CPUs 0-1's outside seam's daemons and
+# the last two each CPU's busy ticks, daemons included.
 burst() {
-  local before steal daemons busy own
+  local before steal daemons busy own cpu0 cpu1 after0 after1
   read -ra daemons < <(bench_daemon_pids)
   before=$(bench_cpu_ticks)
   busy=$(bench_busy_ticks "${daemons[@]}")
   own=$(bench_proc_ticks "${daemons[@]}")
+  read -r cpu0 cpu1 < <(bench_cpu_busy)
   echo "$1" > "$ctl"
   read -r _ < "$done_fifo"
+  read -r after0 after1 < <(bench_cpu_busy)
   busy=$(($(bench_busy_ticks "${daemons[@]}") - busy))
   own=$(($(bench_proc_ticks "${daemons[@]}") - own))
   steal=$(bench_steal_share "$before" "$(bench_cpu_ticks)")
   local figures
   figures=$(bench_wrk_figures "$work/burst.out")
   read -r requests rps p50 p99 <<< "$figures"
-  echo "$1 $rps $p50 $p99 $steal $requests $busy $own" >> "$work/bursts.txt"
+  echo "$1 $rps $p50 $p99 $steal $requests $busy $own $((after0 - cpu0)) $((after1 - cpu1))" >> "$work/bursts.txt"
 }
 : > "$work/bursts.txt"
 : > "$work/counters.txt"
@@ -119,14 +123,17 @@ driver=
 python3 - "$work/bursts.txt" "$secs" "$cycles" "${variants[@]%%:*}" <<'PY'
 import statistics, sys
 variants = sys.argv[4:]
+secs = float(sys.argv[2])
 by = {}
 bursts = []
 for line in open(sys.argv[1]):
-    label, rps, p50, p99, steal, requests, busy, own = line.split()
-    # CPU time per request outside seam's daemons and in them, in microseconds (a tick is 10 ms)
-    cpu = int(busy) * 10000 / int(requests)
-    daemons = int(own) * 10000 / int(requests)
-    figures = (float(rps), float(p50), float(p99), float(steal), cpu, daemons)
+    label, rps, p50, p99, steal, requests, busy, own, cpu0, cpu1 = line.split()
+    # CPU time per request outside seam's daemons and in them, then on nginx's CPU and on the
+    # client's, in microseconds (a tick is 10 ms)
+    per_request = lambda ticks: int(ticks) * 10000 / int(requests)
+    figures = (float(rps), float(p50), float(p99), float(steal), per_request(busy),
+               per_request(own), per_request(cpu0), per_request(cpu1),
+               100 * int(cpu0) / (100 * secs), 100 * int(cpu1) / (100 * secs))
     by.setdefault(label, []).append(figures)
     bursts.append((label, figures))
 # each variant burst against the mean of the off bursts either side of it
@@ -143,6 +150,9 @@ for label in ["off"] + variants:
           f"p50 {statistics.median(x[1] for x in v):6.0f} us  p99 {statistics.median(x[2] for x in v):6.0f} us"
           f"  CPU {statistics.median(x[4] for x in v):5.2f} + daemons {statistics.median(x[5] for x in v):5.2f} us/request"
           f"  steal % max {max(x[3] for x in v):.1f}")
+    print(f"  {'':14s} nginx's CPU 0 {statistics.median(x[6] for x in v):5.2f} us/request, "
+          f"{statistics.median(x[8] for x in v):3.0f} % busy;  client's CPU 1 "
+          f"{statistics.median(x[7] for x in v):5.2f} us/request, {statistics.median(x[9] for x in v):3.0f} % busy")
 def summary(what, per_cycle, unit):
     half = 1.96 * statistics.stdev(per_cycle) / len(per_cycle) ** 0.5 if len(per_cycle) > 1 else float("nan")
     print(f"  {what}: median {statistics.median(per_cycle):+.2f} {unit}  mean {statistics.mean(per_cycle):+.2f} {unit}"
@@ -152,6 +162,8 @@ for label in variants:
     summary(f"ctxprop loss ({label} vs off)", [100 * (1 - h[0] / o[0]) for h, o in pairs], "%")
     summary(f"CPU per request ({label} vs off)", [100 * (h[4] / o[4] - 1) for h, o in pairs], "%")
     summary(f"daemons' CPU per request ({label} vs off)", [h[5] - o[5] for h, o in pairs], "us")
+    summary(f"CPU 0 (nginx) per request ({label} vs off)", [h[6] - o[6] for h, o in pairs], "us")
+    summary(f"CPU 1 (client) per request ({label} vs off)", [h[7] - o[7] for h, o in pairs], "us")
 PY
 for v in "${variants[@]%%:*}"; do
   [ "$v" = wire ] && continue # ctxprop did not run

@@ -156,6 +156,14 @@ bench_steal_share() {
   echo "$1 $2" | awk '{ t = $4 - $2; printf "%.1f\n", (t > 0 ? 100 * ($3 - $1) / t : 0) }'
 }
 
+# bench_cpu_busy: "busy0 busy1", the clock ticks CPU 0 and CPU 1 each spent busy since boot, whoever
+# ran there. With nginx on CPU 0 and the client on CPU 1, two readings show on which side of the
+# connection a cost falls.
+bench_cpu_busy() {
+  awk '/^cpu0 / { a = $2 + $3 + $4 + $7 + $8 } /^cpu1 / { b = $2 + $3 + $4 + $7 + $8 }
+       END { print a, b }' /proc/stat
+}
+
 # bench_wrk_figures FILE: "requests req/s p50_us p99_us" from the output of wrk --latency.
 bench_wrk_figures() {
   python3 - "$1" <<'PY'
