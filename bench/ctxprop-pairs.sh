@@ -9,7 +9,10 @@
 # build of bench/floor.sh, say) in that mode, or `wire`: ctxprop off and wrk sending a traceparent
 # of its own: what the header's bytes cost the server and seam's correlator, as they would from
 # any propagation (an OpenTelemetry SDK's too); the capture reads incoming context only while
-# ctxprop runs, so this leaves that out. Prints for each variant against ctxprop
+# ctxprop runs, so this leaves that out. `wire+V` is variant V with wrk sending that traceparent:
+# ctxprop then inserts none, and the capture reads the one wrk sent (wire+pass=headers:DIR with
+# a stage build that passes every send: the sockhash and the reading side, without ctxprop's own
+# work). Prints for each variant against ctxprop
 # off the throughput loss, the CPU time per request added outside seam's daemons (the programs'
 # work and all it causes), the daemons' CPU time per request, and the busy time per request of
 # nginx's CPU and of the client's (which of the two sides a cost lands on): median, mean with its
@@ -25,10 +28,11 @@ shift $(($# < 2 ? $# : 2))
 variants=("$@")
 [ $# = 0 ] && variants=(headers tcp)
 for v in "${variants[@]}"; do
-  case $v in
-    headers | tcp | all | wire) ;;
+  [ "$v" = wire ] && continue
+  case ${v#wire+} in
+    headers | tcp | all) ;;
     *=*:*) [ -x "${v#*:}/seam-ctxprop" ] || { echo "no seam-ctxprop in ${v#*:}" >&2; exit 64; } ;;
-    *) echo "a variant is headers, tcp, all, wire or NAME=MODE:DIR, not $v" >&2; exit 64 ;;
+    *) echo "a variant is headers, tcp, all, wire, NAME=MODE:DIR or wire+ one of those but wire, not $v" >&2; exit 64 ;;
   esac
 done
 bench_prepare
@@ -48,7 +52,7 @@ export SEAM_TRACE_PRINTER=disabled SEAM_RUN_DIR=/run/seam-bench SEAM_PIN_DIR=/sy
 
 # The driver reads a label per burst from `ctl`, runs one wrk burst into burst.out and answers on
 # `done`; "stop" ends it. It is a target before its first burst, so every wrk it forks is one too.
-# A `wire` burst's requests carry a traceparent from wrk (a valid one, the same on each).
+# A `wire` or `wire+…` burst's requests carry a traceparent from wrk (a valid one, the same on each).
 ctl="$work/ctl"
 done_fifo="$work/done"
 mkfifo "$ctl" "$done_fifo"
@@ -56,7 +60,7 @@ bench_gated taskset -c 1 bash -c '
   while read -r label < "$1"; do
     [ "$label" = stop ] && exit 0
     header=()
-    [ "$label" = wire ] && header=(-H "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    case $label in wire | wire+*) header=(-H "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01") ;; esac
     wrk -t1 -c32 -d"$2s" --latency "${header[@]}" "$3" > "$4/burst.out" 2>&1
     echo > "$5"
   done' _ "$ctl" "$secs" "http://127.0.0.1:$port/index.html" "$work" "$done_fifo"
@@ -66,8 +70,9 @@ echo > "$gate_fifo"
 
 # ctxprop_start VARIANT: ctxprop alone, as scripts/run would start it, until it is ready.
 ctxprop_start() {
-  local mode=$1 dir=$SEAM_BIN_DIR
-  case $1 in *=*:*) mode=${1#*=} mode=${mode%%:*} dir=${1#*:} ;; esac
+  local variant=${1#wire+}
+  local mode=$variant dir=$SEAM_BIN_DIR
+  case $variant in *=*:*) mode=${variant#*=} mode=${mode%%:*} dir=${variant#*:} ;; esac
   : > "$work/ctxprop.log"
   SEAM_BIN_DIR=$dir SEAM_CONTEXT_PROPAGATION=$mode "$SEAM_ROOT/scripts/launch" ctxprop \
     2>"$work/ctxprop.log" & ctxprop=$!
