@@ -52,7 +52,9 @@ export SEAM_TRACE_PRINTER=disabled SEAM_RUN_DIR=/run/seam-bench SEAM_PIN_DIR=/sy
 
 # The driver reads a label per burst from `ctl`, runs one wrk burst into burst.out and answers on
 # `done`; "stop" ends it. It is a target before its first burst, so every wrk it forks is one too.
-# A `wire` or `wire+…` burst's requests carry a traceparent from wrk (a valid one, the same on each).
+# A `wire` or `wire+…` burst's requests carry a traceparent from wrk (a valid one, the same on each);
+# every burst's carry SEAM_BENCH_HEADER when it is set ("Upgrade: h2c" makes ctxprop give each
+# connection up after its first request, as it does a database's or a TLS connection).
 ctl="$work/ctl"
 done_fifo="$work/done"
 mkfifo "$ctl" "$done_fifo"
@@ -60,10 +62,12 @@ bench_gated taskset -c 1 bash -c '
   while read -r label < "$1"; do
     [ "$label" = stop ] && exit 0
     header=()
-    case $label in wire | wire+*) header=(-H "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01") ;; esac
+    [ -n "$6" ] && header=(-H "$6")
+    case $label in wire | wire+*) header+=(-H "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01") ;; esac
     wrk -t1 -c32 -d"$2s" --latency "${header[@]}" "$3" > "$4/burst.out" 2>&1
     echo > "$5"
-  done' _ "$ctl" "$secs" "http://127.0.0.1:$port/index.html" "$work" "$done_fifo"
+  done' _ "$ctl" "$secs" "http://127.0.0.1:$port/index.html" "$work" "$done_fifo" \
+  "${SEAM_BENCH_HEADER:-}"
 driver=$gate
 bench_with_seam disabled "$driver" "$port" --without ctxprop
 echo > "$gate_fifo"

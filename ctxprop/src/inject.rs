@@ -5,14 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use aya::maps::{Array, MapData, PerCpuArray, SockHash};
+use aya::maps::{Array, MapData, PerCpuArray, Queue, SockHash};
 use aya::programs::{CgroupAttachMode, SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use seam_abi::{names, objects};
 use seam_proto::sampling::KernelRule;
-
-/// Bytes of the sockhash key (`struct flow_key`: family, two 16-byte addresses, two ports).
-const FLOW_KEY_LEN: usize = 44;
 
 /// The loader's pins this object shares, by map name and pin file.
 const SHARED: &[(&str, &str)] = &[
@@ -40,6 +37,8 @@ const COUNTER_NAMES: &[&str] = &[
 #[derive(Debug)]
 pub struct Injector {
     ebpf: Ebpf,
+    /// Sockets taken out of the sockhash after the sk_msg program gave up on them.
+    given_back: u64,
 }
 
 /// The cgroup v2 hierarchy's mount point, from this process's mount table.
@@ -91,7 +90,7 @@ impl Injector {
             .load(objects::CTXPROP)
             .context("loading the propagation object (needs CAP_BPF and CAP_NET_ADMIN)")?;
 
-        let socks: SockHash<_, [u8; FLOW_KEY_LEN]> = ebpf
+        let socks: SockHash<_, u64> = ebpf
             .map(names::PROP_SOCKS)
             .context("sockhash missing from the propagation object")?
             .try_into()
@@ -113,7 +112,10 @@ impl Injector {
         ops.attach(cgroup_dir.as_fd(), CgroupAttachMode::Single)
             .with_context(|| format!("attaching on_sockops to {}", cgroup.display()))?;
 
-        let mut injector = Injector { ebpf };
+        let mut injector = Injector {
+            ebpf,
+            given_back: 0,
+        };
         // The capture chooses TLS requests' contexts itself: it needs the same carriers and rule.
         injector.share_rule(seam_abi::PropRule {
             sample_threshold: sampling.threshold,
@@ -153,6 +155,35 @@ impl Injector {
         Ok(())
     }
 
+    /// Takes the sockets the sk_msg program gave up on out of the sockhash, so that their sends
+    /// go the normal way; returns how many left. A socket already gone (closed, or out on leaving
+    /// ESTABLISHED) is skipped: the key is its cookie, which no later socket has.
+    pub fn give_back_given_up(&mut self) -> Result<u64> {
+        let mut queue: Queue<&mut MapData, u64> = self
+            .ebpf
+            .map_mut(names::PROP_GIVEN_UP)
+            .context("given-up queue missing from the propagation object")?
+            .try_into()?;
+        let mut cookies = Vec::new();
+        while let Ok(cookie) = queue.pop(0) {
+            cookies.push(cookie);
+        }
+        if cookies.is_empty() {
+            return Ok(0);
+        }
+        let mut socks: SockHash<&mut MapData, u64> = self
+            .ebpf
+            .map_mut(names::PROP_SOCKS)
+            .context("sockhash missing from the propagation object")?
+            .try_into()?;
+        let taken = cookies
+            .iter()
+            .filter(|cookie| socks.remove(cookie).is_ok())
+            .count() as u64;
+        self.given_back += taken;
+        Ok(taken)
+    }
+
     /// Each counter summed over CPUs, by name.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         let Some(map) = self.ebpf.map(names::PROP_COUNTERS) else {
@@ -172,6 +203,7 @@ impl Injector {
                     .unwrap_or(0);
                 (*name, total)
             })
+            .chain([("given_back", self.given_back)])
             .collect()
     }
 

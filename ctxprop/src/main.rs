@@ -163,10 +163,19 @@ fn run(args: &Args, mode: Mode, sampling: KernelRule) -> Result<()> {
                 publish_counters(&lock(&reported));
             }
         };
+        let giving_back = state.clone();
+        let give_back = async move {
+            let mut every = tokio::time::interval(GIVE_BACK_EVERY);
+            loop {
+                every.tick().await;
+                give_back_given_up(&mut lock(&giving_back));
+            }
+        };
         seam_proto::lifecycle::ready(Role::Ctxprop);
         tokio::select! {
             _ = server => {}
             _ = report => {}
+            _ = give_back => {}
             _ = shutdown.wait() => {}
         }
         Ok::<(), anyhow::Error>(())
@@ -182,6 +191,30 @@ fn run(args: &Args, mode: Mode, sampling: KernelRule) -> Result<()> {
     }
     let _ = std::fs::remove_file(Role::Ctxprop.socket_path());
     Ok(())
+}
+
+/// How often sockets the sk_msg program gave up on are taken out of the sockhash: until then each
+/// of their sends still takes the sockhash path.
+const GIVE_BACK_EVERY: Duration = Duration::from_millis(200);
+
+fn give_back_given_up(state: &mut State) {
+    let Some(inj) = &mut state.injector else {
+        return;
+    };
+    match inj.give_back_given_up() {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(sockets = n, "given-up sockets taken out of the sockhash"),
+        Err(e) => {
+            // said once: the next sweep would only say it again
+            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    error = %format!("{e:#}"),
+                    "could not take given-up sockets out of the sockhash; they stay, passed on untouched"
+                );
+            }
+        }
+    }
 }
 
 /// What the programs counted (their maps live as long as the injector) and the target set.

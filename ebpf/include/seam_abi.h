@@ -169,6 +169,7 @@ struct seam_prop_sock {
 	__u32 pending;  /* SEAM_PENDING_* */
 	__u64 skip;     /* body bytes of the current request still to pass */
 	struct seam_injected ctx;
+	__u64 cookie;   /* its key in ctxprop's sockhash (sk_msg cannot ask for it) */
 };
 
 /* Per thread: the server request it works for, kept by the capture for ctxprop's injection. */
@@ -207,7 +208,7 @@ struct seam_prop_rule {
 
 _Static_assert(sizeof(struct seam_prop_rule) == 16, "seam_prop_rule layout");
 _Static_assert(sizeof(struct seam_injected) == 32, "seam_injected layout");
-_Static_assert(sizeof(struct seam_prop_sock) == 56, "seam_prop_sock layout");
+_Static_assert(sizeof(struct seam_prop_sock) == 64, "seam_prop_sock layout");
 _Static_assert(sizeof(struct seam_serving) == 24, "seam_serving layout");
 _Static_assert(sizeof(struct seam_node_choice) == 24, "seam_node_choice layout");
 _Static_assert(sizeof(struct seam_tuple) == 40, "seam_tuple layout");

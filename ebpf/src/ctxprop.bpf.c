@@ -4,7 +4,8 @@
  * ESTABLISHED; an sk_msg program then adds `traceparent` after the request line of each outgoing
  * request that has none, carrying the client span's context, and tells the capture which ids it
  * used. Anything it cannot frame with certainty (non-HTTP bytes, headers split over sends,
- * chunked bodies, upgrades, pipelining) turns the connection opaque: passed on untouched. */
+ * chunked bodies, upgrades, pipelining) turns the connection opaque: passed on untouched, and
+ * taken out of the sockhash by the daemon. */
 #include <linux/types.h>
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -58,20 +59,23 @@ enum prop_counter {
 	PROP_CNT_MAX = 8,
 };
 
-struct flow_key {
-	__u32 family;
-	__u32 local_ip[4];
-	__u32 remote_ip[4];
-	__u32 local_port;
-	__u32 remote_port;
-};
-
+/* Keyed by the socket's cookie: unlike a connection's addresses and ports it is never reused, so
+ * the daemon can take a socket out by its key without reaching a later connection's. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
 	__uint(max_entries, 65536);
-	__type(key, struct flow_key);
+	__type(key, __u64);
 	__type(value, __u32);
 } seam_prop_socks SEC(".maps");
+
+/* Cookies of sockets sk_msg gave up on, for the daemon to take out of the sockhash: their sends
+ * then go the normal way, without the sockhash path's cost (a target's database or TLS
+ * connection sends many). When it is full a socket just stays in, passed on untouched. */
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, 4096);
+	__type(value, __u64);
+} seam_prop_given_up SEC(".maps");
 
 struct tcp_ctx_opt {
 	__u8 kind;
@@ -124,23 +128,6 @@ static __always_inline void count(enum prop_counter which)
 	__u64 *v = bpf_map_lookup_elem(&seam_prop_counters, &prop_counter_keys[which]);
 	if (v)
 		*v += 1;
-}
-
-/* The sockhash key of a connection. */
-static __always_inline void key_of_ops(struct bpf_sock_ops *ops, struct flow_key *k)
-{
-	k->family = ops->family;
-	k->local_port = ops->local_port;
-	k->remote_port = ops->remote_port;
-	if (ops->family == 2) {
-		k->local_ip[0] = ops->local_ip4;
-		k->remote_ip[0] = ops->remote_ip4;
-	} else {
-		for (int i = 0; i < 4; i++) {
-			k->local_ip[i] = ops->local_ip6[i];
-			k->remote_ip[i] = ops->remote_ip6[i];
-		}
-	}
 }
 
 /* The connection as the capture names it (struct seam_tuple), from a sockops context. */
@@ -238,7 +225,6 @@ static __always_inline void read_option(struct bpf_sock_ops *ops)
 SEC("sockops")
 int on_sockops(struct bpf_sock_ops *ops)
 {
-	struct flow_key k = {};
 	struct seam_tuple t = {};
 	switch (ops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
@@ -253,8 +239,8 @@ int on_sockops(struct bpf_sock_ops *ops)
 		ps->opaque = 0;
 		ps->skip = 0;
 		ps->pending = 0;
-		key_of_ops(ops, &k);
-		if (bpf_sock_hash_update(ops, &seam_prop_socks, &k, BPF_NOEXIST) == 0) {
+		ps->cookie = bpf_get_socket_cookie(ops);
+		if (bpf_sock_hash_update(ops, &seam_prop_socks, &ps->cookie, BPF_NOEXIST) == 0) {
 			count(PROP_CNT_SOCKETS);
 			__u32 flags = BPF_SOCK_OPS_STATE_CB_FLAG;
 			if (use & CARRIER_TCP_OPTION)
@@ -269,8 +255,8 @@ int on_sockops(struct bpf_sock_ops *ops)
 	case BPF_SOCK_OPS_STATE_CB: {
 		if (ops->args[1] == TCP_ESTABLISHED)
 			return 1;
-		key_of_ops(ops, &k);
-		if (bpf_map_delete_elem(&seam_prop_socks, &k) == 0)
+		__u64 cookie = bpf_get_socket_cookie(ops);
+		if (bpf_map_delete_elem(&seam_prop_socks, &cookie) == 0)
 			count(PROP_CNT_RELEASED);
 		struct seam_prop_sock *ps = prop_sock(ops->sk);
 		if (ps) {
@@ -628,6 +614,15 @@ static __always_inline int copy_head(struct sk_msg_md *msg, struct scan_buf *buf
 	return finish_copy(last, *(__u64 *)data, len);
 }
 
+/* The connection is never touched again, and leaves the sockhash once the daemon takes its
+ * cookie. */
+static __always_inline void give_up(struct sk_msg_md *msg, struct seam_prop_sock *ps)
+{
+	ps->opaque = 1;
+	count(PROP_CNT_OPAQUE);
+	bpf_map_push_elem(&seam_prop_given_up, &ps->cookie, BPF_ANY);
+}
+
 SEC("sk_msg")
 int on_msg(struct sk_msg_md *msg)
 {
@@ -643,8 +638,7 @@ int on_msg(struct sk_msg_md *msg)
 	}
 	if (ps->skip != 0) {
 		/* a request would start inside this send, right after a body: pipelining */
-		ps->opaque = 1;
-		count(PROP_CNT_OPAQUE);
+		give_up(msg, ps);
 		return SK_PASS;
 	}
 	/* what an earlier request carried was reported at its send's end, or that send failed:
@@ -656,8 +650,7 @@ int on_msg(struct sk_msg_md *msg)
 		return SK_PASS;
 	__u32 len = size < SCAN_MAX ? size : SCAN_MAX;
 	if (!copy_head(msg, buf, len)) {
-		ps->opaque = 1;
-		count(PROP_CNT_OPAQUE);
+		give_up(msg, ps);
 		return SK_PASS;
 	}
 	if (BENCH_STOP_AFTER_COPY)
@@ -675,15 +668,13 @@ int on_msg(struct sk_msg_md *msg)
 	}
 	if (t->request_line == 0 || t->head_len == 0) {
 		/* not HTTP/1.x, or a head split over sends or longer than SCAN_MAX */
-		ps->opaque = 1;
-		count(PROP_CNT_OPAQUE);
+		give_up(msg, ps);
 		return SK_PASS;
 	}
 	__u64 body_here = size - t->head_len;
 	if (t->no_length || body_here > t->length.value) {
 		/* after this request the stream cannot be followed */
-		ps->opaque = 1;
-		count(PROP_CNT_OPAQUE);
+		give_up(msg, ps);
 	} else {
 		ps->skip = t->length.value - body_here;
 	}

@@ -490,6 +490,52 @@ fn a_large_upload_then_shutdown_and_blocking_recv_never_sees_eagain() {
     eprintln!("upload: {}", out.trim());
 }
 
+/// A connection the sk_msg program gives up on (here: not HTTP) is taken out of the sockhash, so
+/// its sends stop paying for the sockhash path. Its client is blocked in recv() while that
+/// happens; its bytes stay whole before and after, no read sees EAGAIN, and a blocking recv()
+/// after shutdown(SHUT_WR) sees the end of the stream.
+#[test]
+fn a_connection_given_up_leaves_the_sockhash_and_its_bytes_stay_whole() {
+    if !require_root() {
+        return;
+    }
+    const ROUNDS: u32 = 40;
+    // longer than a sweep (200 ms) and a stats publication (1 s) together
+    const ECHO_DELAY_S: u32 = 4;
+    let port = seam_tests::free_port();
+    let _echo = seam_tests::start_server("python3", "echo.py", port, "echo").expect("echo");
+    let client = GatedShell::new(&format!(
+        "timeout 120 python3 {} {port} {ECHO_DELAY_S} {ROUNDS}",
+        seam_tests::fixture("givenup.py").display(),
+    ))
+    .expect("client");
+    let mut env = selector_env(&[], &[client.pid()]);
+    env.push(("SEAM_CONTEXT_PROPAGATION".into(), "headers".into()));
+    let stack = Stack::start(&env).expect("stack");
+    stack.wait_target(client.pid()).expect("targeted");
+    let client = std::thread::spawn(move || client.run());
+    let taken_out = stack.wait_stats("ctxprop", Duration::from_secs(20), |s| {
+        s.get("given_back").unwrap_or(0) >= 1
+    });
+    let client_still_waiting = !client.is_finished();
+    let out = client.join().expect("client thread").expect("client ran");
+    let taken_out = taken_out.unwrap_or_else(|e| panic!("{e:#}\n{}", stack.all_logs()));
+    assert_eq!(
+        (
+            taken_out.get("sockets"),
+            taken_out.get("opaque"),
+            taken_out.get("given_back")
+        ),
+        (Some(1), Some(1), Some(1)),
+        "one socket taken, given up and taken out"
+    );
+    assert!(
+        client_still_waiting,
+        "the socket left the sockhash only after the client was done"
+    );
+    assert_eq!(out.trim(), format!("ok {ROUNDS}"), "{}", stack.all_logs());
+}
+
 /// `context_propagation` on a selector wins over ctxprop's own, both ways: a selector can keep
 /// its processes' traffic untouched while the rest is propagated, or propagate for its processes
 /// alone while the default is `disabled`.

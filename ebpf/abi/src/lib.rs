@@ -100,6 +100,8 @@ pub mod names {
     pub const SAMPLE_FOLLOW_PARENT: &str = "sample_follow_parent";
     /// ctxprop's own.
     pub const PROP_SOCKS: &str = "seam_prop_socks";
+    /// Cookies of sockets the sk_msg program gave up on, for ctxprop to take out of the sockhash.
+    pub const PROP_GIVEN_UP: &str = "seam_prop_given_up";
     pub const PROP_COUNTERS: &str = "seam_prop_counters";
     pub const TARGETS: &str = "seam_targets";
     pub const EVENTS: &str = "seam_events";
