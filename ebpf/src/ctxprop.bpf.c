@@ -616,7 +616,7 @@ static __always_inline int copy_head(struct sk_msg_md *msg, struct scan_buf *buf
 
 /* The connection is never touched again, and leaves the sockhash once the daemon takes its
  * cookie. */
-static __always_inline void give_up(struct sk_msg_md *msg, struct seam_prop_sock *ps)
+static __always_inline void give_up(struct seam_prop_sock *ps)
 {
 	ps->opaque = 1;
 	count(PROP_CNT_OPAQUE);
@@ -638,7 +638,7 @@ int on_msg(struct sk_msg_md *msg)
 	}
 	if (ps->skip != 0) {
 		/* a request would start inside this send, right after a body: pipelining */
-		give_up(msg, ps);
+		give_up(ps);
 		return SK_PASS;
 	}
 	/* what an earlier request carried was reported at its send's end, or that send failed:
@@ -650,7 +650,7 @@ int on_msg(struct sk_msg_md *msg)
 		return SK_PASS;
 	__u32 len = size < SCAN_MAX ? size : SCAN_MAX;
 	if (!copy_head(msg, buf, len)) {
-		give_up(msg, ps);
+		give_up(ps);
 		return SK_PASS;
 	}
 	if (BENCH_STOP_AFTER_COPY)
@@ -668,13 +668,13 @@ int on_msg(struct sk_msg_md *msg)
 	}
 	if (t->request_line == 0 || t->head_len == 0) {
 		/* not HTTP/1.x, or a head split over sends or longer than SCAN_MAX */
-		give_up(msg, ps);
+		give_up(ps);
 		return SK_PASS;
 	}
 	__u64 body_here = size - t->head_len;
 	if (t->no_length || body_here > t->length.value) {
 		/* after this request the stream cannot be followed */
-		give_up(msg, ps);
+		give_up(ps);
 	} else {
 		ps->skip = t->length.value - body_here;
 	}
