@@ -34,11 +34,23 @@ const COUNTER_NAMES: &[&str] = &[
     "options_received",
 ];
 
-#[derive(Debug)]
 pub struct Injector {
     ebpf: Ebpf,
+    socks: SockHash<MapData, u64>,
+    /// Cookies of the sockets the sk_msg program gave up on.
+    given_up: Queue<MapData, u64>,
     /// Sockets taken out of the sockhash after the sk_msg program gave up on them.
     given_back: u64,
+}
+
+// By hand: aya's sockhash and queue handles have no Debug.
+impl std::fmt::Debug for Injector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Injector")
+            .field("ebpf", &self.ebpf)
+            .field("given_back", &self.given_back)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The cgroup v2 hierarchy's mount point, from this process's mount table.
@@ -90,11 +102,18 @@ impl Injector {
             .load(objects::CTXPROP)
             .context("loading the propagation object (needs CAP_BPF and CAP_NET_ADMIN)")?;
 
-        let socks: SockHash<_, u64> = ebpf
-            .map(names::PROP_SOCKS)
+        // Owned, not borrowed from `ebpf`: the sweep takes sockets out of it for as long as it
+        // runs.
+        let socks: SockHash<MapData, u64> = ebpf
+            .take_map(names::PROP_SOCKS)
             .context("sockhash missing from the propagation object")?
             .try_into()
             .context("the sockhash is not a SOCKHASH")?;
+        let given_up: Queue<MapData, u64> = ebpf
+            .take_map(names::PROP_GIVEN_UP)
+            .context("given-up queue missing from the propagation object")?
+            .try_into()
+            .context("the given-up queue is not a QUEUE")?;
         let socks_fd = socks
             .fd()
             .try_clone()
@@ -114,6 +133,8 @@ impl Injector {
 
         let mut injector = Injector {
             ebpf,
+            socks,
+            given_up,
             given_back: 0,
         };
         // The capture chooses TLS requests' contexts itself: it needs the same carriers and rule.
@@ -158,30 +179,15 @@ impl Injector {
     /// Takes the sockets the sk_msg program gave up on out of the sockhash, so that their sends
     /// go the normal way; returns how many left. A socket already gone (closed, or out on leaving
     /// ESTABLISHED) is skipped: the key is its cookie, which no later socket has.
-    pub fn give_back_given_up(&mut self) -> Result<u64> {
-        let mut queue: Queue<&mut MapData, u64> = self
-            .ebpf
-            .map_mut(names::PROP_GIVEN_UP)
-            .context("given-up queue missing from the propagation object")?
-            .try_into()?;
-        let mut cookies = Vec::new();
-        while let Ok(cookie) = queue.pop(0) {
-            cookies.push(cookie);
+    pub fn give_back_given_up(&mut self) -> u64 {
+        let mut taken = 0;
+        while let Ok(cookie) = self.given_up.pop(0) {
+            if self.socks.remove(&cookie).is_ok() {
+                taken += 1;
+            }
         }
-        if cookies.is_empty() {
-            return Ok(0);
-        }
-        let mut socks: SockHash<&mut MapData, u64> = self
-            .ebpf
-            .map_mut(names::PROP_SOCKS)
-            .context("sockhash missing from the propagation object")?
-            .try_into()?;
-        let taken = cookies
-            .iter()
-            .filter(|cookie| socks.remove(cookie).is_ok())
-            .count() as u64;
         self.given_back += taken;
-        Ok(taken)
+        taken
     }
 
     /// Each counter summed over CPUs, by name.

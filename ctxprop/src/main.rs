@@ -198,21 +198,13 @@ fn run(args: &Args, mode: Mode, sampling: KernelRule) -> Result<()> {
 const GIVE_BACK_EVERY: Duration = Duration::from_millis(200);
 
 fn give_back_given_up(state: &mut State) {
-    let Some(inj) = &mut state.injector else {
-        return;
-    };
-    match inj.give_back_given_up() {
-        Ok(0) => {}
-        Ok(n) => tracing::debug!(sockets = n, "given-up sockets taken out of the sockhash"),
-        Err(e) => {
-            // said once: the next sweep would only say it again
-            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                tracing::warn!(
-                    error = %format!("{e:#}"),
-                    "could not take given-up sockets out of the sockhash; they stay, passed on untouched"
-                );
-            }
+    if let Some(inj) = &mut state.injector {
+        let taken = inj.give_back_given_up();
+        if taken > 0 {
+            tracing::debug!(
+                sockets = taken,
+                "given-up sockets taken out of the sockhash"
+            );
         }
     }
 }

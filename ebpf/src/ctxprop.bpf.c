@@ -255,11 +255,11 @@ int on_sockops(struct bpf_sock_ops *ops)
 	case BPF_SOCK_OPS_STATE_CB: {
 		if (ops->args[1] == TCP_ESTABLISHED)
 			return 1;
-		__u64 cookie = bpf_get_socket_cookie(ops);
-		if (bpf_map_delete_elem(&seam_prop_socks, &cookie) == 0)
-			count(PROP_CNT_RELEASED);
+		/* only sockets put in the sockhash have this callback, and every one has its state */
 		struct seam_prop_sock *ps = prop_sock(ops->sk);
 		if (ps) {
+			if (bpf_map_delete_elem(&seam_prop_socks, &ps->cookie) == 0)
+				count(PROP_CNT_RELEASED);
 			ps->use = 0;
 			ps->pending = 0;
 		}
